@@ -1,1 +1,245 @@
-fn main() {}
+//! `ringcast`: the push daemon. CLI -> Config -> start the shards -> wait for a signal -> graceful
+//! shutdown. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use ringcast::{Config, OnMessage, Server, SlowConsumerPolicy};
+
+#[derive(Parser)]
+#[command(
+    name = "ringcast",
+    version,
+    about = "Thread-per-core io_uring WebSocket broadcast daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: accept WebSocket clients and fan messages out to them.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnMessageArg {
+    /// Validate and discard client messages (clients only listen).
+    Ignore,
+    /// Send every client message to every connection of the node, sender included (group chat).
+    Relay,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SlowConsumerArg {
+    /// Close a client over its outbox bound with 1008 "slow consumer".
+    Disconnect,
+    /// Skip messages for a client while it is over its outbox bound.
+    Drop,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address every shard listens on (shared with SO_REUSEPORT).
+    #[arg(long, default_value = "0.0.0.0:2020")]
+    listen: SocketAddr,
+    /// Number of shards (threads, one io_uring each) [default: one per available CPU].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// CPUs to pin shards to, e.g. "0,1" or "2-5"; shard i gets the i-th (wrapping)
+    /// [default: the CPUs this process may run on].
+    #[arg(long, value_parser = parse_cpu_list)]
+    cpus: Option<Vec<usize>>,
+    /// Do not pin shard threads to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// What a client's Text/Binary message does.
+    #[arg(long, value_enum, default_value = "ignore")]
+    on_message: OnMessageArg,
+    /// Broadcast the server time (Unix seconds, as text) to every client at this interval,
+    /// e.g. "10s" (seed 000's timer). Off by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    tick: Option<Duration>,
+    /// Maximum open WebSocket connections on this node; past it upgrades get 503
+    /// [default: what the open-file limit allows].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Largest message a client may send, in bytes; larger ones are closed with 1009.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_message_bytes: usize,
+    /// Largest upgrade request head, in bytes; larger ones get 431.
+    #[arg(long, default_value_t = 8 * 1024)]
+    max_header_bytes: usize,
+    /// Bytes that may wait in one connection's outbox (queued plus in flight).
+    #[arg(long, default_value_t = 1 << 20)]
+    outbox_bytes_max: usize,
+    /// What happens to a client over its outbox bound.
+    #[arg(long, value_enum, default_value = "disconnect")]
+    slow_consumer: SlowConsumerArg,
+    /// Interval between server pings; "0s" disables pings and the idle timeout.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    ping_interval: Duration,
+    /// Close (1001) a client that sent nothing, not even a pong, for this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "75s")]
+    idle_timeout: Duration,
+    /// Time a client has to send its upgrade request (slowloris bound).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    handshake_timeout: Duration,
+    /// After sending a close frame, how long to wait for the client's before dropping it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    close_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long to wait for clients to complete the close handshake.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    shutdown_timeout: Duration,
+    /// Capacity of each shard's cross-shard inbox, in events; a full inbox drops events
+    /// (counted as mesh_dropped).
+    #[arg(long, default_value_t = 64 * 1024)]
+    mesh_capacity: usize,
+    /// Log the node's counters at this interval, e.g. "10s"; "0s" disables.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    stats_interval: Duration,
+}
+
+fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (
+                    a.parse().map_err(|_| format!("bad CPU '{a}'"))?,
+                    b.parse().map_err(|_| format!("bad CPU '{b}'"))?,
+                );
+                if a > b {
+                    return Err(format!("bad CPU range '{part}'"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| format!("bad CPU '{part}'"))?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err("empty CPU list".into());
+    }
+    Ok(cpus)
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = Config { listen: self.listen, ..Config::default() };
+        if let Some(n) = self.shards {
+            if n == 0 {
+                bail!("--shards must be at least 1");
+            }
+            c.shards = n;
+        }
+        c.cpus = self.cpus.clone();
+        c.pin = !self.no_pin;
+        c.on_message = match self.on_message {
+            OnMessageArg::Ignore => OnMessage::Ignore,
+            OnMessageArg::Relay => OnMessage::Relay,
+        };
+        c.tick_interval = self.tick.filter(|d| !d.is_zero());
+        if let Some(n) = self.max_connections {
+            c.connections_max = n;
+        }
+        c.message_bytes_max = self.max_message_bytes;
+        c.header_bytes_max = self.max_header_bytes;
+        c.outbox_bytes_max = self.outbox_bytes_max;
+        c.slow_consumer = match self.slow_consumer {
+            SlowConsumerArg::Disconnect => SlowConsumerPolicy::Disconnect,
+            SlowConsumerArg::Drop => SlowConsumerPolicy::Drop,
+        };
+        c.ping_interval = Some(self.ping_interval).filter(|d| !d.is_zero());
+        if c.ping_interval.is_some_and(|p| self.idle_timeout <= p) {
+            bail!(
+                "--idle-timeout ({:?}) must be longer than --ping-interval ({:?})",
+                self.idle_timeout,
+                self.ping_interval
+            );
+        }
+        c.idle_timeout = self.idle_timeout;
+        c.handshake_timeout = self.handshake_timeout;
+        c.close_timeout = self.close_timeout;
+        c.shutdown_timeout = self.shutdown_timeout;
+        c.mesh_capacity = self.mesh_capacity.max(1);
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ringcast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Register before starting so an early signal is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    match ringcast::limits::raise_nofile_limit() {
+        Ok((old, new)) if old != new => {
+            tracing::info!(
+                from = old,
+                to = new,
+                "raised the open-file soft limit to the hard limit"
+            )
+        }
+        Ok((_, new)) => tracing::info!(limit = new, "open-file limit already at its hard limit"),
+        Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
+    }
+    let config = args.config()?;
+    let shards = config.shards;
+    let handle = Server::builder().config(config).start().context("starting ringcast")?;
+    tracing::info!(
+        shards,
+        capacity = ringcast::limits::connection_capacity(shards),
+        "connection capacity (open-file limit minus reserved descriptors)"
+    );
+    tracing::info!("listening on {}", handle.local_addr());
+    std::thread::scope(|s| {
+        if !args.stats_interval.is_zero() {
+            let handle = &handle;
+            let every = args.stats_interval;
+            s.spawn(move || loop {
+                std::thread::park_timeout(every);
+                if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let m = handle.metrics();
+                let fields: Vec<String> =
+                    m.fields().iter().map(|(k, v)| format!("{k}={v}")).collect();
+                tracing::info!("stats {}", fields.join(" "));
+            });
+        }
+        let sig = signals.forever().next();
+        tracing::info!(signal = ?sig, "shutting down gracefully");
+        STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+        handle.shutdown();
+    });
+    handle.join().context("a shard failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -1,1 +1,190 @@
-fn main() {}
+//! `ringcast-loadgen`: command line front end of the [`ringcast_loadgen`] library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringcast_loadgen::{Config, Mode, Publish, SourceIps};
+
+/// Open-loop fan-out latency load generator for WebSocket broadcast servers.
+///
+/// Opens --connections subscriber WebSocket clients (plus --publishers publisher
+/// connections), has the publishers send --rate messages/s in total for --duration seconds
+/// without ever waiting for replies, and measures every delivery's latency (receive time minus
+/// the send time carried in the message, one monotonic clock for the whole process), losses,
+/// duplicates and reorders. Prints a table on stdout, or one JSON object with --json (all
+/// other output goes to stderr).
+#[derive(Debug, Parser)]
+#[command(name = "ringcast-loadgen", version, about, long_about)]
+struct Args {
+    /// WebSocket URL of the server under test, e.g. ws://127.0.0.1:2020/ (plain ws only).
+    #[arg(long)]
+    url: String,
+
+    /// Number of subscriber connections; publisher connections come on top of these.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+
+    /// Offered load in messages per second, all publishers together (split evenly).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+
+    /// Seconds of measured publishing (per step with --find-max).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+
+    /// Size in bytes of each message (at least 24: the header, then padding).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+
+    /// Print one JSON object (schema in docs/loadgen-contract.md) instead of the table.
+    #[arg(long)]
+    json: bool,
+
+    /// Step the offered rate up from --start-rate by --rate-step-factor until p99 exceeds
+    /// --p99-bound-ms or fewer than 99% of deliveries arrive, and report the highest
+    /// sustainable deliveries/s (connections are kept between steps).
+    #[arg(long)]
+    find_max: bool,
+
+    /// Number of publisher connections; each sends its own sequence-numbered stream.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+
+    /// Connection attempts started per second during ramp-up (0 means no limit).
+    #[arg(long, default_value_t = 5000.0)]
+    ramp_rate: f64,
+
+    /// Most TCP connects + WebSocket handshakes in flight at once, over all threads.
+    #[arg(long, default_value_t = 256)]
+    max_inflight_handshakes: usize,
+
+    /// Local addresses to bind before connecting, round-robin: "auto" (127.0.0.1-127.0.0.8
+    /// when the target is IPv4 loopback, so >28k connections fit), "none", or a comma list of
+    /// addresses and IPv4 ranges like 127.0.0.1-127.0.0.16.
+    #[arg(long, default_value = "auto")]
+    source_ips: SourceIps,
+
+    /// Worker threads driving the connections (0 means one per available CPU).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+
+    /// Seconds of unmeasured load before measuring (lets groups joins settle and caches warm).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+
+    /// Highest acceptable p99 fan-out latency in milliseconds for a --find-max step.
+    #[arg(long, default_value_t = 50.0)]
+    p99_bound_ms: f64,
+
+    /// First offered rate (messages/s) of --find-max; defaults to --rate.
+    #[arg(long)]
+    start_rate: Option<f64>,
+
+    /// Factor the offered rate is multiplied by after each --find-max step that met the bounds.
+    #[arg(long, default_value_t = 1.5)]
+    rate_step_factor: f64,
+
+    /// Most steps --find-max runs.
+    #[arg(long, default_value_t = 12)]
+    max_steps: usize,
+
+    /// Seconds to keep waiting after the last send for in-flight deliveries (ends earlier once
+    /// everything expected has arrived).
+    #[arg(long, default_value_t = 2.0)]
+    drain_secs: f64,
+
+    /// "plain": publishers send binary messages the server relays to everyone; "groups":
+    /// subscribers join groups and publishers send JSON send_to_group commands whose message
+    /// string holds the header hex-encoded (see README).
+    #[arg(long, default_value = "plain")]
+    mode: Mode,
+
+    /// Comma-separated group ids for --mode groups; subscriber i joins group i mod count and
+    /// publishers rotate over all groups (default: one group named "loadgen").
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+
+    /// How publishers inject messages: "ws" over their own WebSocket connections, or "http"
+    /// as pipelined POST {http-url}?content=<hex text message> requests.
+    #[arg(long, default_value = "ws")]
+    publish: Publish,
+
+    /// Base URL of the HTTP push API for --publish http, e.g. http://127.0.0.1:2021/.
+    #[arg(long)]
+    http_url: Option<String>,
+
+    /// Retries per connection after a refused, reset or timed-out connect or handshake
+    /// (exponential backoff from 50 ms up to 2 s).
+    #[arg(long, default_value_t = 5)]
+    connect_retries: u32,
+
+    /// Seconds one connect + handshake attempt may take before it is retried.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+
+    /// Always show the live progress line on stderr (default: only when stderr is a terminal
+    /// and the run lasts more than ~3 s).
+    #[arg(long, conflicts_with = "no_progress")]
+    progress: bool,
+
+    /// Never show the live progress line.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl Args {
+    fn into_config(self) -> Config {
+        Config {
+            url: self.url,
+            connections: self.connections,
+            rate: self.rate,
+            duration_s: self.duration,
+            payload: self.payload,
+            publishers: self.publishers,
+            ramp_rate: self.ramp_rate,
+            max_inflight_handshakes: self.max_inflight_handshakes,
+            source_ips: self.source_ips,
+            threads: self.threads,
+            warmup_s: self.warmup,
+            p99_bound_ms: self.p99_bound_ms,
+            find_max: self.find_max,
+            start_rate: self.start_rate,
+            rate_step_factor: self.rate_step_factor,
+            max_steps: self.max_steps,
+            drain_s: self.drain_secs,
+            mode: self.mode,
+            groups: self.groups,
+            publish: self.publish,
+            http_url: self.http_url,
+            connect_retries: self.connect_retries,
+            connect_timeout_s: self.connect_timeout,
+            progress: if self.progress {
+                Some(true)
+            } else if self.no_progress {
+                Some(false)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let json = args.json;
+    let cfg = args.into_config();
+    match ringcast_loadgen::run(&cfg) {
+        Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.human());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringcast-loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

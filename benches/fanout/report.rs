@@ -1,0 +1,764 @@
+//! Results: ratios, the README (tables, goals, charts, commands) and validation of the JSON.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::charts::{self, fmt_us, human, Series};
+use crate::scenarios::{self, Kind, Scenario};
+use crate::{procs, Config};
+
+/// Facts about the machine and the tree, gathered once.
+pub struct Meta {
+    pub git_commit: String,
+    pub cores: String,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub memory: String,
+}
+
+fn command_output(cmd: &str, args: &[&str], dir: &Path) -> Option<String> {
+    let out = Command::new(cmd).args(args).current_dir(dir).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl Meta {
+    pub fn collect(cfg: &Config) -> Meta {
+        let ws = &cfg.workspace;
+        let mut git_commit =
+            command_output("git", &["rev-parse", "HEAD"], ws).unwrap_or_else(|| "unknown".into());
+        if let Some(st) =
+            command_output("git", &["status", "--porcelain", "--untracked-files=no"], ws)
+        {
+            if !st.is_empty() {
+                git_commit.push_str(" (plus uncommitted changes)");
+            }
+        }
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
+            })
+            .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
+            .unwrap_or_else(|| "unknown".into());
+        Meta {
+            git_commit,
+            cores: command_output("nproc", &["--all"], ws).unwrap_or_else(|| "unknown".into()),
+            cpu_model,
+            kernel: command_output("uname", &["-r"], ws).unwrap_or_else(|| "unknown".into()),
+            memory,
+        }
+    }
+
+    pub fn machine_json(&self) -> Value {
+        json!({
+            "cores": self.cores,
+            "cpu_model": self.cpu_model,
+            "kernel": self.kernel,
+            "memory": self.memory,
+        })
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+// ---- reading runs -------------------------------------------------------------------------
+
+fn f(v: &Value, ptr: &str) -> Option<f64> {
+    v.pointer(ptr).and_then(Value::as_f64)
+}
+
+/// The loadgen report of a run (`None` if the run failed).
+fn report(run: &Value) -> Option<&Value> {
+    run.get("report").filter(|r| r.is_object())
+}
+
+/// For find-max runs: did some step meet the bound?
+fn met_bound(run: &Value) -> Option<bool> {
+    let fm = report(run)?.get("find_max")?;
+    if fm.is_null() {
+        return None;
+    }
+    Some(!fm.get("best").is_none_or(Value::is_null))
+}
+
+/// Deliveries/s of a run; for find-max the best step's (None if no step met the bound).
+pub fn dps(run: &Value) -> Option<f64> {
+    let r = report(run)?;
+    match met_bound(run) {
+        Some(false) => None,
+        _ => f(r, "/deliveries_per_sec"),
+    }
+}
+
+fn lat(run: &Value, p: &str) -> Option<f64> {
+    f(report(run)?, &format!("/latency_us/{p}"))
+}
+
+fn lost(run: &Value) -> Option<f64> {
+    f(report(run)?, "/lost")
+}
+
+fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+pub fn ratios(sc: &Scenario, ringcast: &Value, baseline: &Value) -> Value {
+    match sc.kind {
+        Kind::IdleRss => json!({
+            "kib_per_connection_baseline_over_ringcast": div(
+                f(baseline, "/kib_per_connection"),
+                f(ringcast, "/kib_per_connection").map(|v| v.max(0.001)),
+            ),
+        }),
+        _ => json!({
+            "deliveries_per_sec": div(dps(ringcast), dps(baseline)),
+            "p99_baseline_over_ringcast": div(lat(baseline, "p99"), lat(ringcast, "p99")),
+        }),
+    }
+}
+
+pub fn one_line_summary(doc: &Value) -> String {
+    let mut s = String::new();
+    for server in ["ringcast", "baseline"] {
+        let run = &doc[server];
+        if let Some(err) = run.get("error").and_then(Value::as_str) {
+            let first = err.lines().next().unwrap_or("");
+            let _ = write!(s, "{server}: ERROR {first}; ");
+            continue;
+        }
+        if doc["kind"] == "idle_rss" {
+            let _ = write!(
+                s,
+                "{server}: {:.2} KiB/conn; ",
+                f(run, "/kib_per_connection").unwrap_or(f64::NAN)
+            );
+        } else {
+            let _ = write!(
+                s,
+                "{server}: {} deliveries/s p99 {} lost {}; ",
+                dps(run).map(human).unwrap_or_else(|| "none met bound".into()),
+                lat(run, "p99").map(fmt_us).unwrap_or_default(),
+                lost(run).unwrap_or(f64::NAN)
+            );
+        }
+    }
+    s
+}
+
+// ---- README -------------------------------------------------------------------------------
+
+fn load_docs(cfg: &Config) -> Vec<(Scenario, Option<Value>)> {
+    scenarios::all(cfg.quick)
+        .into_iter()
+        .map(|sc| {
+            let path = cfg.out_dir.join(format!("{}.json", sc.name));
+            let doc = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+            (sc, doc)
+        })
+        .collect()
+}
+
+fn opt(v: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
+    v.map(fmt).unwrap_or_else(|| "—".into())
+}
+
+fn ratio_s(v: Option<f64>) -> String {
+    opt(v, |r| if r >= 10.0 { format!("{r:.1}×") } else { format!("{r:.2}×") })
+}
+
+fn run_cell_error(run: &Value) -> Option<String> {
+    run.get("error").and_then(Value::as_str).map(|e| {
+        let first = e.lines().next().unwrap_or("error");
+        format!("error: {}", first.replace('|', "\\|"))
+    })
+}
+
+fn latency_triplet(run: &Value) -> String {
+    if let Some(e) = run_cell_error(run) {
+        return e;
+    }
+    format!(
+        "{} / {} / {}",
+        opt(lat(run, "p50"), fmt_us),
+        opt(lat(run, "p99"), fmt_us),
+        opt(lat(run, "p999"), fmt_us)
+    )
+}
+
+fn check(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "✓",
+        Some(false) => "✗",
+        None => "? (not measured)",
+    }
+}
+
+pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> {
+    let docs = load_docs(cfg);
+    let doc_of =
+        |name: &str| docs.iter().find(|(s, _)| s.name == name).and_then(|(_, d)| d.clone());
+    let (small, large) = scenarios::sizes(cfg.quick);
+    let mut md = String::new();
+    let w = &mut md;
+
+    let title = if cfg.quick {
+        "ringcast fan-out benchmark (quick mode)"
+    } else {
+        "ringcast fan-out benchmark"
+    };
+    let _ = writeln!(w, "# {title}\n");
+    let _ = writeln!(
+        w,
+        "Generated by `benches/fanout.rs`; do not edit by hand. ringcast (`ringcast serve --on-message relay`) \
+         against an in-tree baseline broadcast server (tokio + tokio-tungstenite, see *Method*), \
+         same machine, same run, same load generator (`ringcast-loadgen`).\n"
+    );
+    if cfg.quick {
+        let _ = writeln!(
+            w,
+            "> **Quick mode**: {small} and {} subscribers, short runs and few find-max steps. \
+             These numbers are a smoke test, not the published figures (those are in `../README.md`).\n",
+            scenarios::thousands(large as u64)
+        );
+    }
+    let _ = writeln!(w, "- Command: `{}`", cfg.bench_command);
+    let _ = writeln!(w, "- Date: {} (suite took {:.0} s)", utc_now(), elapsed.as_secs_f64());
+    let _ = writeln!(w, "- Git commit: `{}`", meta.git_commit);
+    let _ = writeln!(
+        w,
+        "- Machine: {} cores (`nproc`), {}, {} RAM, kernel {} (`uname -r`)",
+        meta.cores, meta.cpu_model, meta.memory, meta.kernel
+    );
+    let _ = writeln!(
+        w,
+        "- CPU sets: server on CPU {} (ringcast with `--shards 1 --cpus {}`; both servers pinned with \
+         `sched_setaffinity` before exec), load generator on CPU {} \
+         (`RINGCAST_BENCH_SERVER_CPUS` / `RINGCAST_BENCH_LOADGEN_CPUS`)\n",
+        procs::fmt_cpu_list(&cfg.server_cpus),
+        cfg.server_cpus[0],
+        procs::fmt_cpu_list(&cfg.loadgen_cpus)
+    );
+
+    // ---- goals
+    let max_small_64 = doc_of(&format!("max-{small}x64B"));
+    let max_large_1k = doc_of(&format!("max-{large}x1KiB"));
+    let fixed_large_64 = doc_of(&format!("fixed-{large}x64B"));
+    let idle = doc_of(&format!("idle-rss-{large}"));
+    let _ = writeln!(w, "## Goals\n");
+    let _ = writeln!(w, "| Goal | Target | Measured | Met |");
+    let _ = writeln!(w, "| --- | --- | --- | --- |");
+    {
+        let r = max_small_64.as_ref().and_then(|d| f(d, "/ratio/deliveries_per_sec"));
+        let _ = writeln!(
+            w,
+            "| Deliveries/s vs baseline, {} × 64 B find-max | ≥ 10× | {} | {} |",
+            scenarios::thousands(small as u64),
+            ratio_s(r),
+            check(r.map(|r| r >= 10.0))
+        );
+        let r = max_large_1k.as_ref().and_then(|d| f(d, "/ratio/deliveries_per_sec"));
+        let bound = max_large_1k.as_ref().and_then(|d| f(d, "/p99_bound_ms")).unwrap_or(250.0);
+        let _ = writeln!(
+            w,
+            "| Deliveries/s vs baseline, {} × 1 KiB find-max (p99 ≤ {bound} ms) | ≥ 4× | {} | {} |",
+            scenarios::thousands(large as u64),
+            ratio_s(r),
+            check(r.map(|r| r >= 4.0))
+        );
+        let (measured, ok) = match &fixed_large_64 {
+            Some(d) => {
+                let rp = lat(&d["ringcast"], "p99");
+                let bp = lat(&d["baseline"], "p99");
+                let rl = lost(&d["ringcast"]);
+                let ok = match (rp, bp, rl) {
+                    (Some(rp), Some(bp), Some(rl)) => Some(rp * 4.0 <= bp && rl == 0.0),
+                    _ => None,
+                };
+                (
+                    format!(
+                        "ringcast p99 {} vs baseline {} ({} lower), ringcast lost {}",
+                        opt(rp, fmt_us),
+                        opt(bp, fmt_us),
+                        ratio_s(div(bp, rp)),
+                        opt(rl, |v| format!("{v:.0}"))
+                    ),
+                    ok,
+                )
+            }
+            None => ("not run".into(), None),
+        };
+        let _ = writeln!(
+            w,
+            "| p99 at {} × 64 B, 20 msg/s | ≤ ¼ of baseline's, nothing lost | {measured} | {} |",
+            scenarios::thousands(large as u64),
+            check(ok)
+        );
+        let kib = idle.as_ref().and_then(|d| f(d, "/ringcast/kib_per_connection"));
+        let _ = writeln!(
+            w,
+            "| ringcast RSS per idle connection ({} connections) | ≤ 1 KiB | {} | {} |",
+            scenarios::thousands(large as u64),
+            opt(kib, |v| format!("{v:.2} KiB")),
+            check(kib.map(|v| v <= 1.0))
+        );
+        // Load generator saturation over every run.
+        let mut saturated = Vec::new();
+        let mut known = 0;
+        for (sc, d) in &docs {
+            let Some(d) = d else { continue };
+            for server in ["ringcast", "baseline"] {
+                if let Some(s) = d[server].pointer("/report/cpu/saturated").and_then(Value::as_bool)
+                {
+                    known += 1;
+                    if s {
+                        saturated.push(format!("{}/{server}", sc.name));
+                    }
+                }
+            }
+        }
+        let (measured, ok) = if known == 0 {
+            ("no load-generator report".to_string(), None)
+        } else if saturated.is_empty() {
+            (format!("not saturated in any of {known} runs"), Some(true))
+        } else {
+            (format!("saturated in {}: {}", saturated.len(), saturated.join(", ")), Some(false))
+        };
+        let _ = writeln!(
+            w,
+            "| Load generator not CPU-saturated (`cpu.saturated`) | no run saturated | {measured} | {} |\n",
+            check(ok)
+        );
+        if !saturated.is_empty() {
+            let _ = writeln!(
+                w,
+                "Where the load generator saturated its CPU, the measured rate is bounded by the load \
+                 generator, so ringcast's figure (and the ratio) there is a lower bound.\n"
+            );
+        }
+    }
+
+    // ---- find-max table
+    let _ = writeln!(w, "## Find-max: highest deliveries/s with p99 within the bound\n");
+    let _ = writeln!(
+        w,
+        "| Scenario | p99 bound | ringcast deliveries/s | baseline deliveries/s | ratio | \
+         ringcast p50 / p99 / p99.9 | baseline p50 / p99 / p99.9 | lost (ringcast / baseline) |"
+    );
+    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (sc, d) in docs.iter().filter(|(s, _)| matches!(s.kind, Kind::FindMax { .. })) {
+        let Some(d) = d else {
+            let _ = writeln!(w, "| {} | | not run | | | | | |", sc.title());
+            continue;
+        };
+        let cell = |run: &Value| {
+            run_cell_error(run).unwrap_or_else(|| match met_bound(run) {
+                Some(false) => "no step met the bound".into(),
+                _ => opt(dps(run), human),
+            })
+        };
+        let bound = f(d, "/p99_bound_ms").map(|b| format!("{b} ms")).unwrap_or_default();
+        let _ = writeln!(
+            w,
+            "| {} × {} | {bound} | {} | {} | {} | {} | {} | {} / {} |",
+            scenarios::thousands(sc.subscribers as u64),
+            scenarios::payload_human(sc.payload),
+            cell(&d["ringcast"]),
+            cell(&d["baseline"]),
+            ratio_s(f(d, "/ratio/deliveries_per_sec")),
+            latency_triplet(&d["ringcast"]),
+            latency_triplet(&d["baseline"]),
+            opt(lost(&d["ringcast"]), |v| format!("{v:.0}")),
+            opt(lost(&d["baseline"]), |v| format!("{v:.0}")),
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nRatio = ringcast deliveries/s ÷ baseline deliveries/s at each server's best step. \
+         Latencies and losses are those of the best step.\n"
+    );
+
+    // ---- fixed-rate table
+    let _ = writeln!(w, "## Fixed rate: latency at 20 msg/s\n");
+    let _ = writeln!(
+        w,
+        "| Scenario | deliveries/s (ringcast / baseline) | ringcast p50 / p99 / p99.9 | \
+         baseline p50 / p99 / p99.9 | lost (ringcast / baseline) | p99 ratio (baseline ÷ ringcast) |"
+    );
+    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- |");
+    for (sc, d) in docs.iter().filter(|(s, _)| matches!(s.kind, Kind::Fixed { .. })) {
+        let Some(d) = d else {
+            let _ = writeln!(w, "| {} | not run | | | | |", sc.title());
+            continue;
+        };
+        let _ = writeln!(
+            w,
+            "| {} × {} | {} / {} | {} | {} | {} / {} | {} |",
+            scenarios::thousands(sc.subscribers as u64),
+            scenarios::payload_human(sc.payload),
+            opt(dps(&d["ringcast"]), human),
+            opt(dps(&d["baseline"]), human),
+            latency_triplet(&d["ringcast"]),
+            latency_triplet(&d["baseline"]),
+            opt(lost(&d["ringcast"]), |v| format!("{v:.0}")),
+            opt(lost(&d["baseline"]), |v| format!("{v:.0}")),
+            ratio_s(f(d, "/ratio/p99_baseline_over_ringcast")),
+        );
+    }
+    let _ = writeln!(w);
+
+    // ---- idle RSS
+    let _ = writeln!(w, "## Resident memory per idle connection\n");
+    let _ = writeln!(
+        w,
+        "| Connections | ringcast KiB/conn | baseline KiB/conn | ratio (baseline ÷ ringcast) | \
+         ringcast RSS before → after | baseline RSS before → after |"
+    );
+    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- |");
+    if let Some(d) = &idle {
+        let kib = |run: &Value| {
+            run_cell_error(run)
+                .unwrap_or_else(|| opt(f(run, "/kib_per_connection"), |v| format!("{v:.2}")))
+        };
+        let ba = |run: &Value| {
+            format!(
+                "{} → {} KiB ({} open)",
+                opt(f(run, "/rss_before_kib"), |v| format!("{v:.0}")),
+                opt(f(run, "/rss_after_kib"), |v| format!("{v:.0}")),
+                opt(f(run, "/connections_open"), |v| format!("{v:.0}")),
+            )
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} |",
+            scenarios::thousands(large as u64),
+            kib(&d["ringcast"]),
+            kib(&d["baseline"]),
+            ratio_s(f(d, "/ratio/kib_per_connection_baseline_over_ringcast")),
+            ba(&d["ringcast"]),
+            ba(&d["baseline"]),
+        );
+    } else {
+        let _ = writeln!(w, "| {} | not run | | | | |", scenarios::thousands(large as u64));
+    }
+    let _ = writeln!(
+        w,
+        "\n(VmRSS after − VmRSS before) ÷ connections open, read from `/proc/PID/status` once the \
+         server has listened for 1 s and again 2 s after the last connection's handshake.\n"
+    );
+
+    // ---- charts
+    let _ = writeln!(w, "## Charts\n");
+    match draw_charts(cfg, &docs) {
+        Ok(files) => {
+            for (file, alt) in files {
+                let _ = writeln!(w, "![{alt}]({file})\n");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(w, "Charts could not be drawn: {e:#}\n");
+        }
+    }
+
+    // ---- CPU table
+    let _ = writeln!(w, "## CPU use per run\n");
+    let _ = writeln!(
+        w,
+        "| Scenario | server | load generator cores used | load generator saturated | \
+         server CPU (of one core) | server peak RSS | allowed CPUs (server / load generator) |"
+    );
+    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- |");
+    for (sc, d) in &docs {
+        let Some(d) = d else { continue };
+        if d["kind"] == "idle_rss" {
+            continue;
+        }
+        for server in ["ringcast", "baseline"] {
+            let run = &d[server];
+            if run.get("error").is_some() {
+                continue;
+            }
+            let _ = writeln!(
+                w,
+                "| {} | {server} | {} | {} | {} | {} | {} / {} |",
+                sc.name,
+                opt(f(run, "/report/cpu/cores_used"), |v| format!("{v:.2}")),
+                run.pointer("/report/cpu/saturated").map(|v| v.to_string()).unwrap_or_default(),
+                opt(f(run, "/server_cpu_util"), |v| format!("{:.0} %", v * 100.0)),
+                opt(f(run, "/server_rss_kib/peak"), |v| format!("{:.1} MiB", v / 1024.0)),
+                run["server_cpus_allowed"].as_str().unwrap_or("?"),
+                run["loadgen_cpus_allowed"].as_str().unwrap_or("?"),
+            );
+        }
+    }
+    let _ = writeln!(w);
+
+    // ---- method
+    let _ = writeln!(w, "## Method\n");
+    let _ = writeln!(
+        w,
+        "- **ringcast**: `ringcast serve --listen 127.0.0.1:PORT --shards 1 --cpus {cpu} --on-message relay \
+         --max-connections 16384`, other flags at their defaults.\n\
+         - **baseline**: the bench binary re-executed with `RINGCAST_BENCH_ROLE=baseline`: a current-thread \
+         tokio runtime, `tokio_tungstenite::accept_async`, one task per connection that `select!`s between \
+         the socket and a `tokio::sync::broadcast` receiver (capacity {cap}); every Text/Binary message \
+         is `send`ed to the channel, every received one is written with `SinkExt::send`. A receiver that \
+         lags by more than the capacity skips ahead (the load generator counts those messages as lost). \
+         `TCP_NODELAY` is set, listen backlog {backlog}.\n\
+         - **Load generator**: `ringcast-loadgen --json` ({pubs} publisher connection + N subscriber \
+         connections; a message is a delivery when a subscriber receives it; latency is receive time − \
+         send time on one monotonic clock). Fixed-rate runs publish 20 msg/s in all; find-max runs step \
+         the rate up until p99 exceeds the bound and report the best step that met it.\n\
+         - Each (scenario, server) pair gets a freshly started server on a fresh port; the two servers \
+         run one after the other, never at the same time. Server CPU is the server's utime + stime \
+         over the load generator's wall time, from `/proc/PID/stat`.\n\
+         - **Idle memory**: the bench binary re-executed with `RINGCAST_BENCH_ROLE=idle` (pinned to the \
+         load generator CPUs) opens the connections, completes the handshakes and then reads nothing.\n\
+         - The machine is shared with other work, so expect run-to-run noise of several per cent.\n",
+        cpu = cfg.server_cpus[0],
+        cap = crate::baseline::CHANNEL_CAPACITY,
+        backlog = crate::baseline::BACKLOG,
+        pubs = scenarios::PUBLISHERS,
+    );
+
+    // ---- commands
+    let _ = writeln!(w, "## Commands\n");
+    let _ = writeln!(w, "Binaries were built with:\n\n```");
+    for c in &cfg.build_commands {
+        let _ = writeln!(w, "{c}");
+    }
+    if cfg.build_commands.is_empty() {
+        let _ = writeln!(
+            w,
+            "(prebuilt binaries given by RINGCAST_BENCH_RINGCAST_BIN / RINGCAST_BENCH_LOADGEN_BIN)"
+        );
+    }
+    let _ = writeln!(w, "```\n");
+    let _ =
+        writeln!(w, "Per scenario (ports differ per run; the JSON files hold the exact lines):\n");
+    let _ = writeln!(w, "```");
+    for (sc, d) in &docs {
+        let Some(d) = d else { continue };
+        let _ = writeln!(w, "# {}", sc.name);
+        for server in ["ringcast", "baseline"] {
+            let run = &d[server];
+            for key in ["server_command", "loadgen_command", "opener_command"] {
+                if let Some(c) = run.get(key).and_then(Value::as_str) {
+                    let _ = writeln!(w, "{c}");
+                }
+            }
+        }
+    }
+    let _ = writeln!(w, "```");
+
+    let path = cfg.out_dir.join("README.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Draws every chart; returns (relative file name, alt text) pairs.
+fn draw_charts(cfg: &Config, docs: &[(Scenario, Option<Value>)]) -> Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    // Deliveries/s vs connections, find-max best steps.
+    let mut series = Vec::new();
+    for (server, payload, color) in [
+        ("ringcast", 64, charts::RINGCAST),
+        ("ringcast", 1024, charts::RINGCAST_LIGHT),
+        ("baseline", 64, charts::BASELINE),
+        ("baseline", 1024, charts::BASELINE_LIGHT),
+    ] {
+        let mut points: Vec<(f64, f64)> = docs
+            .iter()
+            .filter(|(s, _)| matches!(s.kind, Kind::FindMax { .. }) && s.payload == payload)
+            .filter_map(|(s, d)| Some((s.subscribers as f64, dps(&d.as_ref()?[server])?)))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if !points.is_empty() {
+            series.push(charts::Series {
+                label: format!("{server}, {}", scenarios::payload_human(payload)),
+                color,
+                points,
+            });
+        }
+    }
+    if !series.is_empty() {
+        let name = "deliveries.svg";
+        charts::deliveries_vs_connections(
+            &cfg.out_dir.join(name),
+            "Find-max deliveries/s vs subscriber connections",
+            &series,
+        )?;
+        files.push((name.to_string(), "deliveries/s vs connections, both servers".to_string()));
+    }
+    // Latency percentiles per scenario.
+    for (sc, d) in docs {
+        let Some(d) = d else { continue };
+        if matches!(sc.kind, Kind::IdleRss) {
+            continue;
+        }
+        let mut series = Vec::new();
+        for (server, color) in [("ringcast", charts::RINGCAST), ("baseline", charts::BASELINE)] {
+            let run = &d[server];
+            let points: Vec<(f64, f64)> = ["p50", "p90", "p99", "p999"]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((i as f64, lat(run, p)?)))
+                .collect();
+            if !points.is_empty() {
+                series.push(Series { label: server.to_string(), color, points });
+            }
+        }
+        if series.is_empty() {
+            continue;
+        }
+        let bound = f(d, "/p99_bound_ms").map(|ms| ms * 1000.0);
+        let suffix = if bound.is_some() { " (best step)" } else { "" };
+        let name = format!("latency-{}.svg", sc.name);
+        charts::latency_percentiles(
+            &cfg.out_dir.join(&name),
+            &format!("{}{suffix}", sc.title()),
+            &series,
+            bound,
+        )?;
+        files.push((name, format!("latency percentiles, {}", sc.title())));
+    }
+    Ok(files)
+}
+
+// ---- validation ---------------------------------------------------------------------------
+
+/// Re-reads every JSON this run wrote and checks the fields the README and CI rely on.
+pub fn validate(cfg: &Config, selected: &[Scenario]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for sc in selected {
+        let path = cfg.out_dir.join(format!("{}.json", sc.name));
+        let doc = match std::fs::read_to_string(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| serde_json::from_str::<Value>(&t).map_err(anyhow::Error::from))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("{}: {e}", path.display()));
+                continue;
+            }
+        };
+        let mut need = |ok: bool, what: &str| {
+            if !ok {
+                problems.push(format!("{}: {what}", path.display()));
+            }
+        };
+        need(doc["scenario"] == sc.name.as_str(), "scenario name");
+        need(doc["kind"] == sc.kind.tag(), "kind");
+        need(doc.pointer("/cpus/server").is_some_and(Value::is_string), "cpus.server");
+        need(doc.pointer("/cpus/loadgen").is_some_and(Value::is_string), "cpus.loadgen");
+        need(doc.get("ratio").is_some_and(Value::is_object), "ratio object");
+        need(doc.get("git_commit").is_some_and(Value::is_string), "git_commit");
+        for server in ["ringcast", "baseline"] {
+            let run = &doc[server];
+            if let Some(e) = run.get("error") {
+                need(false, &format!("{server} run failed: {}", e.as_str().unwrap_or("?")));
+                continue;
+            }
+            let num = |p: &str| run.pointer(p).is_some_and(Value::is_number);
+            need(
+                run.get("server_command").is_some_and(Value::is_string),
+                &format!("{server}.server_command"),
+            );
+            match sc.kind {
+                Kind::IdleRss => {
+                    for p in [
+                        "/kib_per_connection",
+                        "/rss_before_kib",
+                        "/rss_after_kib",
+                        "/connections_open",
+                    ] {
+                        need(num(p), &format!("{server}{}", p.replace('/', ".")));
+                    }
+                }
+                _ => {
+                    need(
+                        run.get("loadgen_command").is_some_and(Value::is_string),
+                        &format!("{server}.loadgen_command"),
+                    );
+                    for p in [
+                        "/report/deliveries_per_sec",
+                        "/report/sent",
+                        "/report/expected",
+                        "/report/received",
+                        "/report/lost",
+                        "/report/connect/ok",
+                        "/report/latency_us/p50",
+                        "/report/latency_us/p90",
+                        "/report/latency_us/p99",
+                        "/report/latency_us/p999",
+                    ] {
+                        need(num(p), &format!("{server}{}", p.replace('/', ".")));
+                    }
+                    need(
+                        run.pointer("/report/cpu/saturated").is_some_and(Value::is_boolean),
+                        &format!("{server}.report.cpu.saturated"),
+                    );
+                    if matches!(sc.kind, Kind::FindMax { .. }) {
+                        need(
+                            run.pointer("/report/find_max/steps").is_some_and(Value::is_array),
+                            &format!("{server}.report.find_max.steps"),
+                        );
+                        need(
+                            run.pointer("/report/find_max/best").is_some(),
+                            &format!("{server}.report.find_max.best"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let readme = cfg.out_dir.join("README.md");
+    match std::fs::read_to_string(&readme) {
+        Ok(text) => {
+            // Every chart the README references must exist next to it.
+            for part in text.split("](").skip(1) {
+                if let Some(file) = part.split(')').next().filter(|f| f.ends_with(".svg")) {
+                    if !cfg.out_dir.join(file).is_file() {
+                        problems.push(format!("README references missing {file}"));
+                    }
+                }
+            }
+        }
+        Err(e) => problems.push(format!("{}: {e}", readme.display())),
+    }
+    problems
+}

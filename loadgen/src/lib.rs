@@ -1,0 +1,799 @@
+//! `ringcast-loadgen`: an open-loop fan-out latency load generator for WebSocket broadcast
+//! servers (built for ringcast, works against any server that relays messages to clients).
+//!
+//! Embed it with [`run`]: build a [`Config`], get a [`Report`] (serde-serializable in the exact
+//! `--json` schema of `docs/loadgen-contract.md`).
+//!
+//! How it measures:
+//! * one process-wide monotonic clock: a single `Instant` captured at start, shared by every
+//!   thread; each message carries its send time in nanoseconds since that instant, and every
+//!   delivery's latency is its receive time minus that send time;
+//! * open-loop publishers scheduled by absolute deadlines (`start + k / rate`): they never
+//!   wait for replies, and when behind they send at once, never skipping (no coordinated
+//!   omission);
+//! * `--threads` OS threads each drive their share of the connections with an edge-triggered
+//!   epoll (mio) loop, 64 KiB reads and in-place frame header parsing; latencies go into a
+//!   per-thread `hdrhistogram` (ns, 3 significant figures) merged at the end; per-subscriber
+//!   per-stream sequence windows count duplicates and reorders; losses are
+//!   `expected - distinct received`.
+
+#![warn(missing_debug_implementations)]
+
+pub mod codec;
+pub mod frame;
+pub mod report;
+pub mod seq;
+mod sys;
+mod worker;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use hdrhistogram::Histogram;
+use mio::{Poll, Waker};
+use tungstenite::http::Uri;
+
+pub use report::{ConnectStats, CpuStats, FindMax, LatencyUs, Report, RunStats};
+
+use crate::seq::SeqCounts;
+use crate::sys::CpuTimes;
+use crate::worker::{
+    Clock, Cmd, ConnectSummary, Ctx, HttpTarget, Shared, StepCmd, StepResult, Worker, WorkerMsg,
+    WorkerPlan, WorkerProgress,
+};
+
+/// What the clients say to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Publishers send binary messages; the server relays them to every connection.
+    #[default]
+    Plain,
+    /// Subscribers join groups with `{"cmd":"add_group","group_id":"G"}`; publishers send
+    /// `{"cmd":"send_to_group","group_id":"G","message":"<hex text form>"}`.
+    Groups,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "plain" => Ok(Mode::Plain),
+            "groups" => Ok(Mode::Groups),
+            _ => Err(format!("unknown mode {s:?} (plain|groups)")),
+        }
+    }
+}
+
+/// How publishers inject messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Publish {
+    /// Over their own WebSocket connections to `url`.
+    #[default]
+    Ws,
+    /// Over one HTTP/1.1 keep-alive connection each to `http_url` (pipelined POSTs).
+    Http,
+}
+
+impl FromStr for Publish {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ws" => Ok(Publish::Ws),
+            "http" => Ok(Publish::Http),
+            _ => Err(format!("unknown publish method {s:?} (ws|http)")),
+        }
+    }
+}
+
+/// Which local addresses connections are bound to before connecting.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SourceIps {
+    /// 127.0.0.1..=127.0.0.8 round-robin when the target is IPv4 loopback, else no binding.
+    #[default]
+    Auto,
+    /// Never bind (the kernel picks the source address).
+    None,
+    /// Round-robin over these addresses.
+    List(Vec<IpAddr>),
+}
+
+impl FromStr for SourceIps {
+    type Err = String;
+    /// `auto`, `none`, or a comma list of addresses and IPv4 ranges `A-B`
+    /// (e.g. `127.0.0.1-127.0.0.16,127.1.0.1`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => return Ok(SourceIps::Auto),
+            "none" => return Ok(SourceIps::None),
+            _ => {}
+        }
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some((a, b)) = part.split_once('-') {
+                let a: Ipv4Addr = a.trim().parse().map_err(|e| format!("{part}: {e}"))?;
+                let b: Ipv4Addr = b.trim().parse().map_err(|e| format!("{part}: {e}"))?;
+                let (a, b) = (u32::from(a), u32::from(b));
+                if b < a || b - a > 65_535 {
+                    return Err(format!("bad range {part}"));
+                }
+                out.extend((a..=b).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
+            } else {
+                out.push(part.parse().map_err(|e| format!("{part}: {e}"))?);
+            }
+        }
+        if out.is_empty() {
+            return Err("empty source address list".into());
+        }
+        Ok(SourceIps::List(out))
+    }
+}
+
+/// Everything a run needs. [`Config::default`] gives the CLI defaults (except `url`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// WebSocket URL of the server, `ws://HOST:PORT/PATH`.
+    pub url: String,
+    /// Subscriber connections (publisher connections are extra).
+    pub connections: usize,
+    /// Offered rate in messages/s, all publishers together.
+    pub rate: f64,
+    /// Measured seconds of publishing per run / find-max step.
+    pub duration_s: f64,
+    /// Bytes per message (>= 24; the text form is at least 48 characters).
+    pub payload: usize,
+    /// Publisher connections; the rate is split evenly among them.
+    pub publishers: usize,
+    /// Connection attempts started per second during ramp-up (0 = unlimited).
+    pub ramp_rate: f64,
+    /// Connects + handshakes in flight at once, over all threads.
+    pub max_inflight_handshakes: usize,
+    /// Source addresses to bind before connecting.
+    pub source_ips: SourceIps,
+    /// Worker threads (0 = available CPUs).
+    pub threads: usize,
+    /// Seconds of unmeasured load before measuring.
+    pub warmup_s: f64,
+    /// find-max: highest acceptable p99 latency in ms.
+    pub p99_bound_ms: f64,
+    /// Step the rate up until the bounds break, instead of one run at `rate`.
+    pub find_max: bool,
+    /// find-max: first offered rate (None = `rate`).
+    pub start_rate: Option<f64>,
+    /// find-max: multiply the rate by this after each step that met the bounds.
+    pub rate_step_factor: f64,
+    /// find-max: at most this many steps.
+    pub max_steps: usize,
+    /// Seconds to wait after the last send for in-flight deliveries.
+    pub drain_s: f64,
+    /// Plain relay or groups commands.
+    pub mode: Mode,
+    /// Groups mode: group ids; subscriber i joins group i mod len, publishers rotate over all.
+    pub groups: Vec<String>,
+    /// Publish over WebSocket or the HTTP push API.
+    pub publish: Publish,
+    /// HTTP push API base URL (`http://HOST:PORT/PATH`), required with [`Publish::Http`].
+    pub http_url: Option<String>,
+    /// Retries per connection after a failed connect or handshake.
+    pub connect_retries: u32,
+    /// Seconds one connect + handshake attempt may take.
+    pub connect_timeout_s: f64,
+    /// Live progress on stderr: None = when stderr is a TTY and the run is longer than ~3 s.
+    pub progress: Option<bool>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            connections: 100,
+            rate: 1000.0,
+            duration_s: 10.0,
+            payload: 64,
+            publishers: 1,
+            ramp_rate: 5000.0,
+            max_inflight_handshakes: 256,
+            source_ips: SourceIps::Auto,
+            threads: 0,
+            warmup_s: 1.0,
+            p99_bound_ms: 50.0,
+            find_max: false,
+            start_rate: None,
+            rate_step_factor: 1.5,
+            max_steps: 12,
+            drain_s: 2.0,
+            mode: Mode::Plain,
+            groups: Vec::new(),
+            publish: Publish::Ws,
+            http_url: None,
+            connect_retries: 5,
+            connect_timeout_s: 10.0,
+            progress: None,
+        }
+    }
+}
+
+/// Runs the whole load test described by `cfg` and reports what was measured.
+pub fn run(cfg: &Config) -> Result<Report> {
+    let mut c = Controller::start(cfg)?;
+    let res = c.measure();
+    c.shutdown();
+    res
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}:{port}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| anyhow!("{host}:{port} resolved to no address"))
+}
+
+fn host_port(uri: &Uri, default_port: u16) -> Result<(String, u16)> {
+    let host = uri.host().ok_or_else(|| anyhow!("URL {uri} has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    Ok((host, uri.port_u16().unwrap_or(default_port)))
+}
+
+fn http_target(http_url: &str, groups: &[String]) -> Result<HttpTarget> {
+    let uri: Uri = http_url.parse().with_context(|| format!("bad --http-url {http_url:?}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--http-url must be http://HOST:PORT/PATH (no TLS)");
+    }
+    let (host, port) = host_port(&uri, 80)?;
+    let addr = resolve(&host, port)?;
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = if pq.is_empty() { "/" } else { pq };
+    let sep = if pq.contains('?') { '&' } else { '?' };
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or(&host);
+    let line_prefix = format!("POST {pq}{sep}content=").into_bytes();
+    let tail = format!(" HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\n\r\n");
+    let line_suffix = if groups.is_empty() {
+        vec![tail.into_bytes()]
+    } else {
+        groups
+            .iter()
+            .map(|g| format!("&group_id={}{tail}", codec::percent_encode(g)).into_bytes())
+            .collect()
+    };
+    Ok(HttpTarget { addr, line_prefix, line_suffix })
+}
+
+/// Drives the workers through connect, warm-up and measured steps.
+struct Controller {
+    cfg: Config,
+    ctx: Arc<Ctx>,
+    shared: Arc<Shared>,
+    threads: usize,
+    usable_cores: usize,
+    cmd_tx: Vec<mpsc::Sender<Cmd>>,
+    wakers: Vec<Waker>,
+    from_workers: mpsc::Receiver<WorkerMsg>,
+    handles: Vec<JoinHandle<()>>,
+    members: Vec<u64>,
+    connect: ConnectStats,
+    progress: Progress,
+}
+
+impl Controller {
+    fn start(cfg: &Config) -> Result<Self> {
+        let cfg = cfg.clone();
+        validate(&cfg)?;
+        let uri: Uri = cfg.url.parse().with_context(|| format!("bad --url {:?}", cfg.url))?;
+        match uri.scheme_str() {
+            Some("ws") => {}
+            Some("wss") => bail!("wss:// is not supported (plain ws:// only)"),
+            _ => bail!("--url must be ws://HOST:PORT/PATH"),
+        }
+        let (host, port) = host_port(&uri, 80)?;
+        let ws_addr = resolve(&host, port)?;
+        let groups: Vec<String> = match cfg.mode {
+            Mode::Plain => Vec::new(),
+            Mode::Groups if cfg.groups.is_empty() => vec!["loadgen".to_owned()],
+            Mode::Groups => cfg.groups.clone(),
+        };
+        let ngroups = groups.len().max(1);
+        let http = match cfg.publish {
+            Publish::Ws => None,
+            Publish::Http => {
+                let u = cfg
+                    .http_url
+                    .as_deref()
+                    .ok_or_else(|| anyhow!("--publish http needs --http-url"))?;
+                Some(http_target(u, &groups)?)
+            }
+        };
+        let source_ips = match &cfg.source_ips {
+            SourceIps::None => Vec::new(),
+            SourceIps::List(v) => v.clone(),
+            SourceIps::Auto => match ws_addr.ip() {
+                IpAddr::V4(v4) if v4.is_loopback() => {
+                    (1..=8).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect()
+                }
+                _ => Vec::new(),
+            },
+        };
+        let usable_cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = if cfg.threads == 0 { usable_cores } else { cfg.threads };
+        match sys::raise_nofile_limit() {
+            Ok(lim) if (lim as usize) < cfg.connections + cfg.publishers + 64 => eprintln!(
+                "warning: open file limit {lim} is below the {} connections requested",
+                cfg.connections + cfg.publishers
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: could not raise the open file limit: {e}"),
+        }
+
+        let clock = Clock(Instant::now());
+        let ctx = Arc::new(Ctx {
+            clock,
+            ws_addr,
+            uri,
+            source_ips,
+            mode: cfg.mode,
+            groups: ngroups,
+            add_group: groups.iter().map(|g| codec::add_group_json(g).into_bytes()).collect(),
+            send_parts: groups.iter().map(|g| codec::send_to_group_parts(g)).collect(),
+            payload: cfg.payload,
+            http,
+            publishers: cfg.publishers,
+            subscribers: cfg.connections,
+            ramp_per_worker: cfg.ramp_rate / threads as f64,
+            inflight_per_worker: (cfg.max_inflight_handshakes / threads).max(1),
+            retries: cfg.connect_retries,
+            connect_timeout: Duration::from_secs_f64(cfg.connect_timeout_s),
+        });
+        let shared = Arc::new(Shared {
+            progress: (0..threads).map(|_| WorkerProgress::default()).collect(),
+            sent: (0..cfg.publishers * ngroups).map(|_| AtomicU64::new(0)).collect(),
+            pubs_running: AtomicUsize::new(0),
+        });
+
+        let mut plans = vec![WorkerPlan::default(); threads];
+        for p in 0..cfg.publishers {
+            plans[p % threads].pubs.push(p);
+        }
+        for i in 0..cfg.connections {
+            plans[i % threads].subs.push((i, i % ngroups));
+        }
+
+        let total_secs =
+            cfg.warmup_s + cfg.duration_s * if cfg.find_max { cfg.max_steps as f64 } else { 1.0 };
+        let progress = Progress::new(cfg.progress, total_secs > 3.0);
+
+        let (to_ctl, from_workers) = mpsc::channel();
+        let mut cmd_tx = Vec::new();
+        let mut wakers = Vec::new();
+        let mut handles = Vec::new();
+        let connect_start = Instant::now();
+        for (id, plan) in plans.iter().enumerate() {
+            let poll = Poll::new().context("creating epoll instance")?;
+            let waker = Waker::new(poll.registry(), mio::Token(usize::MAX))?;
+            let (tx, rx) = mpsc::channel();
+            let worker =
+                Worker::new(id, ctx.clone(), shared.clone(), poll, rx, to_ctl.clone(), plan)?;
+            let h = std::thread::Builder::new()
+                .name(format!("loadgen-{id}"))
+                .spawn(move || worker.run())
+                .context("spawning worker thread")?;
+            cmd_tx.push(tx);
+            wakers.push(waker);
+            handles.push(h);
+        }
+        drop(to_ctl);
+
+        let mut c = Controller {
+            cfg,
+            ctx,
+            shared,
+            threads,
+            usable_cores,
+            cmd_tx,
+            wakers,
+            from_workers,
+            handles,
+            members: vec![0; ngroups],
+            connect: ConnectStats { ok: 0, failed: 0, secs: 0.0 },
+            progress,
+        };
+        if let Err(e) = c.wait_connected(connect_start) {
+            c.shutdown();
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    fn wait_connected(&mut self, t0: Instant) -> Result<()> {
+        let mut summaries: Vec<Option<ConnectSummary>> = vec![None; self.threads];
+        while summaries.iter().any(Option::is_none) {
+            match self.recv(Duration::from_millis(250))? {
+                Some(WorkerMsg::Connected(id, s)) => summaries[id] = Some(s),
+                Some(_) | None => {}
+            }
+            let (ok, failed) = self.shared.progress.iter().fold((0, 0), |(o, f), p| {
+                (o + p.connected.load(Ordering::Relaxed), f + p.failed.load(Ordering::Relaxed))
+            });
+            self.progress.show(&format!(
+                "connecting: {ok}/{} open, {failed} failed, {:.1} s",
+                self.cfg.connections,
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+        self.connect.secs = t0.elapsed().as_secs_f64();
+        self.progress.clear();
+        let mut pub_failed = 0;
+        let mut last_err = None;
+        for s in summaries.into_iter().flatten() {
+            for (g, n) in s.ok_per_group.iter().enumerate() {
+                self.members[g] += n;
+            }
+            self.connect.failed += s.failed;
+            pub_failed += s.pub_failed;
+            if s.last_error.is_some() {
+                last_err = s.last_error;
+            }
+        }
+        self.connect.ok = self.members.iter().sum();
+        if self.connect.failed > 0 || pub_failed > 0 {
+            eprintln!(
+                "{} subscriber and {pub_failed} publisher connection(s) failed; last error: {}",
+                self.connect.failed,
+                last_err.as_deref().unwrap_or("?")
+            );
+        }
+        if pub_failed > 0 {
+            bail!("{pub_failed} publisher connection(s) failed: {}", last_err.unwrap_or_default());
+        }
+        if self.connect.ok == 0 && self.cfg.connections > 0 {
+            bail!("no subscriber could connect: {}", last_err.unwrap_or_default());
+        }
+        eprintln!(
+            "connected {} subscriber(s) + {} publisher(s) in {:.2} s ({} failed)",
+            self.connect.ok, self.cfg.publishers, self.connect.secs, self.connect.failed
+        );
+        Ok(())
+    }
+
+    /// Receives one worker message; errors if a worker died.
+    fn recv(&mut self, timeout: Duration) -> Result<Option<WorkerMsg>> {
+        match self.from_workers.recv_timeout(timeout) {
+            Ok(m) => Ok(Some(m)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if self.handles.iter().any(|h| h.is_finished()) {
+                    bail!("a load generator worker thread exited unexpectedly");
+                }
+                Ok(None)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("all worker threads exited"),
+        }
+    }
+
+    fn broadcast(&self, mk: impl Fn() -> Cmd) {
+        for (tx, w) in self.cmd_tx.iter().zip(&self.wakers) {
+            let _ = tx.send(mk());
+            let _ = w.wake();
+        }
+    }
+
+    fn measure(&mut self) -> Result<Report> {
+        let cfg = self.cfg.clone();
+        let first_rate = if cfg.find_max { cfg.start_rate.unwrap_or(cfg.rate) } else { cfg.rate };
+        if cfg.warmup_s > 0.0 {
+            eprintln!("warming up for {:.1} s at {first_rate:.1} msg/s", cfg.warmup_s);
+            self.step(first_rate, cfg.warmup_s, "warmup")?;
+        }
+        if !cfg.find_max {
+            let run = self.step(cfg.rate, cfg.duration_s, "run")?;
+            return Ok(Report { run, find_max: None });
+        }
+        let mut steps: Vec<RunStats> = Vec::new();
+        let mut best: Option<RunStats> = None;
+        let mut rate = first_rate;
+        for i in 0..cfg.max_steps {
+            let mut st =
+                self.step(rate, cfg.duration_s, &format!("step {}/{}", i + 1, cfg.max_steps))?;
+            let ok = st.expected > 0
+                && st.latency_us.p99 as f64 <= cfg.p99_bound_ms * 1000.0
+                && st.received as f64 >= 0.99 * st.expected as f64;
+            st.extra.met_bounds = ok;
+            eprintln!(
+                "step {}: {:.1} msg/s -> {:.0} deliveries/s, p99 {:.3} ms, received {}/{} {}",
+                i + 1,
+                rate,
+                st.deliveries_per_sec,
+                st.latency_us.p99 as f64 / 1000.0,
+                st.received,
+                st.expected,
+                if ok { "ok" } else { "over the bounds: stopping" }
+            );
+            if ok && best.as_ref().is_none_or(|b| st.deliveries_per_sec > b.deliveries_per_sec) {
+                best = Some(st.clone());
+            }
+            steps.push(st);
+            if !ok {
+                break;
+            }
+            rate *= cfg.rate_step_factor;
+        }
+        let top =
+            best.clone().or_else(|| steps.last().cloned()).ok_or_else(|| anyhow!("no step ran"))?;
+        Ok(Report {
+            run: top,
+            find_max: Some(FindMax { p99_bound_ms: cfg.p99_bound_ms, steps, best }),
+        })
+    }
+
+    fn sent_now(&self) -> Vec<u64> {
+        self.shared.sent.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+    }
+
+    fn expected(&self, first: &[u64], now: &[u64]) -> u64 {
+        let g = self.members.len();
+        first.iter().zip(now).enumerate().map(|(s, (a, b))| (b - a) * self.members[s % g]).sum()
+    }
+
+    /// One step of load at `rate` msg/s for `secs`; returns its stats.
+    fn step(&mut self, rate: f64, secs: f64, label: &str) -> Result<RunStats> {
+        let clock = self.ctx.clock;
+        let first: Arc<[u64]> = Arc::from(self.sent_now());
+        let lead_ns = 20_000_000;
+        let start_ns = clock.now_ns() + lead_ns;
+        let end_ns = start_ns + (secs * 1e9) as u64;
+        self.shared.pubs_running.store(self.cfg.publishers, Ordering::SeqCst);
+        let cmd = StepCmd {
+            rate_per_pub: rate / self.cfg.publishers as f64,
+            start_ns,
+            end_ns,
+            first_seq: first.clone(),
+        };
+        let cpu0 = CpuTimes::now();
+        self.broadcast(|| Cmd::Step(cmd.clone()));
+
+        let drain_ns = (self.cfg.drain_s * 1e9) as u64;
+        let mut last_send_done: Option<u64> = None;
+        let mut last_show = 0u64;
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            if self.handles.iter().any(|h| h.is_finished()) {
+                bail!("a load generator worker thread exited unexpectedly");
+            }
+            let now = clock.now_ns();
+            let sent = self.sent_now();
+            let expected = self.expected(&first, &sent);
+            let (received, unique) = self.shared.progress.iter().fold((0, 0), |(r, u), p| {
+                (r + p.received.load(Ordering::Relaxed), u + p.unique.load(Ordering::Relaxed))
+            });
+            if now >= last_show + 500_000_000 {
+                last_show = now;
+                let el = now.saturating_sub(start_ns) as f64 / 1e9;
+                let nsent: u64 = sent.iter().zip(first.iter()).map(|(b, a)| b - a).sum();
+                self.progress.show(&format!(
+                    "{label} @ {rate:.0} msg/s: {:.1}/{secs:.1} s, sent {nsent}, delivered {received}/{expected} ({:.0}/s)",
+                    el.min(secs),
+                    if el > 0.0 { received as f64 / el } else { 0.0 }
+                ));
+            }
+            if now < end_ns {
+                continue;
+            }
+            let running = self.shared.pubs_running.load(Ordering::SeqCst);
+            if running == 0 && last_send_done.is_none() {
+                last_send_done = Some(now);
+            }
+            // Publishers normally finish right at end_ns; give a stuck one 5 s at most.
+            let drain_from = last_send_done.unwrap_or(end_ns + 5_000_000_000);
+            if running == 0 && unique >= expected {
+                break;
+            }
+            if now >= drain_from + drain_ns {
+                break;
+            }
+        }
+        let wall_end_ns = clock.now_ns();
+        let cpu = CpuTimes::now().since(&cpu0);
+        self.progress.clear();
+
+        self.broadcast(|| Cmd::Collect);
+        let mut results: Vec<Box<StepResult>> = Vec::with_capacity(self.threads);
+        while results.len() < self.threads {
+            if let Some(WorkerMsg::Step(_, r)) = self.recv(Duration::from_millis(250))? {
+                results.push(r);
+            }
+        }
+        let sent_end = self.sent_now();
+        let expected = self.expected(&first, &sent_end);
+        let sent: u64 = sent_end.iter().zip(first.iter()).map(|(b, a)| b - a).sum();
+
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
+        let mut counts = SeqCounts::default();
+        let mut last_rx = 0u64;
+        let mut lag = 0u64;
+        let mut disconnected = 0;
+        let (mut http_ok, mut http_bad) = (0, 0);
+        for r in &results {
+            hist.add(&r.hist).map_err(|e| anyhow!("merging histograms: {e:?}"))?;
+            counts.received += r.counts.received;
+            counts.duplicates += r.counts.duplicates;
+            counts.reordered += r.counts.reordered;
+            last_rx = last_rx.max(r.last_rx_ns);
+            lag = lag.max(r.max_send_lag_ns);
+            disconnected += r.disconnected;
+            http_ok += r.http_ok;
+            http_bad += r.http_bad;
+        }
+        let us = |ns: u64| (ns + 500) / 1000;
+        let q = |x: f64| if hist.is_empty() { 0 } else { us(hist.value_at_quantile(x)) };
+        let latency_us = LatencyUs {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: if hist.is_empty() { 0 } else { us(hist.max()) },
+            mean: if hist.is_empty() { 0.0 } else { hist.mean() / 1000.0 },
+        };
+        let span_s = (last_rx.max(end_ns) - start_ns) as f64 / 1e9;
+        let wall_s = (wall_end_ns.saturating_sub(start_ns)) as f64 / 1e9;
+        let cores_used = if wall_s > 0.0 { (cpu.user_s + cpu.sys_s) / wall_s } else { 0.0 };
+        let limit = self.threads.min(self.usable_cores) as f64;
+        Ok(RunStats {
+            url: self.cfg.url.clone(),
+            connections: self.cfg.connections,
+            publishers: self.cfg.publishers,
+            rate,
+            duration_s: secs,
+            payload: self.cfg.payload,
+            connect: self.connect.clone(),
+            sent,
+            expected,
+            received: counts.received,
+            deliveries_per_sec: if span_s > 0.0 { counts.received as f64 / span_s } else { 0.0 },
+            latency_us,
+            lost: expected.saturating_sub(counts.unique()),
+            duplicates: counts.duplicates,
+            reordered: counts.reordered,
+            cpu: CpuStats {
+                user_s: round3(cpu.user_s),
+                sys_s: round3(cpu.sys_s),
+                wall_s: round3(wall_s),
+                cores_used: round3(cores_used),
+                threads: self.threads,
+                saturated: cores_used >= 0.9 * limit,
+            },
+            extra: report::Extra {
+                max_send_lag_ms: lag as f64 / 1e6,
+                disconnected,
+                http: (self.cfg.publish == Publish::Http).then_some((http_ok, http_bad)),
+                met_bounds: false,
+            },
+        })
+    }
+
+    fn shutdown(&mut self) {
+        self.broadcast(|| Cmd::Shutdown);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+        self.progress.clear();
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn validate(cfg: &Config) -> Result<()> {
+    if cfg.payload < codec::HEADER_LEN {
+        bail!("--payload must be at least {} bytes", codec::HEADER_LEN);
+    }
+    if cfg.publishers == 0 {
+        bail!("--publishers must be at least 1");
+    }
+    if cfg.publishers > u32::MAX as usize / 65_536 {
+        bail!("too many publishers");
+    }
+    if !(cfg.rate > 0.0 && cfg.rate.is_finite()) {
+        bail!("--rate must be > 0");
+    }
+    if !(cfg.duration_s > 0.0 && cfg.duration_s.is_finite()) {
+        bail!("--duration must be > 0");
+    }
+    if cfg.warmup_s < 0.0 || cfg.drain_s < 0.0 || cfg.connect_timeout_s <= 0.0 {
+        bail!("--warmup and --drain-secs must be >= 0, --connect-timeout > 0");
+    }
+    if cfg.max_inflight_handshakes == 0 {
+        bail!("--max-inflight-handshakes must be at least 1");
+    }
+    if cfg.find_max {
+        if cfg.rate_step_factor <= 1.0 {
+            bail!("--rate-step-factor must be > 1");
+        }
+        if cfg.max_steps == 0 {
+            bail!("--max-steps must be at least 1");
+        }
+        if let Some(r) = cfg.start_rate {
+            if r <= 0.0 {
+                bail!("--start-rate must be > 0");
+            }
+        }
+    }
+    if cfg.mode == Mode::Groups && cfg.groups.len() > 65_536 {
+        bail!("at most 65536 groups");
+    }
+    Ok(())
+}
+
+/// The live progress line on stderr.
+#[derive(Debug)]
+struct Progress {
+    enabled: bool,
+    tty: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(force: Option<bool>, long_run: bool) -> Self {
+        let tty = sys::stderr_is_tty();
+        let enabled = force.unwrap_or(tty && long_run);
+        Self { enabled, tty, shown: false }
+    }
+
+    fn show(&mut self, line: &str) {
+        if !self.enabled {
+            return;
+        }
+        if self.tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.enabled && self.tty && self.shown {
+            eprint!("\r\x1b[K");
+        }
+        self.shown = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ip_parsing() {
+        assert_eq!("auto".parse::<SourceIps>(), Ok(SourceIps::Auto));
+        assert_eq!("none".parse::<SourceIps>(), Ok(SourceIps::None));
+        let SourceIps::List(v) = "127.0.0.1-127.0.0.3, 10.0.0.1".parse::<SourceIps>().unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[2], "127.0.0.3".parse::<IpAddr>().unwrap());
+        assert!("127.0.0.9-127.0.0.1".parse::<SourceIps>().is_err());
+        assert!("".parse::<SourceIps>().is_err());
+    }
+
+    #[test]
+    fn http_request_line() {
+        let t = http_target("http://127.0.0.1:8080/push", &["a b".to_owned()]).unwrap();
+        assert_eq!(t.line_prefix, b"POST /push?content=");
+        assert_eq!(
+            String::from_utf8(t.line_suffix[0].clone()).unwrap(),
+            "&group_id=a%20b HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 0\r\n\r\n"
+        );
+        let t = http_target("http://127.0.0.1:8080/?x=1", &[]).unwrap();
+        assert_eq!(t.line_prefix, b"POST /?x=1&content=");
+    }
+}

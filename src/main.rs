@@ -53,7 +53,7 @@ struct ServeArgs {
     /// CPUs to pin shards to, e.g. "0,1" or "2-5"; shard i gets the i-th (wrapping)
     /// [default: the CPUs this process may run on].
     #[arg(long, value_parser = parse_cpu_list)]
-    cpus: Option<Vec<usize>>,
+    cpus: Option<CpuList>,
     /// Do not pin shard threads to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -104,7 +104,11 @@ struct ServeArgs {
     stats_interval: Duration,
 }
 
-fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+/// A parsed `--cpus` value (a newtype so clap treats it as one value, not many).
+#[derive(Clone, Debug)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
     let mut cpus = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {
@@ -124,7 +128,7 @@ fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
     if cpus.is_empty() {
         return Err("empty CPU list".into());
     }
-    Ok(cpus)
+    Ok(CpuList(cpus))
 }
 
 impl ServeArgs {
@@ -136,7 +140,7 @@ impl ServeArgs {
             }
             c.shards = n;
         }
-        c.cpus = self.cpus.clone();
+        c.cpus = self.cpus.as_ref().map(|l| l.0.clone());
         c.pin = !self.no_pin;
         c.on_message = match self.on_message {
             OnMessageArg::Ignore => OnMessage::Ignore,

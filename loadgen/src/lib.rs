@@ -134,6 +134,27 @@ impl FromStr for SourceIps {
     }
 }
 
+/// Parses a duration in seconds: a plain number (`2.5`) or one with a unit suffix
+/// (`500ms`, `5s`, `1m`), as used by the CLI's time flags.
+pub fn parse_secs(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 =
+        num.trim().parse().map_err(|_| format!("bad duration {s:?} (e.g. 5, 5s, 500ms)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(v * mult)
+}
+
 /// Everything a run needs. [`Config::default`] gives the CLI defaults (except `url`).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -416,9 +437,8 @@ impl Controller {
     fn wait_connected(&mut self, t0: Instant) -> Result<()> {
         let mut summaries: Vec<Option<ConnectSummary>> = vec![None; self.threads];
         while summaries.iter().any(Option::is_none) {
-            match self.recv(Duration::from_millis(250))? {
-                Some(WorkerMsg::Connected(id, s)) => summaries[id] = Some(s),
-                Some(_) | None => {}
+            if let Some(WorkerMsg::Connected(id, s)) = self.recv(Duration::from_millis(250))? {
+                summaries[id] = Some(s);
             }
             let (ok, failed) = self.shared.progress.iter().fold((0, 0), |(o, f), p| {
                 (o + p.connected.load(Ordering::Relaxed), f + p.failed.load(Ordering::Relaxed))
@@ -429,7 +449,7 @@ impl Controller {
                 t0.elapsed().as_secs_f64()
             ));
         }
-        self.connect.secs = t0.elapsed().as_secs_f64();
+        self.connect.secs = round3(t0.elapsed().as_secs_f64());
         self.progress.clear();
         let mut pub_failed = 0;
         let mut last_err = None;
@@ -604,12 +624,13 @@ impl Controller {
         self.progress.clear();
 
         self.broadcast(|| Cmd::Collect);
-        let mut results: Vec<Box<StepResult>> = Vec::with_capacity(self.threads);
-        while results.len() < self.threads {
-            if let Some(WorkerMsg::Step(_, r)) = self.recv(Duration::from_millis(250))? {
-                results.push(r);
+        let mut slots: Vec<Option<Box<StepResult>>> = vec![None; self.threads];
+        while slots.iter().any(Option::is_none) {
+            if let Some(WorkerMsg::Step(id, r)) = self.recv(Duration::from_millis(250))? {
+                slots[id] = Some(r);
             }
         }
+        let results: Vec<Box<StepResult>> = slots.into_iter().flatten().collect();
         let sent_end = self.sent_now();
         let expected = self.expected(&first, &sent_end);
         let sent: u64 = sent_end.iter().zip(first.iter()).map(|(b, a)| b - a).sum();
@@ -639,7 +660,7 @@ impl Controller {
             p99: q(0.99),
             p999: q(0.999),
             max: if hist.is_empty() { 0 } else { us(hist.max()) },
-            mean: if hist.is_empty() { 0.0 } else { hist.mean() / 1000.0 },
+            mean: if hist.is_empty() { 0.0 } else { round3(hist.mean() / 1000.0) },
         };
         let span_s = (last_rx.max(end_ns) - start_ns) as f64 / 1e9;
         let wall_s = (wall_end_ns.saturating_sub(start_ns)) as f64 / 1e9;
@@ -698,8 +719,8 @@ fn validate(cfg: &Config) -> Result<()> {
     if cfg.publishers == 0 {
         bail!("--publishers must be at least 1");
     }
-    if cfg.publishers > u32::MAX as usize / 65_536 {
-        bail!("too many publishers");
+    if cfg.publishers.saturating_mul(cfg.groups.len().max(1)) > u32::MAX as usize {
+        bail!("--publishers x groups must fit the 32-bit stream id");
     }
     if !(cfg.rate > 0.0 && cfg.rate.is_finite()) {
         bail!("--rate must be > 0");
@@ -770,6 +791,16 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_parsing() {
+        assert_eq!(parse_secs("5"), Ok(5.0));
+        assert_eq!(parse_secs("2.5s"), Ok(2.5));
+        assert_eq!(parse_secs("250ms"), Ok(0.25));
+        assert_eq!(parse_secs("1m"), Ok(60.0));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("soon").is_err());
+    }
 
     #[test]
     fn source_ip_parsing() {

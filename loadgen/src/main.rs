@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringcast_loadgen::{Config, Mode, Publish, SourceIps};
+use ringcast_loadgen::{parse_secs, Config, Mode, Publish, SourceIps};
 
 /// Open-loop fan-out latency load generator for WebSocket broadcast servers.
 ///
@@ -28,8 +28,8 @@ struct Args {
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
 
-    /// Seconds of measured publishing (per step with --find-max).
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds of measured publishing per run (per step with --find-max); accepts 10, 10s, 500ms.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
     duration: f64,
 
     /// Size in bytes of each message (at least 24: the header, then padding).
@@ -69,7 +69,7 @@ struct Args {
     threads: usize,
 
     /// Seconds of unmeasured load before measuring (lets groups joins settle and caches warm).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value = "1", value_parser = parse_secs)]
     warmup: f64,
 
     /// Highest acceptable p99 fan-out latency in milliseconds for a --find-max step.
@@ -90,7 +90,7 @@ struct Args {
 
     /// Seconds to keep waiting after the last send for in-flight deliveries (ends earlier once
     /// everything expected has arrived).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value = "2", value_parser = parse_secs)]
     drain_secs: f64,
 
     /// "plain": publishers send binary messages the server relays to everyone; "groups":
@@ -119,7 +119,7 @@ struct Args {
     connect_retries: u32,
 
     /// Seconds one connect + handshake attempt may take before it is retried.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
     connect_timeout: f64,
 
     /// Always show the live progress line on stderr (default: only when stderr is a terminal

@@ -23,7 +23,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// This process's CPU time so far (all threads), from `getrusage(RUSAGE_SELF)`.

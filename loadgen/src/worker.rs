@@ -142,7 +142,6 @@ pub struct ConnectSummary {
 pub enum WorkerMsg {
     Connected(usize, ConnectSummary),
     Step(usize, Box<StepResult>),
-    Done(usize),
 }
 
 /// Which connections a worker owns.
@@ -561,10 +560,9 @@ impl Worker {
                     break;
                 }
             }
-            let mut stop = false;
             for (i, ev) in events.iter().enumerate() {
                 match ev.token() {
-                    WAKER => stop |= self.handle_cmds(),
+                    WAKER => self.handle_cmds(),
                     TIMER => {
                         self.timer.clear();
                         self.timer_deadline = None;
@@ -577,13 +575,9 @@ impl Worker {
             }
             self.run_publishers();
             // Commands can also arrive without the waker firing in this batch.
-            stop |= self.handle_cmds();
+            self.handle_cmds();
             self.publish_progress();
-            if stop {
-                break;
-            }
         }
-        let _ = self.to_ctl.send(WorkerMsg::Done(self.id));
     }
 
     fn publish_progress(&self) {
@@ -592,8 +586,7 @@ impl Worker {
         p.unique.store(self.step.counts.unique(), Ordering::Relaxed);
     }
 
-    /// Returns true when the worker must exit now.
-    fn handle_cmds(&mut self) -> bool {
+    fn handle_cmds(&mut self) {
         while let Ok(cmd) = self.cmds.try_recv() {
             match cmd {
                 Cmd::Step(s) => self.start_step(s),
@@ -627,7 +620,6 @@ impl Worker {
                 Cmd::Shutdown => self.begin_shutdown(),
             }
         }
-        false
     }
 
     fn start_step(&mut self, s: StepCmd) {
@@ -1011,7 +1003,7 @@ impl Worker {
     fn close_conn(&mut self, idx: usize) {
         let c = &mut self.conns[idx];
         if c.phase == Phase::Open && self.shutdown_deadline.is_none() {
-            if c.role != Role::HttpPub || c.out_pos < c.out.len() {
+            if matches!(c.role, Role::Sub { .. }) {
                 self.step.disconnected += 1;
             }
             if matches!(c.role, Role::WsPub | Role::HttpPub) {

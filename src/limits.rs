@@ -21,7 +21,7 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok((old as u64, lim.rlim_cur as u64))
+    Ok((old, lim.rlim_cur))
 }
 
 /// Client sockets the current soft open-file limit leaves room for.
@@ -32,5 +32,5 @@ pub fn connection_capacity(shards: usize) -> usize {
         return usize::MAX;
     }
     let reserved = RESERVED_FDS + 8 * shards as u64;
-    (lim.rlim_cur as u64).saturating_sub(reserved) as usize
+    lim.rlim_cur.saturating_sub(reserved) as usize
 }

@@ -262,9 +262,9 @@ for c in not_ok:
     md.append("- result: %s" % plain(rep.get("result")))
     md.append("- close: %s (remote close code %s, reason %s)" % (
         plain(rep.get("resultClose")), r.get("remoteCloseCode"), json.dumps(rep.get("remoteCloseReason"))))
+    md.append("- received: `%s`" % short(rep.get("received")))
+    md.append("- expected: `%s`" % short(rep.get("expected")))
     if c in failed:
-        md.append("- received: `%s`" % short(rep.get("received")))
-        md.append("- expected: `%s`" % short(rep.get("expected")))
         md.append("- expected close: `%s`" % short(rep.get("expectedClose")))
         md.append("- full report: `%s`" % r.get("reportfile"))
     md.append("")

@@ -255,3 +255,50 @@ async fn connections_past_the_maximum_get_503() {
     node.shutdown();
     node.join().unwrap();
 }
+
+/// Regression (Autobahn 9.x): the close reply must go out even when a big echo still fills the
+/// outbox past its budget; it is not a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reply_is_sent_behind_a_big_queued_echo() {
+    let node = start(ringcast::Config {
+        on_message: ringcast::OnMessage::Relay,
+        outbox_bytes_max: 4 * 1024,
+        message_bytes_max: 32 << 20,
+        shards: 1,
+        ..config()
+    });
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&node.local_addr().into()).unwrap();
+    let mut raw = Raw::from_stream(sock.into());
+    assert!(raw.request(UPGRADE.as_bytes()).starts_with("HTTP/1.1 101"));
+    // Larger than any kernel send buffer, so the echo is still queued when the close arrives.
+    let big = vec![0x5a; 16 << 20];
+    raw.send_frame(0x82, &big, true);
+    std::thread::sleep(Duration::from_millis(200));
+    raw.send_frame(0x88, &1000u16.to_be_bytes(), true);
+    let echo = raw.read_frame().expect("echo");
+    assert!(echo.0 == 0x2 && echo.1 == big, "the echo arrives whole");
+    assert_eq!(raw.expect_close(), 1000, "then the close reply");
+    assert!(raw.sees_eof());
+    assert_eq!(node.metrics().slow_consumer_disconnects, 0);
+    node.shutdown();
+    node.join().unwrap();
+}
+
+/// Regression (Autobahn 3.2): a valid message and a violation in one read: the echo of the
+/// valid message is delivered before the close frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_before_a_violation_are_still_delivered() {
+    let node =
+        start(ringcast::Config { on_message: ringcast::OnMessage::Relay, shards: 1, ..config() });
+    let mut raw = Raw::upgrade(node.local_addr());
+    // Two frames in one write: a good text message, then one with a reserved bit.
+    let mut both = frame(0x81, b"Hello, world!", true);
+    both.extend(frame(0xc1, b"bad", true));
+    std::io::Write::write_all(&mut raw.stream, &both).unwrap();
+    assert_eq!(raw.read_frame(), Some((0x1, b"Hello, world!".to_vec())));
+    assert_eq!(raw.expect_close(), 1002);
+    node.shutdown();
+    node.join().unwrap();
+}

@@ -375,7 +375,9 @@ impl Core {
         }
         if !out.is_empty() {
             let frame = Bytes::from(out);
-            if conn.phase == Phase::Open {
+            // Pongs count against the budget (a client pinging without reading must not grow
+            // memory); a close reply never does: the handshake must complete.
+            if conn.phase == Phase::Open && conn.codec.can_write() {
                 let Core { dirty, config, counters, log_limiter, .. } = self;
                 if conn.outbox.push(frame, config.outbox_bytes_max) == SendStatus::OverBudget {
                     over_budget(conn, config, counters, log_limiter);
@@ -418,7 +420,9 @@ impl Core {
                 (self.config.message_bytes_max, self.now + self.config.close_timeout);
             if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
                 tracing::debug!(conn = %id, peer = %conn.peer, code = u16::from(f.code), reason = f.reason, "failing connection");
-                conn.begin_close(f.code, f.reason, true, max, deadline);
+                // Keep what was queued before the violation (e.g. the echo of a valid message
+                // that arrived in the same read): it precedes our close frame.
+                conn.begin_close(f.code, f.reason, false, max, deadline);
                 conn.failed = true;
                 mark_dirty(conn, slot, &mut self.dirty);
             }

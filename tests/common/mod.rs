@@ -104,27 +104,7 @@ impl Raw {
 
     /// Write one frame; `mask` as a client must, or not, to test the server.
     pub fn send_frame(&mut self, first_byte: u8, payload: &[u8], mask: bool) {
-        let mut f = vec![first_byte];
-        let m = if mask { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => f.push(m | n as u8),
-            n if n < 65536 => {
-                f.push(m | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(m | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let key = [0x37, 0xfa, 0x21, 0x3d];
-        if mask {
-            f.extend_from_slice(&key);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            f.extend_from_slice(payload);
-        }
-        self.stream.write_all(&f).unwrap();
+        self.stream.write_all(&frame(first_byte, payload, mask)).unwrap();
     }
 
     fn fill(&mut self, n: usize) -> bool {
@@ -187,4 +167,29 @@ impl Raw {
             }
         }
     }
+}
+
+/// One client frame's bytes (masked or not, to test the server).
+pub fn frame(first_byte: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let mut f = vec![first_byte];
+    let m = if mask { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n < 65536 => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    if mask {
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
 }

@@ -3,9 +3,8 @@
 
 use std::hint::black_box;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::fanout::Outbox;
+use ringcast::fanout::{Outbox, SharedFrame};
 use ringcast::proto::{Codec, Message};
 
 fn encode(c: &mut Criterion) {
@@ -60,9 +59,9 @@ fn parse(c: &mut Criterion) {
 /// One broadcast into 1,000 outboxes, then every outbox's writev batch prepared and completed.
 fn outbox_fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("outbox");
-    let frame = Message::binary(vec![1u8; 64]).encode();
+    let frame = SharedFrame::new(Message::binary(vec![1u8; 64]).encode());
     let mut boxes: Vec<Outbox> = (0..1000).map(|_| Outbox::default()).collect();
-    let mut batch: Vec<Bytes> = Vec::with_capacity(1024);
+    let mut batch: Vec<SharedFrame> = Vec::with_capacity(1024);
     g.throughput(Throughput::Elements(1000));
     g.bench_function("push_1000_recipients", |b| {
         b.iter(|| {
@@ -71,7 +70,7 @@ fn outbox_fanout(c: &mut Criterion) {
             }
             for o in boxes.iter_mut() {
                 o.take_batch(&mut batch);
-                let n: usize = batch.iter().map(Bytes::len).sum();
+                let n: usize = batch.iter().map(SharedFrame::len).sum();
                 o.complete(&mut batch, n);
             }
         })
@@ -85,7 +84,7 @@ fn outbox_fanout(c: &mut Criterion) {
             o.take_batch(&mut batch);
             o.complete(&mut batch, 64 * frame.len() / 2 + 3);
             o.take_batch(&mut batch);
-            let rest: usize = batch.iter().map(Bytes::len).sum();
+            let rest: usize = batch.iter().map(SharedFrame::len).sum();
             o.complete(&mut batch, rest);
         })
     });

@@ -5,4 +5,4 @@
 
 pub mod outbox;
 
-pub use outbox::{Outbox, SendStatus};
+pub use outbox::{Outbox, SendStatus, SharedFrame};

@@ -1,19 +1,70 @@
 //! One connection's queue of encoded frames, bounded in bytes.
 //!
-//! Frames are refcounted `Bytes`: a broadcast's frame is the same allocation in every outbox.
+//! Frames are [`SharedFrame`]s: a broadcast's frame is the same allocation in every outbox.
 //! The shard moves up to [`IOV_MAX`] frames out with [`Outbox::take_batch`] for one vectored
 //! write and gives them back with [`Outbox::complete`], which requeues whatever the kernel did
 //! not take (partial writes). Bytes in flight still count against the budget.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
 /// Most iovecs one `writev` accepts on Linux.
 pub const IOV_MAX: usize = 1024;
 
-/// Capacity an empty outbox keeps; beyond it, an emptied queue gives its memory back.
-const IDLE_CAPACITY_FRAMES: usize = 4;
+/// Capacity an emptied outbox keeps (16 bytes a frame); beyond it, the queue gives memory back.
+const IDLE_CAPACITY_FRAMES: usize = 16;
+
+/// A frame as queued for one recipient: a shard-local refcount on the node-wide encoded
+/// `Bytes`, plus how much of it was already written.
+///
+/// The node encodes a broadcast once into one `Bytes` (atomically refcounted, it crosses
+/// threads). Each shard wraps it once in an `Rc`, so queueing it for a recipient is a plain
+/// increment, and every recipient on every shard still points at the same buffer.
+#[derive(Clone, Debug)]
+pub struct SharedFrame {
+    bytes: Rc<Bytes>,
+    start: usize,
+}
+
+impl SharedFrame {
+    /// Share `bytes` (one `Rc` allocation per shard per frame; clone it per recipient).
+    pub fn new(bytes: Bytes) -> Self {
+        SharedFrame { bytes: Rc::new(bytes), start: 0 }
+    }
+
+    /// Bytes not yet written.
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    /// Whether everything was written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The unwritten bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    /// The whole encoded frame (the same buffer for every recipient).
+    pub fn encoded(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    fn advance(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n;
+    }
+}
+
+impl From<Bytes> for SharedFrame {
+    fn from(bytes: Bytes) -> Self {
+        SharedFrame::new(bytes)
+    }
+}
 
 /// Outcome of [`Outbox::push`] (uWebSockets' send status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +78,7 @@ pub enum SendStatus {
 /// A connection's pending frames.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<SharedFrame>,
     /// Bytes queued plus bytes in flight; what the budget bounds.
     queued_bytes: usize,
 }
@@ -35,7 +86,7 @@ pub struct Outbox {
 impl Outbox {
     /// Queue `frame` unless that would take the outbox past `bytes_max`. A frame larger than
     /// the whole budget is still queued into an empty outbox, so every message is deliverable.
-    pub fn push(&mut self, frame: Bytes, bytes_max: usize) -> SendStatus {
+    pub fn push(&mut self, frame: SharedFrame, bytes_max: usize) -> SendStatus {
         if self.queued_bytes > 0 && self.queued_bytes + frame.len() > bytes_max {
             return SendStatus::OverBudget;
         }
@@ -44,7 +95,7 @@ impl Outbox {
     }
 
     /// Queue a frame the protocol requires (our close frame) regardless of the budget.
-    pub fn push_unbounded(&mut self, frame: Bytes) {
+    pub fn push_unbounded(&mut self, frame: SharedFrame) {
         self.queued_bytes += frame.len();
         self.frames.push_back(frame);
     }
@@ -66,14 +117,14 @@ impl Outbox {
 
     /// Drop every frame not yet in flight (a slow consumer about to be closed).
     pub fn discard_queued(&mut self) {
-        let dropped: usize = self.frames.iter().map(Bytes::len).sum();
+        let dropped: usize = self.frames.iter().map(SharedFrame::len).sum();
         self.queued_bytes -= dropped;
         self.frames.clear();
         self.frames.shrink_to(IDLE_CAPACITY_FRAMES);
     }
 
     /// Move up to [`IOV_MAX`] frames into `batch` (empty, reused) for one vectored write.
-    pub fn take_batch(&mut self, batch: &mut Vec<Bytes>) {
+    pub fn take_batch(&mut self, batch: &mut Vec<SharedFrame>) {
         debug_assert!(batch.is_empty());
         let n = self.frames.len().min(IOV_MAX);
         batch.extend(self.frames.drain(..n));
@@ -81,8 +132,8 @@ impl Outbox {
 
     /// The kernel took `written` bytes of `batch`: release them and requeue the rest, in order,
     /// ahead of anything queued meanwhile. Leaves `batch` empty for reuse.
-    pub fn complete(&mut self, batch: &mut Vec<Bytes>, mut written: usize) {
-        debug_assert!(written <= batch.iter().map(Bytes::len).sum::<usize>());
+    pub fn complete(&mut self, batch: &mut Vec<SharedFrame>, mut written: usize) {
+        debug_assert!(written <= batch.iter().map(SharedFrame::len).sum::<usize>());
         self.queued_bytes -= written;
         let mut done = 0;
         for frame in batch.iter_mut() {
@@ -104,7 +155,7 @@ impl Outbox {
     }
 
     /// Give back frames that were taken but never written (the write failed before starting).
-    pub fn abandon(&mut self, batch: &mut Vec<Bytes>) {
+    pub fn abandon(&mut self, batch: &mut Vec<SharedFrame>) {
         self.complete(batch, 0);
     }
 }
@@ -114,17 +165,23 @@ mod tests {
     use super::*;
     use crate::proto::Message;
 
+    fn f(v: Vec<u8>) -> SharedFrame {
+        SharedFrame::new(Bytes::from(v))
+    }
+
     #[test]
     fn encode_once_every_outbox_holds_the_same_allocation() {
-        let frame = Message::text("tick").encode();
+        let encoded = Message::text("tick").encode();
+        // Two shards, each wrapping the node's one encoding once.
+        let shards = [SharedFrame::new(encoded.clone()), SharedFrame::new(encoded.clone())];
         let mut outboxes: Vec<Outbox> = (0..100).map(|_| Outbox::default()).collect();
-        for o in &mut outboxes {
-            assert_eq!(o.push(frame.clone(), 1 << 20), SendStatus::Queued);
+        for (i, o) in outboxes.iter_mut().enumerate() {
+            assert_eq!(o.push(shards[i % 2].clone(), 1 << 20), SendStatus::Queued);
         }
         let mut batch = Vec::new();
         for o in &mut outboxes {
             o.take_batch(&mut batch);
-            assert_eq!(batch[0].as_ptr(), frame.as_ptr(), "a copy was made");
+            assert_eq!(batch[0].as_slice().as_ptr(), encoded.as_ptr(), "a copy was made");
             batch.clear();
         }
     }
@@ -132,15 +189,15 @@ mod tests {
     #[test]
     fn budget_refuses_then_recovers() {
         let mut o = Outbox::default();
-        assert_eq!(o.push(Bytes::from(vec![0u8; 60]), 100), SendStatus::Queued);
-        assert_eq!(o.push(Bytes::from(vec![0u8; 60]), 100), SendStatus::OverBudget);
+        assert_eq!(o.push(f(vec![0u8; 60]), 100), SendStatus::Queued);
+        assert_eq!(o.push(f(vec![0u8; 60]), 100), SendStatus::OverBudget);
         let mut batch = Vec::new();
         o.take_batch(&mut batch);
         assert_eq!(o.queued_bytes(), 60, "in-flight bytes still count");
         o.complete(&mut batch, 60);
         assert_eq!(o.queued_bytes(), 0);
         assert_eq!(
-            o.push(Bytes::from(vec![0u8; 500]), 100),
+            o.push(f(vec![0u8; 500]), 100),
             SendStatus::Queued,
             "oversized frame into an empty outbox"
         );
@@ -150,14 +207,14 @@ mod tests {
     fn partial_write_requeues_remainder_in_order() {
         let mut o = Outbox::default();
         for s in ["abc", "def", "ghi"] {
-            o.push(Bytes::from(s), 100);
+            o.push(f(s.as_bytes().to_vec()), 100);
         }
         let mut batch = Vec::new();
         o.take_batch(&mut batch);
-        o.push(Bytes::from("jkl"), 100);
+        o.push(f(b"jkl".to_vec()), 100);
         o.complete(&mut batch, 4);
         o.take_batch(&mut batch);
-        let rest: Vec<u8> = batch.iter().flat_map(|b| b.iter().copied()).collect();
+        let rest: Vec<u8> = batch.iter().flat_map(|b| b.as_slice().iter().copied()).collect();
         assert_eq!(rest, b"efghijkl");
         assert_eq!(o.queued_bytes(), 8);
     }
@@ -166,7 +223,7 @@ mod tests {
     fn batches_are_capped_at_iov_max() {
         let mut o = Outbox::default();
         for _ in 0..IOV_MAX + 5 {
-            o.push(Bytes::from_static(b"x"), usize::MAX);
+            o.push(f(b"x".to_vec()), usize::MAX);
         }
         let mut batch = Vec::new();
         o.take_batch(&mut batch);

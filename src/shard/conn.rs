@@ -88,7 +88,7 @@ impl Conn {
         let mut out = Vec::new();
         self.codec.close(code, reason, message_bytes_max, &mut out);
         if !out.is_empty() {
-            self.outbox.push_unbounded(Bytes::from(out));
+            self.outbox.push_unbounded(Bytes::from(out).into());
         }
         self.phase = Phase::Closing;
         self.deadline = deadline;

@@ -31,7 +31,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::config::{Config, SlowConsumerPolicy};
-use crate::fanout::SendStatus;
+use crate::fanout::{SendStatus, SharedFrame};
 use crate::metrics::{Counters, SharedCounters};
 use crate::proto::{self, handshake, CloseCode, Inbound, Message};
 use crate::server::{Callbacks, ConnId, ConnInfo, Handle, Node};
@@ -161,13 +161,13 @@ pub(crate) struct Core {
     /// Connections whose next read must be started, with the buffer to read into.
     to_read: Vec<(ConnId, Vec<u8>)>,
     read_pool: Vec<Vec<u8>>,
-    batch_pool: Vec<Vec<Bytes>>,
+    batch_pool: Vec<Vec<SharedFrame>>,
     events: Vec<Inbound>,
     counters: Counters,
     generation: u16,
     now: Instant,
     next_ping: Option<Instant>,
-    ping_frame: Bytes,
+    ping_frame: SharedFrame,
     shutting_down: Option<Instant>,
     log_limiter: LogLimiter,
 }
@@ -236,7 +236,7 @@ impl Core {
             counters: Counters::default(),
             generation: 0,
             now,
-            ping_frame: proto::frame::ping(b"ringcast"),
+            ping_frame: SharedFrame::new(proto::frame::ping(b"ringcast")),
             shutting_down: None,
             log_limiter: LogLimiter::default(),
         }
@@ -249,9 +249,10 @@ impl Core {
     /// Queue `frame` for every open local connection and, when `to_peers`, for every other
     /// shard. Every queue holds a clone of the same `Bytes`.
     fn broadcast_frame(&mut self, frame: Bytes, to_peers: bool) {
+        let shared = SharedFrame::new(frame.clone());
         let Core { conns, dirty, config, counters, log_limiter, .. } = self;
         for (slot, conn) in conns.iter_mut() {
-            deliver(conn, slot, frame.clone(), config, dirty, counters, log_limiter);
+            deliver(conn, slot, shared.clone(), config, dirty, counters, log_limiter);
         }
         if to_peers {
             for (i, link) in self.node.links.iter().enumerate() {
@@ -279,7 +280,7 @@ impl Core {
         }
         let Core { conns, dirty, config, counters, log_limiter, .. } = self;
         if let Some(conn) = conns.get_mut(id.slot()).filter(|c| c.id == id) {
-            deliver(conn, id.slot(), frame, config, dirty, counters, log_limiter);
+            deliver(conn, id.slot(), frame.into(), config, dirty, counters, log_limiter);
         }
     }
 
@@ -374,7 +375,7 @@ impl Core {
             }
         }
         if !out.is_empty() {
-            let frame = Bytes::from(out);
+            let frame = SharedFrame::new(Bytes::from(out));
             // Pongs count against the budget (a client pinging without reading must not grow
             // memory); a close reply never does: the handshake must complete.
             if conn.phase == Phase::Open && conn.codec.can_write() {
@@ -450,7 +451,7 @@ impl Core {
         }
     }
 
-    fn on_write(&mut self, id: ConnId, res: io::Result<usize>, mut batch: Vec<Bytes>) {
+    fn on_write(&mut self, id: ConnId, res: io::Result<usize>, mut batch: Vec<SharedFrame>) {
         let slot = id.slot();
         if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
             conn.writing = false;
@@ -566,7 +567,7 @@ fn mark_dirty(conn: &mut Conn, slot: usize, dirty: &mut Vec<usize>) {
 fn deliver(
     conn: &mut Conn,
     slot: usize,
-    frame: Bytes,
+    frame: SharedFrame,
     config: &Config,
     dirty: &mut Vec<usize>,
     counters: &mut Counters,
@@ -640,6 +641,24 @@ impl LogLimiter {
         } else {
             entry.1 += 1;
         }
+    }
+}
+
+// SAFETY: `stable_ptr` points into the heap storage of an immutable `Bytes` that the frame's
+// `Rc` keeps alive for as long as the frame exists (an in-flight write owns its frames until
+// completion); moving a `SharedFrame` moves only the `Rc` pointer, never the storage, and
+// `start <= len` holds, so `bytes_init` bytes from the pointer are initialized and in bounds.
+unsafe impl tokio_uring::buf::IoBuf for SharedFrame {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_slice().as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.len()
     }
 }
 
@@ -735,7 +754,7 @@ async fn run(
         let (res, buf) = stream.read(buf).await;
         (id, res, buf)
     };
-    let write_op = |id: ConnId, stream: Rc<TcpStream>, batch: Vec<Bytes>| async move {
+    let write_op = |id: ConnId, stream: Rc<TcpStream>, batch: Vec<SharedFrame>| async move {
         let (res, batch) = stream.writev(batch).await;
         (id, res, batch)
     };

@@ -15,7 +15,14 @@ pub type Ws =
 
 /// A test configuration: loopback, port 0, two unpinned shards.
 pub fn config() -> Config {
-    Config { listen: "127.0.0.1:0".parse().unwrap(), shards: 2, pin: false, ..Config::default() }
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        pin: false,
+        // Clients left unpolled at the end of a test never answer our close.
+        shutdown_timeout: Duration::from_secs(1),
+        ..Config::default()
+    }
 }
 
 pub fn start(config: Config) -> Handle {

@@ -594,24 +594,23 @@ fn over_budget(
     counters: &mut Counters,
     log_limiter: &mut LogLimiter,
 ) {
+    let (kind, action) = match config.slow_consumer {
+        SlowConsumerPolicy::Drop => ("slow-drop", "skipping messages"),
+        SlowConsumerPolicy::Disconnect => ("slow-close", "closing with 1008"),
+    };
+    log_limiter.warn(kind, || {
+        format!(
+            "slow consumer {} ({}): {} bytes queued, over outbox_bytes_max {}; {action}",
+            conn.id,
+            conn.peer,
+            conn.outbox.queued_bytes(),
+            config.outbox_bytes_max
+        )
+    });
     match config.slow_consumer {
-        SlowConsumerPolicy::Drop => {
-            counters.slow_consumer_drops += 1;
-            log_limiter.warn("slow-drop", || {
-                format!(
-                    "slow consumer {} ({}): {} bytes queued, over outbox_bytes_max {}; skipping messages",
-                    conn.id, conn.peer, conn.outbox.queued_bytes(), config.outbox_bytes_max
-                )
-            });
-        }
+        SlowConsumerPolicy::Drop => counters.slow_consumer_drops += 1,
         SlowConsumerPolicy::Disconnect => {
             counters.slow_consumer_disconnects += 1;
-            log_limiter.warn("slow-close", || {
-                format!(
-                    "slow consumer {} ({}): {} bytes queued, over outbox_bytes_max {}; closing with 1008",
-                    conn.id, conn.peer, conn.outbox.queued_bytes(), config.outbox_bytes_max
-                )
-            });
             let deadline = Instant::now() + config.close_timeout;
             conn.begin_close(
                 CloseCode::Policy,

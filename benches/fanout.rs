@@ -3,7 +3,9 @@
 //! `cargo bench --bench fanout` runs the full suite and writes `results/*.json`, `results/*.svg`
 //! and `results/README.md`; `cargo bench --bench fanout -- --quick` (or `RINGCAST_BENCH_QUICK=1`)
 //! runs a small version that writes to `results/quick/` and validates what it wrote. Extra
-//! non-flag arguments select scenarios whose name contains them.
+//! non-flag arguments select scenarios whose name contains them (the README is then rebuilt from
+//! all JSON files present); `--report-only` rebuilds README.md and the charts from the JSON files
+//! without running anything.
 //!
 //! The same binary, re-executed with `RINGCAST_BENCH_ROLE=baseline` (or `idle`), is the baseline
 //! server (or the idle-connection opener). See `results/README.md` for the method.
@@ -113,6 +115,8 @@ fn harness() -> Result<()> {
     let started = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick_arg = args.iter().any(|a| a == "--quick");
+    // Regenerate README.md and the charts from the JSON already there, running nothing.
+    let report_only = args.iter().any(|a| a == "--report-only");
     let quick = quick_arg || env_flag("RINGCAST_BENCH_QUICK");
     let filters: Vec<String> = args.iter().filter(|a| !a.starts_with('-')).cloned().collect();
 
@@ -176,6 +180,7 @@ fn harness() -> Result<()> {
     let mut build_commands = Vec::new();
     let ringcast_bin = match std::env::var_os("RINGCAST_BENCH_RINGCAST_BIN") {
         Some(p) => PathBuf::from(p),
+        None if report_only => target_dir.join("release").join("ringcast"),
         None => {
             build_commands.push(cargo_build(
                 &cargo,
@@ -188,6 +193,7 @@ fn harness() -> Result<()> {
     };
     let loadgen_bin = match std::env::var_os("RINGCAST_BENCH_LOADGEN_BIN") {
         Some(p) => PathBuf::from(p),
+        None if report_only => target_dir.join("release").join("ringcast-loadgen"),
         None => {
             build_commands.push(cargo_build(
                 &cargo,
@@ -199,7 +205,7 @@ fn harness() -> Result<()> {
         }
     };
     for bin in [&ringcast_bin, &loadgen_bin] {
-        if !bin.is_file() {
+        if !report_only && !bin.is_file() {
             bail!("{} does not exist", bin.display());
         }
     }
@@ -234,6 +240,18 @@ fn harness() -> Result<()> {
     if selected.is_empty() {
         bail!("no scenario matches {:?}", cfg.filters);
     }
+    if report_only {
+        report::write_readme(&cfg, &meta, None)?;
+        let problems = report::validate(&cfg, &selected);
+        for p in &problems {
+            eprintln!("fanout: validation: {p}");
+        }
+        if !problems.is_empty() {
+            bail!("{} validation problem(s) in {}", problems.len(), cfg.out_dir.display());
+        }
+        eprintln!("fanout: README and charts regenerated in {}", cfg.out_dir.display());
+        return Ok(());
+    }
     for sc in &selected {
         let t0 = Instant::now();
         eprintln!("fanout: == {} ({}) ==", sc.name, sc.title());
@@ -247,7 +265,7 @@ fn harness() -> Result<()> {
     }
 
     let elapsed = started.elapsed();
-    report::write_readme(&cfg, &meta, elapsed)?;
+    report::write_readme(&cfg, &meta, Some(elapsed))?;
     let problems = report::validate(&cfg, &selected);
     eprintln!(
         "fanout: finished in {:.1}s; README at {}",
@@ -290,7 +308,31 @@ fn run_scenario(cfg: &Config, meta: &report::Meta, sc: &Scenario) -> Value {
     for server in Server::ALL {
         let res = match sc.kind {
             Kind::IdleRss => run_idle(cfg, sc, server),
-            _ => run_load(cfg, sc, server),
+            Kind::Fixed { .. } => run_load(cfg, sc, server),
+            Kind::FindMax { p99_bound_ms, start_rate, factor, max_steps } => {
+                run_load(cfg, sc, server).and_then(|first| {
+                    if report::met_bound(&first) != Some(false) {
+                        return Ok(first);
+                    }
+                    // Even the first step missed the bound: start again ten times lower, once.
+                    let retry_rate = start_rate / 10.0;
+                    eprintln!(
+                        "fanout: {} / {}: first step over the bound, retrying from {retry_rate} msg/s",
+                        sc.name,
+                        server.key()
+                    );
+                    let mut sc2 = sc.clone();
+                    sc2.kind =
+                        Kind::FindMax { p99_bound_ms, start_rate: retry_rate, factor, max_steps };
+                    let mut second = run_load(cfg, &sc2, server)?;
+                    second["first_attempt"] = json!({
+                        "start_rate": start_rate,
+                        "loadgen_command": first["loadgen_command"],
+                        "report": first["report"],
+                    });
+                    Ok(second)
+                })
+            }
         };
         let v = match res {
             Ok(v) => v,
@@ -304,12 +346,18 @@ fn run_scenario(cfg: &Config, meta: &report::Meta, sc: &Scenario) -> Value {
     let ringcast = per_server.get("ringcast").cloned().unwrap_or(Value::Null);
     let baseline = per_server.get("baseline").cloned().unwrap_or(Value::Null);
     let ratio = report::ratios(sc, &ringcast, &baseline);
-    let (rate, bound, steps) = match sc.kind {
-        Kind::Fixed { rate } => (json!(rate), Value::Null, Value::Null),
-        Kind::FindMax { p99_bound_ms, max_steps } => {
-            (Value::Null, json!(p99_bound_ms), json!(max_steps))
-        }
-        Kind::IdleRss => (json!(0), Value::Null, Value::Null),
+    let (rate, find_max) = match sc.kind {
+        Kind::Fixed { rate } => (json!(rate), Value::Null),
+        Kind::FindMax { p99_bound_ms, start_rate, factor, max_steps } => (
+            Value::Null,
+            json!({
+                "p99_bound_ms": p99_bound_ms,
+                "start_rate": start_rate,
+                "rate_step_factor": factor,
+                "max_steps": max_steps,
+            }),
+        ),
+        Kind::IdleRss => (json!(0), Value::Null),
     };
     json!({
         "scenario": sc.name,
@@ -320,9 +368,10 @@ fn run_scenario(cfg: &Config, meta: &report::Meta, sc: &Scenario) -> Value {
         "publishers": if matches!(sc.kind, Kind::IdleRss) { 0 } else { scenarios::PUBLISHERS },
         "payload": sc.payload,
         "rate": rate,
-        "p99_bound_ms": bound,
-        "max_steps": steps,
+        "find_max": find_max,
         "duration_s": sc.duration_s,
+        "warmup_s": sc.warmup_s,
+        "drain_s": sc.drain_s,
         "cpus": {
             "server": procs::fmt_cpu_list(&cfg.server_cpus),
             "loadgen": procs::fmt_cpu_list(&cfg.loadgen_cpus),
@@ -360,7 +409,7 @@ fn start_server(cfg: &Config, sc: &Scenario, server: Server) -> Result<(Proc, So
                 "--max-connections".into(),
                 "16384".into(),
             ],
-            envs: vec![("RUST_LOG".into(), "info".into())],
+            envs: vec![("RUST_LOG".into(), "info".into()), ("NO_COLOR".into(), "1".into())],
             cpus: &cfg.server_cpus,
             stdout_piped: false,
             stdin_piped: false,
@@ -394,15 +443,24 @@ fn loadgen_args(sc: &Scenario, addr: SocketAddr) -> Vec<String> {
         "--payload".into(),
         sc.payload.to_string(),
         "--duration".into(),
-        format!("{}s", sc.duration_s),
+        format!("{}", sc.duration_s),
+        "--warmup".into(),
+        format!("{}", sc.warmup_s),
+        "--drain-secs".into(),
+        format!("{}", sc.drain_s),
+        "--no-progress".into(),
         "--json".into(),
     ];
     match sc.kind {
         Kind::Fixed { rate } => a.extend(["--rate".into(), rate.to_string()]),
-        Kind::FindMax { p99_bound_ms, max_steps } => a.extend([
+        Kind::FindMax { p99_bound_ms, start_rate, factor, max_steps } => a.extend([
             "--find-max".into(),
             "--p99-bound-ms".into(),
             p99_bound_ms.to_string(),
+            "--start-rate".into(),
+            start_rate.to_string(),
+            "--rate-step-factor".into(),
+            factor.to_string(),
             "--max-steps".into(),
             max_steps.to_string(),
         ]),
@@ -417,6 +475,9 @@ fn run_load(cfg: &Config, sc: &Scenario, server: Server) -> Result<Value> {
     std::thread::sleep(Duration::from_millis(200));
     let rss_start = procs::rss_kib(srv.pid()).ok();
     let cpu0 = procs::cpu_seconds(srv.pid())?;
+    let sys0 = procs::cpu_times(&cfg.server_cpus).ok();
+    let lg_sys0 = procs::cpu_times(&cfg.loadgen_cpus).ok();
+    let sys_t0 = Instant::now();
     let log = cfg.log_dir.join(format!("{}-{}-loadgen.log", sc.name, server.key()));
     let spec = Spec {
         name: format!("loadgen ({} / {})", sc.name, server.key()),
@@ -433,12 +494,17 @@ fn run_load(cfg: &Config, sc: &Scenario, server: Server) -> Result<Value> {
     let loadgen_cpus_allowed = procs::cpus_allowed(lg.pid());
     let stdout = procs::read_to_end_async(lg.child.stdout.take().context("loadgen stdout")?);
     let mut peak_rss = rss_start.unwrap_or(0);
+    // The load generator's own CPU time, sampled while it runs (it is gone once reaped).
+    let mut lg_cpu = 0.0f64;
     let status = loop {
         if let Some(st) = lg.wait_timeout(Duration::from_millis(250))? {
             break st;
         }
         if let Ok(r) = procs::rss_kib(srv.pid()) {
             peak_rss = peak_rss.max(r);
+        }
+        if let Ok(c) = procs::cpu_seconds(lg.pid()) {
+            lg_cpu = c;
         }
         if t0.elapsed() > sc.timeout {
             lg.terminate(Duration::from_secs(2))?;
@@ -451,6 +517,9 @@ fn run_load(cfg: &Config, sc: &Scenario, server: Server) -> Result<Value> {
     };
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = procs::cpu_seconds(srv.pid()).ok();
+    let sys1 = procs::cpu_times(&cfg.server_cpus).ok();
+    let lg_sys1 = procs::cpu_times(&cfg.loadgen_cpus).ok();
+    let sys_wall = sys_t0.elapsed().as_secs_f64();
     let rss_end = procs::rss_kib(srv.pid()).ok();
     let server_alive = srv.try_wait()?.is_none();
     let out = stdout.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
@@ -462,6 +531,34 @@ fn run_load(cfg: &Config, sc: &Scenario, server: Server) -> Result<Value> {
     })?;
     let server_exit = srv.terminate(SERVER_STOP_GRACE)?;
     let server_cpu_s = cpu1.map(|c| c - cpu0);
+    // What else ran on the server's CPUs meanwhile: a noise indicator for a shared machine.
+    let server_cpus_load = match (sys0, sys1, server_cpu_s) {
+        (Some(a), Some(b), Some(own)) => {
+            let d = b.since(&a);
+            json!({
+                "interval_s": sys_wall,
+                "tasks_cores": d.tasks / sys_wall,
+                "irq_cores": d.irq / sys_wall,
+                "steal_cores": d.steal / sys_wall,
+                "other_processes_cores": ((d.tasks - own) / sys_wall).max(0.0),
+            })
+        }
+        _ => Value::Null,
+    };
+    let loadgen_cpus_load = match (lg_sys0, lg_sys1) {
+        (Some(a), Some(b)) => {
+            let d = b.since(&a);
+            json!({
+                "interval_s": sys_wall,
+                "tasks_cores": d.tasks / sys_wall,
+                "irq_cores": d.irq / sys_wall,
+                "steal_cores": d.steal / sys_wall,
+                // Sampled every 250 ms, so this may be slightly high.
+                "other_processes_cores": ((d.tasks - lg_cpu) / sys_wall).max(0.0),
+            })
+        }
+        _ => Value::Null,
+    };
     Ok(json!({
         "server": server.key(),
         "server_command": srv.command_line,
@@ -471,9 +568,15 @@ fn run_load(cfg: &Config, sc: &Scenario, server: Server) -> Result<Value> {
         "server_cpu_s": server_cpu_s,
         "server_cpu_util": server_cpu_s.map(|c| c / wall),
         "server_rss_kib": { "start": rss_start, "peak": peak_rss, "end": rss_end },
+        "server_cpus_load": server_cpus_load,
+        "loadgen_cpus_load": loadgen_cpus_load,
         "server_alive_after_run": server_alive,
         "server_exit": server_exit.to_string(),
         "wall_s": wall,
+        "start_rate": match sc.kind {
+            Kind::FindMax { start_rate, .. } => json!(start_rate),
+            _ => Value::Null,
+        },
         "report": report,
     }))
 }

@@ -96,7 +96,8 @@ fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     // SAFETY: cpu_set_t is a plain bit array for which all-zero is the valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in cpus {
-        libc::CPU_SET(c, &mut set);
+        // SAFETY: `parse_cpu_list` guarantees c < CPU_SETSIZE, so the bit is inside `set`.
+        unsafe { libc::CPU_SET(c, &mut set) };
     }
     set
 }
@@ -343,4 +344,48 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok((utime + stime) / hz)
+}
+
+/// Summed `/proc/stat` counters (in seconds) of a set of CPUs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    /// user + nice + system: time spent running processes (ours and everybody else's).
+    pub tasks: f64,
+    /// irq + softirq: with IRQ time accounting, loopback TCP receive processing lands here
+    /// rather than in the process that triggered it.
+    pub irq: f64,
+    pub steal: f64,
+}
+
+/// Reads the per-CPU lines of `/proc/stat` for `cpus`.
+pub fn cpu_times(cpus: &[usize]) -> Result<CpuTimes> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut t = CpuTimes::default();
+    for &c in cpus {
+        let prefix = format!("cpu{c} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .with_context(|| format!("no cpu{c} in /proc/stat"))?;
+        let v: Vec<f64> =
+            line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0.0)).collect();
+        let g = |i: usize| v.get(i).copied().unwrap_or(0.0) / hz;
+        // user nice system idle iowait irq softirq steal
+        t.tasks += g(0) + g(1) + g(2);
+        t.irq += g(5) + g(6);
+        t.steal += g(7);
+    }
+    Ok(t)
+}
+
+impl CpuTimes {
+    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            tasks: self.tasks - earlier.tasks,
+            irq: self.irq - earlier.irq,
+            steal: self.steal - earlier.steal,
+        }
+    }
 }

@@ -103,7 +103,7 @@ fn report(run: &Value) -> Option<&Value> {
 }
 
 /// For find-max runs: did some step meet the bound?
-fn met_bound(run: &Value) -> Option<bool> {
+pub fn met_bound(run: &Value) -> Option<bool> {
     let fm = report(run)?.get("find_max")?;
     if fm.is_null() {
         return None;
@@ -117,6 +117,34 @@ pub fn dps(run: &Value) -> Option<f64> {
     match met_bound(run) {
         Some(false) => None,
         _ => f(r, "/deliveries_per_sec"),
+    }
+}
+
+/// A find-max step met the load generator's bounds: p99 within the bound and at least 99% of
+/// the expected deliveries received (the loadgen's own rule; it does not print the verdict).
+pub fn step_ok(step: &Value, bound_ms: f64) -> bool {
+    let expected = f(step, "/expected").unwrap_or(0.0);
+    expected > 0.0
+        && f(step, "/latency_us/p99").is_some_and(|p| p <= bound_ms * 1000.0)
+        && f(step, "/received").is_some_and(|r| r >= 0.99 * expected)
+}
+
+/// For find-max runs: every step met the bounds, so the search stopped at its step limit and
+/// the server's real maximum is higher than the best step.
+pub fn hit_step_limit(run: &Value) -> Option<bool> {
+    let fm = report(run)?.get("find_max").filter(|v| v.is_object())?;
+    let bound = f(fm, "/p99_bound_ms")?;
+    let steps = fm.get("steps")?.as_array()?;
+    Some(!steps.is_empty() && steps.iter().all(|s| step_ok(s, bound)))
+}
+
+/// Deliveries the load generator measured over the whole run: every find-max step, or the one
+/// fixed-rate run (warm-up excluded).
+fn measured_deliveries(run: &Value) -> Option<f64> {
+    let r = report(run)?;
+    match r.pointer("/find_max/steps").and_then(Value::as_array) {
+        Some(steps) => Some(steps.iter().filter_map(|st| f(st, "/received")).sum()),
+        None => f(r, "/received"),
     }
 }
 
@@ -146,6 +174,9 @@ pub fn ratios(sc: &Scenario, ringcast: &Value, baseline: &Value) -> Value {
         _ => json!({
             "deliveries_per_sec": div(dps(ringcast), dps(baseline)),
             "p99_baseline_over_ringcast": div(lat(baseline, "p99"), lat(ringcast, "p99")),
+            // When ringcast never broke the bound the ratio is a lower bound.
+            "ringcast_hit_step_limit": hit_step_limit(ringcast),
+            "baseline_hit_step_limit": hit_step_limit(baseline),
         }),
     }
 }
@@ -201,6 +232,34 @@ fn ratio_s(v: Option<f64>) -> String {
     opt(v, |r| if r >= 10.0 { format!("{r:.1}×") } else { format!("{r:.2}×") })
 }
 
+/// The find-max ratio cell: `≥` when ringcast never broke the bound (its real maximum is
+/// higher), `≤` when the baseline never did.
+fn fm_ratio_s(d: &Value) -> String {
+    let r = f(d, "/ratio/deliveries_per_sec");
+    let rc_limit = d.pointer("/ratio/ringcast_hit_step_limit").and_then(Value::as_bool);
+    let bl_limit = d.pointer("/ratio/baseline_hit_step_limit").and_then(Value::as_bool);
+    match (r, rc_limit, bl_limit) {
+        (None, _, _) => "—".into(),
+        (Some(_), Some(true), Some(true)) => format!("{} (both hit the step limit)", ratio_s(r)),
+        (Some(_), Some(true), _) => format!("≥ {}", ratio_s(r)),
+        (Some(_), _, Some(true)) => format!("≤ {}", ratio_s(r)),
+        _ => ratio_s(r),
+    }
+}
+
+/// Goal check for a find-max ratio: a lower bound below the target is inconclusive.
+fn fm_goal(d: Option<&Value>, target: f64) -> Option<bool> {
+    let d = d?;
+    let r = f(d, "/ratio/deliveries_per_sec")?;
+    let rc_limit = d.pointer("/ratio/ringcast_hit_step_limit").and_then(Value::as_bool);
+    let bl_limit = d.pointer("/ratio/baseline_hit_step_limit").and_then(Value::as_bool);
+    match (r >= target, rc_limit, bl_limit) {
+        (true, _, Some(true)) => None,
+        (false, Some(true), _) => None,
+        (met, _, _) => Some(met),
+    }
+}
+
 fn run_cell_error(run: &Value) -> Option<String> {
     run.get("error").and_then(Value::as_str).map(|e| {
         let first = e.lines().next().unwrap_or("error");
@@ -224,11 +283,22 @@ fn check(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "✓",
         Some(false) => "✗",
-        None => "? (not measured)",
+        None => "?",
     }
 }
 
-pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> {
+/// Distinct values of a string field over all result files, in scenario order.
+fn distinct(docs: &[(Scenario, Option<Value>)], key: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for v in docs.iter().filter_map(|(_, d)| d.as_ref()?.get(key)?.as_str().map(str::to_string)) {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Option<Duration>) -> Result<()> {
     let docs = load_docs(cfg);
     let doc_of =
         |name: &str| docs.iter().find(|(s, _)| s.name == name).and_then(|(_, d)| d.clone());
@@ -256,9 +326,26 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
             scenarios::thousands(large as u64)
         );
     }
-    let _ = writeln!(w, "- Command: `{}`", cfg.bench_command);
-    let _ = writeln!(w, "- Date: {} (suite took {:.0} s)", utc_now(), elapsed.as_secs_f64());
-    let _ = writeln!(w, "- Git commit: `{}`", meta.git_commit);
+    // Command, commit and dates come from the result files, which may stem from several runs
+    // (a run with a scenario filter rewrites only the files it selects).
+    let commands = distinct(&docs, "bench_command");
+    let commits = distinct(&docs, "git_commit");
+    let mut dates = distinct(&docs, "date");
+    dates.sort();
+    let quote = |v: &[String]| v.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(w, "- Command: {}", quote(&commands));
+    let _ = writeln!(w, "- Git commit: {}", quote(&commits));
+    let took =
+        elapsed.map(|e| format!(" (this run took {:.0} s)", e.as_secs_f64())).unwrap_or_default();
+    match (dates.first(), dates.last()) {
+        (Some(a), Some(b)) if a != b => {
+            let _ = writeln!(w, "- Date: {a} to {b}{took}");
+        }
+        (Some(a), _) => {
+            let _ = writeln!(w, "- Date: {a}{took}");
+        }
+        _ => {}
+    }
     let _ = writeln!(
         w,
         "- Machine: {} cores (`nproc`), {}, {} RAM, kernel {} (`uname -r`)",
@@ -283,22 +370,21 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
     let _ = writeln!(w, "| Goal | Target | Measured | Met |");
     let _ = writeln!(w, "| --- | --- | --- | --- |");
     {
-        let r = max_small_64.as_ref().and_then(|d| f(d, "/ratio/deliveries_per_sec"));
         let _ = writeln!(
             w,
             "| Deliveries/s vs baseline, {} × 64 B find-max | ≥ 10× | {} | {} |",
             scenarios::thousands(small as u64),
-            ratio_s(r),
-            check(r.map(|r| r >= 10.0))
+            max_small_64.as_ref().map(fm_ratio_s).unwrap_or_else(|| "not run".into()),
+            check(fm_goal(max_small_64.as_ref(), 10.0))
         );
-        let r = max_large_1k.as_ref().and_then(|d| f(d, "/ratio/deliveries_per_sec"));
-        let bound = max_large_1k.as_ref().and_then(|d| f(d, "/p99_bound_ms")).unwrap_or(250.0);
+        let bound =
+            max_large_1k.as_ref().and_then(|d| f(d, "/find_max/p99_bound_ms")).unwrap_or(250.0);
         let _ = writeln!(
             w,
             "| Deliveries/s vs baseline, {} × 1 KiB find-max (p99 ≤ {bound} ms) | ≥ 4× | {} | {} |",
             scenarios::thousands(large as u64),
-            ratio_s(r),
-            check(r.map(|r| r >= 4.0))
+            max_large_1k.as_ref().map(fm_ratio_s).unwrap_or_else(|| "not run".into()),
+            check(fm_goal(max_large_1k.as_ref(), 4.0))
         );
         let (measured, ok) = match &fixed_large_64 {
             Some(d) => {
@@ -311,7 +397,7 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
                 };
                 (
                     format!(
-                        "ringcast p99 {} vs baseline {} ({} lower), ringcast lost {}",
+                        "ringcast p99 {} vs baseline {} (baseline ÷ ringcast = {}), ringcast lost {}",
                         opt(rp, fmt_us),
                         opt(bp, fmt_us),
                         ratio_s(div(bp, rp)),
@@ -363,6 +449,34 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
             "| Load generator not CPU-saturated (`cpu.saturated`) | no run saturated | {measured} | {} |\n",
             check(ok)
         );
+        let mut noisy: Vec<(String, f64)> = Vec::new();
+        for (sc, d) in &docs {
+            let Some(d) = d else { continue };
+            for server in ["ringcast", "baseline"] {
+                for (side, key) in
+                    [("server", "server_cpus_load"), ("loadgen", "loadgen_cpus_load")]
+                {
+                    if let Some(o) = f(&d[server], &format!("/{key}/other_processes_cores")) {
+                        if o > 0.1 {
+                            noisy.push((format!("{}/{server} ({side} CPUs)", sc.name), o));
+                        }
+                    }
+                }
+            }
+        }
+        let _ =
+            writeln!(w, "? = not run, or inconclusive (a \"≥\" lower bound below the target).\n");
+        if !noisy.is_empty() {
+            let worst = noisy.iter().map(|n| n.1).fold(0.0, f64::max);
+            let _ = writeln!(
+                w,
+                "**Noise:** other processes used more than 0.1 of a core on the server's or the load \
+                 generator's CPUs during {} run(s) (up to {worst:.2} cores: {}); those figures are \
+                 less reliable.\n",
+                noisy.len(),
+                noisy.iter().map(|n| n.0.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
         if !saturated.is_empty() {
             let _ = writeln!(
                 w,
@@ -386,12 +500,13 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
             continue;
         };
         let cell = |run: &Value| {
-            run_cell_error(run).unwrap_or_else(|| match met_bound(run) {
-                Some(false) => "no step met the bound".into(),
+            run_cell_error(run).unwrap_or_else(|| match (met_bound(run), hit_step_limit(run)) {
+                (Some(false), _) => "no step met the bound".into(),
+                (_, Some(true)) => format!("≥ {} (step limit)", opt(dps(run), human)),
                 _ => opt(dps(run), human),
             })
         };
-        let bound = f(d, "/p99_bound_ms").map(|b| format!("{b} ms")).unwrap_or_default();
+        let bound = f(d, "/find_max/p99_bound_ms").map(|b| format!("{b} ms")).unwrap_or_default();
         let _ = writeln!(
             w,
             "| {} × {} | {bound} | {} | {} | {} | {} | {} | {} / {} |",
@@ -399,7 +514,7 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
             scenarios::payload_human(sc.payload),
             cell(&d["ringcast"]),
             cell(&d["baseline"]),
-            ratio_s(f(d, "/ratio/deliveries_per_sec")),
+            fm_ratio_s(d),
             latency_triplet(&d["ringcast"]),
             latency_triplet(&d["baseline"]),
             opt(lost(&d["ringcast"]), |v| format!("{v:.0}")),
@@ -408,8 +523,10 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
     }
     let _ = writeln!(
         w,
-        "\nRatio = ringcast deliveries/s ÷ baseline deliveries/s at each server's best step. \
-         Latencies and losses are those of the best step.\n"
+        "\nRatio = ringcast deliveries/s ÷ baseline deliveries/s at each server's best step (the \
+         step with the most deliveries/s whose p99 was within the bound with ≥ 99 % delivered). \
+         Latencies and losses are those of the best step. \"≥\": the server met the bound at every \
+         step up to the step limit, so its real maximum is higher.\n"
     );
 
     // ---- fixed-rate table
@@ -439,7 +556,17 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
             ratio_s(f(d, "/ratio/p99_baseline_over_ringcast")),
         );
     }
-    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "\nLost = sent × subscribers − distinct deliveries received by the end of the drain window \
+         ({} s after the last send, per the load generator's `--drain-secs`), so a server that falls \
+         seconds behind shows losses even if it would deliver everything eventually; latency \
+         percentiles cover the deliveries that arrived.\n",
+        docs.iter()
+            .find(|(s, _)| matches!(s.kind, Kind::Fixed { .. }))
+            .map(|(s, _)| s.drain_s)
+            .unwrap_or(2.0)
+    );
 
     // ---- idle RSS
     let _ = writeln!(w, "## Resident memory per idle connection\n");
@@ -499,9 +626,11 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
     let _ = writeln!(
         w,
         "| Scenario | server | load generator cores used | load generator saturated | \
-         server CPU (of one core) | server peak RSS | allowed CPUs (server / load generator) |"
+         server CPU (of one core) | server CPU µs per delivery | irq+softirq on server CPUs | \
+         other processes on server / load generator CPUs | server peak RSS | \
+         allowed CPUs (server / load generator) |"
     );
-    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (sc, d) in &docs {
         let Some(d) = d else { continue };
         if d["kind"] == "idle_rss" {
@@ -512,13 +641,24 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
             if run.get("error").is_some() {
                 continue;
             }
+            let others = format!(
+                "{} / {} cores",
+                opt(f(run, "/server_cpus_load/other_processes_cores"), |v| format!("{v:.2}")),
+                opt(f(run, "/loadgen_cpus_load/other_processes_cores"), |v| format!("{v:.2}")),
+            );
             let _ = writeln!(
                 w,
-                "| {} | {server} | {} | {} | {} | {} | {} / {} |",
+                "| {} | {server} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
                 sc.name,
                 opt(f(run, "/report/cpu/cores_used"), |v| format!("{v:.2}")),
                 run.pointer("/report/cpu/saturated").map(|v| v.to_string()).unwrap_or_default(),
                 opt(f(run, "/server_cpu_util"), |v| format!("{:.0} %", v * 100.0)),
+                opt(div(f(run, "/server_cpu_s"), measured_deliveries(run)), |v| format!(
+                    "{:.1}",
+                    v * 1e6
+                )),
+                opt(f(run, "/server_cpus_load/irq_cores"), |v| format!("{v:.2} cores")),
+                others,
                 opt(f(run, "/server_rss_kib/peak"), |v| format!("{:.1} MiB", v / 1024.0)),
                 run["server_cpus_allowed"].as_str().unwrap_or("?"),
                 run["loadgen_cpus_allowed"].as_str().unwrap_or("?"),
@@ -538,38 +678,81 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
          the socket and a `tokio::sync::broadcast` receiver (capacity {cap}); every Text/Binary message \
          is `send`ed to the channel, every received one is written with `SinkExt::send`. A receiver that \
          lags by more than the capacity skips ahead (the load generator counts those messages as lost). \
-         `TCP_NODELAY` is set, listen backlog {backlog}.\n\
+         `TCP_NODELAY` is set, listen backlog {backlog}, tokio-tungstenite's default `WebSocketConfig` \
+         (its 128 KiB read buffer per connection dominates the baseline's memory per connection). \
+         `SinkExt::send` flushes, so the baseline makes one `write(2)` per message per connection; \
+         that, not tokio, is most of its cost per delivery.\n\
          - **Load generator**: `ringcast-loadgen --json` ({pubs} publisher connection + N subscriber \
          connections; a message is a delivery when a subscriber receives it; latency is receive time − \
          send time on one monotonic clock). Fixed-rate runs publish 20 msg/s in all; find-max runs step \
          the rate up until p99 exceeds the bound and report the best step that met it.\n\
          - Each (scenario, server) pair gets a freshly started server on a fresh port; the two servers \
          run one after the other, never at the same time. Server CPU is the server's utime + stime \
-         over the load generator's wall time, from `/proc/PID/stat`.\n\
+         (from `/proc/PID/stat`) over the load generator's whole life (connect, warm-up, every \
+         step, drain); per delivery it is divided by the deliveries measured (warm-up excluded), \
+         so it slightly overstates the cost.\n\
          - **Idle memory**: the bench binary re-executed with `RINGCAST_BENCH_ROLE=idle` (pinned to the \
          load generator CPUs) opens the connections, completes the handshakes and then reads nothing.\n\
-         - The machine is shared with other work, so expect run-to-run noise of several per cent.\n",
+         - The machine is shared with other work, so expect run-to-run noise of several per cent. \
+         \"Other processes\" is the CPUs' user + system time from `/proc/stat` minus the server's \
+         (or the load generator's) own, over the run: anything well above zero means something \
+         else competed for those CPUs. \"irq+softirq\" is interrupt and softirq time on the server \
+         CPUs: loopback TCP processing, which the kernel does not charge to the server process, \
+         so the server's real cost per delivery is higher than its process CPU shows.\n",
         cpu = cfg.server_cpus[0],
         cap = crate::baseline::CHANNEL_CAPACITY,
         backlog = crate::baseline::BACKLOG,
         pubs = scenarios::PUBLISHERS,
     );
 
+    // ---- how to run
+    let _ = writeln!(w, "## Running it\n");
+    let _ = writeln!(
+        w,
+        "```\n\
+         cargo bench --bench fanout                  # full suite -> results/*.json, *.svg, README.md\n\
+         cargo bench --bench fanout -- --quick       # small and short -> results/quick/, validated\n\
+         cargo bench --bench fanout -- max-1000      # only scenarios whose name contains max-1000\n\
+         cargo bench --bench fanout -- --report-only # rebuild README.md and charts from the JSON\n\
+         ```\n\n\
+         `RINGCAST_BENCH_QUICK=1` is the same as `--quick`. `RINGCAST_BENCH_SERVER_CPUS` (default \
+         `0`) and `RINGCAST_BENCH_LOADGEN_CPUS` (default `1`) take CPU lists such as `0`, `2-3`, \
+         `0,2`. `RINGCAST_BENCH_RINGCAST_BIN` / `RINGCAST_BENCH_LOADGEN_BIN` use prebuilt binaries \
+         instead of running `cargo build --release`. Server, load generator and idle-opener logs \
+         go to `results/tmp/` (ignored by git).\n"
+    );
+
     // ---- commands
     let _ = writeln!(w, "## Commands\n");
     let _ = writeln!(w, "Binaries were built with:\n\n```");
-    for c in &cfg.build_commands {
+    let builds: Vec<String> = docs
+        .iter()
+        .filter_map(|(_, d)| d.as_ref()?.get("build_commands")?.as_array().cloned())
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .fold(Vec::new(), |mut acc, c| {
+            if !acc.contains(&c) {
+                acc.push(c);
+            }
+            acc
+        });
+    for c in &builds {
         let _ = writeln!(w, "{c}");
     }
-    if cfg.build_commands.is_empty() {
+    if builds.is_empty() {
         let _ = writeln!(
             w,
             "(prebuilt binaries given by RINGCAST_BENCH_RINGCAST_BIN / RINGCAST_BENCH_LOADGEN_BIN)"
         );
     }
     let _ = writeln!(w, "```\n");
-    let _ =
-        writeln!(w, "Per scenario (ports differ per run; the JSON files hold the exact lines):\n");
+    let _ = writeln!(
+        w,
+        "Per scenario, relative to the workspace root (ports differ per run; the JSON files hold \
+         the exact lines). `taskset -c` stands for the CPU set the harness applies with \
+         `sched_setaffinity` in the child before exec.\n"
+    );
+    let ws_prefix = format!("{}/", cfg.workspace.display());
     let _ = writeln!(w, "```");
     for (sc, d) in &docs {
         let Some(d) = d else { continue };
@@ -578,7 +761,7 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Duration) -> Result<()> 
             let run = &d[server];
             for key in ["server_command", "loadgen_command", "opener_command"] {
                 if let Some(c) = run.get(key).and_then(Value::as_str) {
-                    let _ = writeln!(w, "{c}");
+                    let _ = writeln!(w, "{}", c.replace(&ws_prefix, ""));
                 }
             }
         }
@@ -624,6 +807,49 @@ fn draw_charts(cfg: &Config, docs: &[(Scenario, Option<Value>)]) -> Result<Vec<(
         )?;
         files.push((name.to_string(), "deliveries/s vs connections, both servers".to_string()));
     }
+    // The find-max search: p99 against deliveries/s for every step.
+    let mut panels = Vec::new();
+    for (sc, d) in docs {
+        let (Kind::FindMax { p99_bound_ms, .. }, Some(d)) = (&sc.kind, d) else { continue };
+        let mut series = Vec::new();
+        for (server, color) in [("ringcast", charts::RINGCAST), ("baseline", charts::BASELINE)] {
+            let points: Vec<(f64, f64)> = d[server]
+                .pointer("/report/find_max/steps")
+                .and_then(Value::as_array)
+                .map(|steps| {
+                    steps
+                        .iter()
+                        .filter_map(|st| {
+                            Some((
+                                f(st, "/deliveries_per_sec")?,
+                                f(st, "/latency_us/p99")?.max(1.0),
+                            ))
+                        })
+                        .filter(|p| p.0 > 0.0)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !points.is_empty() {
+                series.push(Series { label: server.to_string(), color, points });
+            }
+        }
+        if !series.is_empty() {
+            panels.push(charts::Panel {
+                title: format!(
+                    "{} × {}, find-max steps",
+                    scenarios::thousands(sc.subscribers as u64),
+                    scenarios::payload_human(sc.payload)
+                ),
+                series,
+                bound_us: p99_bound_ms * 1000.0,
+            });
+        }
+    }
+    if !panels.is_empty() {
+        let name = "find-max-steps.svg";
+        charts::find_max_steps(&cfg.out_dir.join(name), &panels)?;
+        files.push((name.to_string(), "p99 latency vs deliveries/s at every find-max step".into()));
+    }
     // Latency percentiles per scenario.
     for (sc, d) in docs {
         let Some(d) = d else { continue };
@@ -639,13 +865,17 @@ fn draw_charts(cfg: &Config, docs: &[(Scenario, Option<Value>)]) -> Result<Vec<(
                 .filter_map(|(i, p)| Some((i as f64, lat(run, p)?)))
                 .collect();
             if !points.is_empty() {
-                series.push(Series { label: server.to_string(), color, points });
+                let label = match met_bound(run) {
+                    Some(false) => format!("{server} (no step met the bound: last step)"),
+                    _ => server.to_string(),
+                };
+                series.push(Series { label, color, points });
             }
         }
         if series.is_empty() {
             continue;
         }
-        let bound = f(d, "/p99_bound_ms").map(|ms| ms * 1000.0);
+        let bound = f(d, "/find_max/p99_bound_ms").map(|ms| ms * 1000.0);
         let suffix = if bound.is_some() { " (best step)" } else { "" };
         let name = format!("latency-{}.svg", sc.name);
         charts::latency_percentiles(
@@ -713,6 +943,10 @@ pub fn validate(cfg: &Config, selected: &[Scenario]) -> Vec<String> {
                     need(
                         run.get("loadgen_command").is_some_and(Value::is_string),
                         &format!("{server}.loadgen_command"),
+                    );
+                    need(
+                        run.get("server_alive_after_run") == Some(&Value::Bool(true)),
+                        &format!("{server} server exited during the run"),
                     );
                     for p in [
                         "/report/deliveries_per_sec",

@@ -6,8 +6,9 @@ use std::time::Duration;
 pub enum Kind {
     /// A fixed publish rate (messages per second, all publishers together).
     Fixed { rate: f64 },
-    /// `--find-max`: the highest delivery rate whose p99 stays under the bound.
-    FindMax { p99_bound_ms: f64, max_steps: u32 },
+    /// `--find-max`: the highest delivery rate whose p99 stays under the bound, stepping the
+    /// publish rate up from `start_rate` by `factor` for at most `max_steps` steps.
+    FindMax { p99_bound_ms: f64, start_rate: f64, factor: f64, max_steps: u32 },
     /// Resident memory per idle WebSocket connection.
     IdleRss,
 }
@@ -30,8 +31,13 @@ pub struct Scenario {
     /// Subscriber connections (publishers are extra), or idle connections for `IdleRss`.
     pub subscribers: usize,
     pub payload: usize,
-    /// Run length (fixed rate) or length of each find-max step.
+    /// Run length (fixed rate) or length of each find-max step; for `IdleRss`, how long the
+    /// connections settle before RSS is read again.
     pub duration_s: f64,
+    /// Unmeasured load before the first measured run/step (`--warmup`).
+    pub warmup_s: f64,
+    /// Longest wait for in-flight deliveries after the last send (`--drain-secs`).
+    pub drain_s: f64,
     /// Hard limit for one load-generator (or idle-opener) process.
     pub timeout: Duration,
 }
@@ -89,11 +95,16 @@ pub fn sizes(quick: bool) -> (usize, usize) {
     }
 }
 
+/// Deliveries/s the first find-max step offers: low enough that the baseline meets the bound
+/// there, so both servers have a best step (if a server misses the bound even there, the
+/// harness retries once from a tenth of it).
+pub const FIND_MAX_START_DELIVERIES: f64 = 10_000.0;
+
 pub fn all(quick: bool) -> Vec<Scenario> {
     let (small, large) = sizes(quick);
-    let fixed_secs = if quick { 3.0 } else { 10.0 };
-    let step_secs = if quick { 1.0 } else { 3.0 };
-    let max_steps = if quick { 4 } else { 12 };
+    // (fixed run secs, find-max step secs, warm-up secs, drain secs, step factor, max steps)
+    let (fixed_secs, step_secs, warmup_s, drain_s, factor, max_steps) =
+        if quick { (2.0, 1.0, 0.5, 1.0, 3.0, 5) } else { (10.0, 3.0, 1.0, 2.0, 1.5, 20) };
     let rate = 20.0;
     let mut v = Vec::new();
     for &subs in &[small, large] {
@@ -104,7 +115,9 @@ pub fn all(quick: bool) -> Vec<Scenario> {
                 subscribers: subs,
                 payload,
                 duration_s: fixed_secs,
-                timeout: Duration::from_secs_f64(fixed_secs * 3.0 + 60.0),
+                warmup_s,
+                drain_s,
+                timeout: Duration::from_secs_f64(warmup_s + fixed_secs + drain_s + 90.0),
             });
         }
     }
@@ -112,14 +125,17 @@ pub fn all(quick: bool) -> Vec<Scenario> {
         for &payload in &[64usize, 1024] {
             // 50 ms for the small scenarios; 250 ms once each message fans out to 10,000.
             let p99_bound_ms = if subs == small { 50.0 } else { 250.0 };
+            let start_rate = FIND_MAX_START_DELIVERIES / subs as f64;
             v.push(Scenario {
                 name: format!("max-{subs}x{}", payload_label(payload)),
-                kind: Kind::FindMax { p99_bound_ms, max_steps },
+                kind: Kind::FindMax { p99_bound_ms, start_rate, factor, max_steps },
                 subscribers: subs,
                 payload,
                 duration_s: step_secs,
+                warmup_s,
+                drain_s,
                 timeout: Duration::from_secs_f64(
-                    (step_secs + 5.0) * f64::from(max_steps) * 2.0 + 60.0,
+                    warmup_s + (step_secs + drain_s + 1.0) * f64::from(max_steps) + 90.0,
                 ),
             });
         }
@@ -130,6 +146,8 @@ pub fn all(quick: bool) -> Vec<Scenario> {
         subscribers: large,
         payload: 0,
         duration_s: 2.0,
+        warmup_s: 0.0,
+        drain_s: 0.0,
         timeout: Duration::from_secs(60),
     });
     v

@@ -187,3 +187,81 @@ async fn example_group_chat_relays_to_everyone() {
         assert_eq!(next_data(ws, 5).await.into_text().unwrap().as_str(), "hi all");
     }
 }
+
+/// With its descriptors exhausted the daemon neither spins on `accept` (EMFILE) nor stops
+/// serving once descriptors free up, and it logs the capacity the limit leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_pauses_accepting_without_spinning() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--no-pin"]);
+    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limits.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 128, rlim_max: 128 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let addr: SocketAddr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("daemon log");
+        log.push(line.clone());
+        if let Some(a) = line.split("listening on ").nth(1) {
+            break a.trim().parse().unwrap();
+        }
+    };
+    assert!(log.iter().any(|l| l.contains("connection capacity")), "capacity logged: {log:?}");
+
+    // Half-open clients (TCP connected, no upgrade request) hold one descriptor each on the
+    // server until the handshake timeout; 200 of them exhaust a 128-descriptor table.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(std::net::TcpStream::connect(addr).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let before = cpu(proc.0.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu(proc.0.id()) - before;
+    assert!(used < 0.5, "accept loop spun: {used:.2} s of CPU in 2 s while out of descriptors");
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.try_recv() {
+        seen.push(line);
+    }
+    assert!(seen.iter().any(|l| l.contains("accept failed")), "EMFILE is logged: {seen:?}");
+
+    // Descriptors come back: the daemon serves again.
+    drop(idle);
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(Ok((ws, _))) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+        )
+        .await
+        {
+            drop(ws);
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the daemon accepts again once descriptors are free");
+}

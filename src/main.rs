@@ -248,3 +248,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_serve_flag_is_documented() {
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        let serve = cmd.find_subcommand("serve").expect("serve subcommand");
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" {
+                continue;
+            }
+            assert!(arg.get_help().is_some(), "serve --{id} has no help text");
+        }
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(super::parse_cpu_list("0,2-4").unwrap().0, vec![0, 2, 3, 4]);
+        assert!(super::parse_cpu_list("3-1").is_err());
+        assert!(super::parse_cpu_list("x").is_err());
+    }
+}

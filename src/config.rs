@@ -45,7 +45,8 @@ pub struct Config {
     /// Periodic broadcast of the server time (seconds since the epoch), seed 000's timer.
     pub tick_interval: Option<Duration>,
     /// Open WebSocket connections the whole node accepts; past it handshakes get 503.
-    /// Clamped at start-up to what the open-file limit allows.
+    /// Clamped at start-up to what the open-file limit allows (`usize::MAX`, the default,
+    /// means exactly that).
     pub connections_max: usize,
     /// Largest message (after reassembly of fragments) a client may send; larger ones get 1009.
     pub message_bytes_max: usize,
@@ -85,7 +86,7 @@ impl Default for Config {
             pin: true,
             on_message: OnMessage::Ignore,
             tick_interval: None,
-            connections_max: 1_000_000,
+            connections_max: usize::MAX,
             message_bytes_max: 1 << 20,
             header_bytes_max: 8 * 1024,
             outbox_bytes_max: 1 << 20,

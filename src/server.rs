@@ -174,11 +174,13 @@ impl Builder {
         }
         let capacity = crate::limits::connection_capacity(config.shards);
         if config.connections_max > capacity {
-            tracing::info!(
-                requested = config.connections_max,
-                capacity,
-                "connections_max lowered to what the open-file limit allows"
-            );
+            if config.connections_max != usize::MAX {
+                tracing::warn!(
+                    requested = config.connections_max,
+                    capacity,
+                    "connections_max lowered to what the open-file limit allows"
+                );
+            }
             config.connections_max = capacity;
         }
         shard::launch(config, callbacks)

@@ -531,32 +531,14 @@ fn run_load(cfg: &Config, sc: &Scenario, server: Server) -> Result<Value> {
     })?;
     let server_exit = srv.terminate(SERVER_STOP_GRACE)?;
     let server_cpu_s = cpu1.map(|c| c - cpu0);
-    // What else ran on the server's CPUs meanwhile: a noise indicator for a shared machine.
+    // What else ran on each side's CPUs meanwhile: a noise indicator for a shared machine.
     let server_cpus_load = match (sys0, sys1, server_cpu_s) {
-        (Some(a), Some(b), Some(own)) => {
-            let d = b.since(&a);
-            json!({
-                "interval_s": sys_wall,
-                "tasks_cores": d.tasks / sys_wall,
-                "irq_cores": d.irq / sys_wall,
-                "steal_cores": d.steal / sys_wall,
-                "other_processes_cores": ((d.tasks - own) / sys_wall).max(0.0),
-            })
-        }
+        (Some(a), Some(b), Some(own)) => cpus_load_json(&b.since(&a), own, sys_wall),
         _ => Value::Null,
     };
+    // The load generator's own CPU is sampled every 250 ms, so "other" may be slightly high.
     let loadgen_cpus_load = match (lg_sys0, lg_sys1) {
-        (Some(a), Some(b)) => {
-            let d = b.since(&a);
-            json!({
-                "interval_s": sys_wall,
-                "tasks_cores": d.tasks / sys_wall,
-                "irq_cores": d.irq / sys_wall,
-                "steal_cores": d.steal / sys_wall,
-                // Sampled every 250 ms, so this may be slightly high.
-                "other_processes_cores": ((d.tasks - lg_cpu) / sys_wall).max(0.0),
-            })
-        }
+        (Some(a), Some(b)) => cpus_load_json(&b.since(&a), lg_cpu, sys_wall),
         _ => Value::Null,
     };
     Ok(json!({
@@ -670,4 +652,15 @@ fn parse_ready(line: &str) -> Option<(usize, usize)> {
         }
     }
     Some((ok?, failed?))
+}
+
+/// CPU use of a CPU set over `wall` seconds, and how much of it was not `own_cpu_s`.
+fn cpus_load_json(d: &procs::CpuTimes, own_cpu_s: f64, wall: f64) -> Value {
+    json!({
+        "interval_s": wall,
+        "tasks_cores": d.tasks / wall,
+        "irq_cores": d.irq / wall,
+        "steal_cores": d.steal / wall,
+        "other_processes_cores": ((d.tasks - own_cpu_s) / wall).max(0.0),
+    })
 }

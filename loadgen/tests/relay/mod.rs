@@ -60,23 +60,29 @@ pub fn start_on(addr: &str) -> Relay {
     let stop = Arc::new(AtomicBool::new(false));
     let messages_in = Arc::new(AtomicU64::new(0));
     let clients: Clients = Arc::default();
-    let clients_out = clients.clone();
-    {
-        let stop = stop.clone();
-        let messages_in = messages_in.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let clients = clients.clone();
-                let messages_in = messages_in.clone();
-                thread::spawn(move || serve(stream, clients, messages_in));
+    accept_loop(listener, stop.clone(), clients.clone(), messages_in.clone(), serve);
+    Relay { addr, messages_in, http_addr: None, stop, clients }
+}
+
+/// Accepts until `stop`, handing each connection to `handler` on its own thread.
+fn accept_loop(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    clients: Clients,
+    messages_in: Arc<AtomicU64>,
+    handler: fn(TcpStream, Clients, Arc<AtomicU64>),
+) {
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            if stop.load(Ordering::SeqCst) {
+                break;
             }
-        });
-    }
-    Relay { addr, messages_in, http_addr: None, stop, clients: clients_out }
+            let Ok(stream) = stream else { continue };
+            let clients = clients.clone();
+            let messages_in = messages_in.clone();
+            thread::spawn(move || handler(stream, clients, messages_in));
+        }
+    });
 }
 
 /// Starts a relay on `127.0.0.1:0` plus an HTTP push endpoint on another port: every
@@ -86,19 +92,13 @@ pub fn start_with_http() -> Relay {
     let mut relay = start();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind http");
     relay.http_addr = Some(listener.local_addr().unwrap());
-    let (stop, clients, messages_in) =
-        (relay.stop.clone(), relay.clients.clone(), relay.messages_in.clone());
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let Ok(stream) = stream else { continue };
-            let clients = clients.clone();
-            let messages_in = messages_in.clone();
-            thread::spawn(move || serve_http(stream, clients, messages_in));
-        }
-    });
+    accept_loop(
+        listener,
+        relay.stop.clone(),
+        relay.clients.clone(),
+        relay.messages_in.clone(),
+        serve_http,
+    );
     relay
 }
 

@@ -15,6 +15,79 @@ pub enum OnMessage {
     Ignore,
     /// Send it to every open connection on every shard, sender included (seed 000's group chat).
     Relay,
+    /// Parse it as a JSON command (`add_group`, `send_to_group`, ...; see `docs/api.md`),
+    /// subject to [`Permissions`] and the per-connection command rate limit.
+    Commands,
+}
+
+/// Which groups a client may join by itself (the server's API may always add it anywhere).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum JoinPolicy {
+    /// Clients may not join groups themselves. The default: membership is the application's
+    /// decision, made through the API.
+    #[default]
+    Off,
+    /// Only groups whose id matches one of these glob patterns (`*` any run, `?` one char),
+    /// e.g. `public:*`.
+    Matching(Vec<String>),
+    /// Any group (seed 004).
+    Any,
+}
+
+/// Which groups a client may publish to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupPublishPolicy {
+    /// None. The default.
+    #[default]
+    Off,
+    /// Only groups the connection is a member of.
+    Joined,
+    /// Any group (seed 004).
+    Any,
+}
+
+/// What clients may do with commands. Configuration, not code; the defaults are the safe ones
+/// (clients listen, the application publishes), `--demo` allows what the seeds do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Joining groups.
+    pub join: JoinPolicy,
+    /// Publishing to groups.
+    pub publish_groups: GroupPublishPolicy,
+    /// Publishing to every connection of the node (`send_to_all`).
+    pub publish_all: bool,
+    /// Sending to one client by id (`send_to_client`).
+    pub publish_clients: bool,
+    /// Groups one connection may be in (joins by the API count too).
+    pub groups_per_connection_max: usize,
+    /// Longest group id (and uid) accepted, in bytes.
+    pub group_id_bytes_max: usize,
+}
+
+impl Default for Permissions {
+    fn default() -> Self {
+        Permissions {
+            join: JoinPolicy::Off,
+            publish_groups: GroupPublishPolicy::Off,
+            publish_all: false,
+            publish_clients: false,
+            groups_per_connection_max: 64,
+            group_id_bytes_max: 128,
+        }
+    }
+}
+
+impl Permissions {
+    /// What the seeds do: join any group, publish to any group, to all, to any client.
+    pub fn demo() -> Self {
+        Permissions {
+            join: JoinPolicy::Any,
+            publish_groups: GroupPublishPolicy::Any,
+            publish_all: true,
+            publish_clients: true,
+            ..Permissions::default()
+        }
+    }
 }
 
 /// What happens to a connection whose outbox is over `outbox_bytes_max`.
@@ -75,6 +148,22 @@ pub struct Config {
     pub mesh_capacity: usize,
     /// io_uring submission queue entries per shard.
     pub ring_entries: u32,
+    /// This node's id (part of every client id); `None` generates one at start-up.
+    pub node_id: Option<u32>,
+    /// Send `{"type":"welcome","client_id":...}` to each new connection. `None`: only in
+    /// [`OnMessage::Commands`] mode.
+    pub welcome: Option<bool>,
+    /// What clients may do in [`OnMessage::Commands`] mode.
+    pub permissions: Permissions,
+    /// Commands one connection may send per second, sustained (0: unlimited).
+    pub commands_per_sec: u32,
+    /// Commands one connection may send in a burst above the sustained rate.
+    pub commands_burst: u32,
+    /// A connection still over its command rate this long after it was first refused is
+    /// closed with 1008.
+    pub commands_flood_close_after: Duration,
+    /// Largest per-connection session (its JSON text), in bytes.
+    pub session_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -100,6 +189,13 @@ impl Default for Config {
             read_buffer_bytes: 16 * 1024,
             mesh_capacity: 64 * 1024,
             ring_entries: 4096,
+            node_id: None,
+            welcome: None,
+            permissions: Permissions::default(),
+            commands_per_sec: 100,
+            commands_burst: 200,
+            commands_flood_close_after: Duration::from_secs(3),
+            session_bytes_max: 4096,
         }
     }
 }

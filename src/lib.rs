@@ -1,9 +1,12 @@
 //! ringcast
+pub mod command;
 pub mod config;
 pub mod fanout;
+pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod proto;
+pub mod route;
 pub mod server;
 pub mod shard;
 

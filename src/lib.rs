@@ -1,4 +1,6 @@
 //! ringcast
+pub mod addressing;
+pub mod api;
 pub mod command;
 pub mod config;
 pub mod fanout;
@@ -12,5 +14,10 @@ pub mod shard;
 
 pub use config::{Config, OnMessage, SlowConsumerPolicy};
 pub use proto::Message;
-pub use server::{Builder, ConnId, ConnInfo, Handle, PublishError, Server};
-pub use shard::Ctx;
+pub use addressing::{
+    Applied, ClientInfo, GroupInfo, Publish, PublishReport, RequestError, Session, Stats, To,
+    UidInfo,
+};
+pub use ids::{ConnId, GroupId, NodeId, Uid};
+pub use server::{Builder, Handle, Server};
+pub use shard::{ConnInfo, Ctx, Pending};

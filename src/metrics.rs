@@ -63,4 +63,12 @@ counters! {
     idle_timeouts,
     /// Connections gone without a close handshake (reset, EOF, write error).
     connections_aborted,
+    /// Client commands received (`--on-message commands`).
+    commands_received,
+    /// Client commands answered with an error frame (malformed, unknown, forbidden, refused).
+    commands_rejected,
+    /// Client commands dropped by the per-connection rate limit.
+    commands_rate_limited,
+    /// Connections closed with 1008 for flooding commands.
+    command_flood_closes,
 }

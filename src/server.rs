@@ -1,90 +1,24 @@
 //! The library's front door: a builder in the spirit of Workerman's `onConnect` / `onMessage` /
 //! `onClose` / `Timer::add`, and the [`Handle`] to a running node.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::addressing::{
+    Applied, ClientInfo, GroupInfo, Publish, PublishReport, RequestError, Session, Stats, To,
+    UidInfo,
+};
 use crate::config::{Config, OnMessage};
-use crate::metrics::{Counters, SharedCounters};
+use crate::ids::{ConnId, GroupId, NodeId, Uid};
+use crate::metrics::Counters;
 use crate::proto::Message;
-use crate::shard::mesh::{Link, ShardMsg};
-use crate::shard::{self, Ctx};
-
-/// A connection's node-wide id: its shard, its slot there, and a generation so a reused slot
-/// never matches a stale id. Assigned by the server; never taken from a client.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    pub(crate) fn new(shard: usize, slot: usize, generation: u16) -> Self {
-        ConnId(((shard as u64) << 48) | ((generation as u64) << 32) | slot as u64)
-    }
-
-    /// The shard (Workerman's worker id) that owns the connection.
-    pub fn shard(self) -> usize {
-        (self.0 >> 48) as usize
-    }
-
-    pub(crate) fn slot(self) -> usize {
-        (self.0 & 0xffff_ffff) as usize
-    }
-
-    pub(crate) fn generation(self) -> u16 {
-        (self.0 >> 32) as u16
-    }
-
-    /// The id as one integer, e.g. for an HTTP API.
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-
-    /// Rebuild an id from [`ConnId::as_u64`]. An unknown id simply matches no connection.
-    pub fn from_u64(v: u64) -> Self {
-        ConnId(v)
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl fmt::Debug for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConnId({}:{}:{})", self.shard(), self.slot(), self.generation())
-    }
-}
-
-/// What is known about a connection when it opens.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The peer's address.
-    pub peer: SocketAddr,
-    /// The request path and query of the upgrade, e.g. `/?uid=7`.
-    pub path: String,
-}
-
-pub(crate) type ConnectFn = dyn Fn(&mut Ctx<'_>, ConnId, &ConnInfo) + Send + Sync;
-pub(crate) type MessageFn = dyn Fn(&mut Ctx<'_>, ConnId, Message) + Send + Sync;
-pub(crate) type CloseFn = dyn Fn(&mut Ctx<'_>, ConnId) + Send + Sync;
-pub(crate) type TimerFn = dyn Fn(&mut Ctx<'_>) + Send + Sync;
-
-/// Application callbacks, shared by every shard. Each runs on the shard that owns the
-/// connection, inside its event loop: keep them short and never block.
-#[derive(Default, Clone)]
-pub(crate) struct Callbacks {
-    pub(crate) on_connect: Option<Arc<ConnectFn>>,
-    pub(crate) on_message: Option<Arc<MessageFn>>,
-    pub(crate) on_close: Option<Arc<CloseFn>>,
-    /// Run on shard 0 only, so a timer fires once per node per interval.
-    pub(crate) timers: Vec<(Duration, Arc<TimerFn>)>,
-}
+use crate::shard::mesh::{Op, Outgoing, Query, ShardMsg};
+use crate::shard::reply::{Answer, Request};
+use crate::shard::{self, route_of, Callbacks, ConnInfo, Ctx, Node, Pending};
 
 /// Builds a node. `Server::builder().listen(..).on_message(..).start()`.
 pub struct Builder {
@@ -183,7 +117,12 @@ impl Builder {
             }
             config.connections_max = capacity;
         }
-        shard::launch(config, callbacks)
+        let launched = shard::launch(config, callbacks)?;
+        Ok(Handle {
+            node: launched.node,
+            threads: Arc::new(Mutex::new(launched.threads)),
+            local_addr: launched.local_addr,
+        })
     }
 }
 
@@ -196,51 +135,22 @@ fn tick_server_time(ctx: &mut Ctx<'_>) {
     ctx.broadcast(Message::text(secs.to_string()));
 }
 
-/// State shared by every shard of a node and its handles.
-pub(crate) struct Node {
-    pub(crate) links: Vec<Link>,
-    pub(crate) counters: Vec<SharedCounters>,
-    /// Open WebSocket connections on the whole node; checked only at handshake and close.
-    pub(crate) open: AtomicUsize,
-    pub(crate) connections_max: usize,
-    /// Broadcast frames encoded by handles (outside any shard).
-    pub(crate) handle_frames_encoded: AtomicU64,
-    /// Events a handle could not queue because a shard's inbox was full.
-    pub(crate) handle_mesh_dropped: AtomicU64,
-}
-
-impl Node {
-    /// Try to take a connection slot; `false` when the node is full.
-    pub(crate) fn reserve_slot(&self) -> bool {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.connections_max).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    pub(crate) fn release_slot(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Why a publish did not reach every shard.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{missed} shard(s) did not take the message: their inbox was full (counted in mesh_dropped)"
-)]
-pub struct PublishError {
-    /// Shards that missed it.
-    pub missed: usize,
-}
-
-/// A running node. Cheap to share across threads by reference; dropping it does not stop the
-/// node (call [`Handle::shutdown`] then [`Handle::join`]).
+/// A running node. Cheap to clone and share across threads (the control plane holds one);
+/// dropping it does not stop the node (call [`Handle::shutdown`] then [`Handle::join`]).
+///
+/// Every method is non-blocking: requests go to the shards' bounded inboxes with `try_send`
+/// (a full inbox is counted and answered [`RequestError::Busy`], never waited on) and answers
+/// come back as a [`Pending`], which can be `.await`ed in any executor or waited for with
+/// [`Pending::wait`] on a plain thread.
+#[derive(Clone)]
 pub struct Handle {
-    pub(crate) node: Arc<Node>,
-    pub(crate) threads: Vec<JoinHandle<io::Result<()>>>,
-    pub(crate) local_addr: SocketAddr,
+    node: Arc<Node>,
+    threads: Arc<Mutex<Vec<JoinHandle<io::Result<()>>>>>,
+    local_addr: SocketAddr,
 }
+
+/// Publishes one handle request may carry.
+pub const BATCH_PUBLISHES_MAX: usize = 100_000;
 
 impl Handle {
     /// The address the node listens on (with the real port when port 0 was asked).
@@ -253,41 +163,257 @@ impl Handle {
         self.node.links.len()
     }
 
-    /// Send `msg` to every connection of the node. The frame is encoded once, here, and every
-    /// shard queues the same buffer.
-    pub fn broadcast(&self, msg: impl Into<Message>) -> Result<(), PublishError> {
-        let frame = msg.into().encode();
-        self.node.handle_frames_encoded.fetch_add(1, Ordering::Relaxed);
-        let mut missed = 0;
-        for link in &self.node.links {
-            if link.send(ShardMsg::Broadcast(frame.clone())).is_err() {
-                missed += 1;
+    /// This node's id (part of every client id it issues).
+    pub fn node_id(&self) -> NodeId {
+        self.node.id
+    }
+
+    /// Send `msg` to every connection of the node. Fire and forget: see [`Handle::publish`]
+    /// for the report.
+    pub fn broadcast(&self, msg: impl Into<Message>) -> Result<(), RequestError> {
+        self.send_batch(vec![Publish::new(To::All, msg)], false).map(|_| ())
+    }
+
+    /// Send `msg` to one connection, wherever it lives. Unknown ids reach nobody.
+    pub fn send_to(&self, conn: ConnId, msg: impl Into<Message>) -> Result<(), RequestError> {
+        self.send_batch(vec![Publish::new(To::Clients(vec![conn]), msg)], false).map(|_| ())
+    }
+
+    /// Publish one message; the answer says how many connections of this node it was queued
+    /// to. The frame is encoded once, here, and every shard with recipients queues the same
+    /// bytes.
+    pub fn publish(&self, p: Publish) -> Pending<PublishReport> {
+        match self.send_batch(vec![p], true) {
+            Ok(pending) => pending.map(|mut v| v.pop().unwrap_or_default()),
+            Err(e) => Pending::ready(Err(e)),
+        }
+    }
+
+    /// Publish many messages in one request: one mesh event per shard for the whole batch,
+    /// one report per publish, in order.
+    pub fn publish_batch(&self, batch: Vec<Publish>) -> Pending<Vec<PublishReport>> {
+        match self.send_batch(batch, true) {
+            Ok(pending) => pending,
+            Err(e) => Pending::ready(Err(e)),
+        }
+    }
+
+    fn send_batch(
+        &self,
+        batch: Vec<Publish>,
+        want_reply: bool,
+    ) -> Result<Pending<Vec<PublishReport>>, RequestError> {
+        let n = batch.len();
+        let outgoing: Arc<[Outgoing]> = batch
+            .into_iter()
+            .map(|p| Outgoing {
+                frame: p.message.encode(),
+                route: route_of(p.to),
+                exclude: p.exclude,
+            })
+            .collect();
+        self.node.handle_frames_encoded.fetch_add(n as u64, Ordering::Relaxed);
+        let mut req = Request::new();
+        let missed = self.node.send_publish(&outgoing, None, want_reply.then_some(&mut req));
+        if missed > 0 {
+            self.node.handle_mesh_dropped.fetch_add(missed as u64, Ordering::Relaxed);
+            tracing::warn!(missed, "publish: shard inbox full, message not delivered there");
+            if !want_reply {
+                return Err(RequestError::Busy);
             }
         }
-        self.missed(missed)
+        Ok(req.pending(move |answers, busy| {
+            let mut total = vec![PublishReport::default(); n];
+            for a in answers {
+                if let Answer::Published(reports) = a {
+                    for (t, r) in total.iter_mut().zip(reports) {
+                        t.queued += r.queued;
+                        t.slow_consumers += r.slow_consumers;
+                    }
+                }
+            }
+            for t in &mut total {
+                t.shards_missed = busy as u32;
+            }
+            Ok(total)
+        }))
     }
 
-    /// Send `msg` to one connection, wherever it lives. Unknown ids are ignored.
-    pub fn send_to(&self, conn: ConnId, msg: impl Into<Message>) -> Result<(), PublishError> {
-        let Some(link) = self.node.links.get(conn.shard()) else { return Ok(()) };
-        let sent = link.send(ShardMsg::SendTo(conn, msg.into().encode()));
-        self.missed(usize::from(sent.is_err()))
-    }
-
-    /// Close one connection with `code` and `reason`.
-    pub fn close(&self, conn: ConnId, code: u16, reason: &str) -> Result<(), PublishError> {
-        let Some(link) = self.node.links.get(conn.shard()) else { return Ok(()) };
-        let sent = link.send(ShardMsg::Close(conn, code, reason.to_owned()));
-        self.missed(usize::from(sent.is_err()))
-    }
-
-    fn missed(&self, missed: usize) -> Result<(), PublishError> {
-        if missed == 0 {
-            return Ok(());
+    /// Send one operation to the shard that owns `conn`.
+    fn op(&self, conn: ConnId, op: Op) -> Pending<Applied> {
+        if conn.node() != self.node.id || conn.shard() >= self.node.links.len() {
+            return Pending::ready(Ok(Applied::NoSuchClient));
         }
-        self.node.handle_mesh_dropped.fetch_add(missed as u64, Ordering::Relaxed);
-        tracing::warn!(missed, "publish: shard inbox full, message not delivered there");
-        Err(PublishError { missed })
+        let mut req = Request::new();
+        let reply = req.reply();
+        if let Err(ShardMsg::Op(_, Some(reply))) =
+            self.node.links[conn.shard()].try_send(ShardMsg::Op(op, Some(reply)))
+        {
+            req.mark_busy(reply);
+            self.node.handle_mesh_dropped.fetch_add(1, Ordering::Relaxed);
+            return Pending::ready(Err(RequestError::Busy));
+        }
+        req.pending(|answers, _| match answers.into_iter().next() {
+            Some(Answer::Applied(a)) => Ok(a),
+            _ => Err(RequestError::Stopped),
+        })
+    }
+
+    /// Add a connection to a group (GatewayWorker's `joinGroup`).
+    pub fn join_group(&self, conn: ConnId, group: GroupId) -> Pending<Applied> {
+        self.op(conn, Op::Join(conn, group))
+    }
+
+    /// Remove a connection from a group (`leaveGroup`).
+    pub fn leave_group(&self, conn: ConnId, group: GroupId) -> Pending<Applied> {
+        self.op(conn, Op::Leave(conn, group))
+    }
+
+    /// Bind a connection to a uid, replacing its previous binding (`bindUid`).
+    pub fn bind_uid(&self, conn: ConnId, uid: Uid) -> Pending<Applied> {
+        self.op(conn, Op::BindUid(conn, uid))
+    }
+
+    /// Unbind a connection from its uid (`unbindUid`).
+    pub fn unbind_uid(&self, conn: ConnId) -> Pending<Applied> {
+        self.op(conn, Op::UnbindUid(conn))
+    }
+
+    /// Close a connection with `code` and `reason` (`closeClient`).
+    pub fn close(&self, conn: ConnId, code: u16, reason: &str) -> Pending<Applied> {
+        self.op(conn, Op::Close(conn, code, reason.to_owned()))
+    }
+
+    /// Replace (`merge == false`, `setSession`) or merge into (`updateSession`; a `null`
+    /// value deletes its key) a connection's session.
+    pub fn set_session(&self, conn: ConnId, session: Session, merge: bool) -> Pending<Applied> {
+        self.op(conn, Op::SetSession(conn, session, merge))
+    }
+
+    /// Send one query to `shards` and combine the answers.
+    fn query<T: Send + 'static>(
+        &self,
+        shards: impl IntoIterator<Item = usize>,
+        q: impl Fn() -> Query,
+        finish: impl FnOnce(Vec<Answer>) -> T + Send + 'static,
+    ) -> Pending<T> {
+        let mut req = Request::new();
+        for i in shards {
+            let reply = req.reply();
+            if let Err(ShardMsg::Query(_, reply)) =
+                self.node.links[i].try_send(ShardMsg::Query(q(), reply))
+            {
+                req.mark_busy(reply);
+            }
+        }
+        if req.busy() > 0 {
+            self.node.handle_mesh_dropped.fetch_add(req.busy() as u64, Ordering::Relaxed);
+        }
+        req.pending(move |answers, busy| {
+            if busy > 0 {
+                Err(RequestError::Busy)
+            } else {
+                Ok(finish(answers))
+            }
+        })
+    }
+
+    /// Dissolve a group: every member leaves it (`ungroup`). Answers the members removed.
+    pub fn dissolve(&self, group: GroupId) -> Pending<u64> {
+        let shards = self.node.groups.shards(&group);
+        let mut req = Request::new();
+        for i in shards.iter() {
+            let reply = req.reply();
+            let msg = ShardMsg::Op(Op::Dissolve(group.clone()), Some(reply));
+            if let Err(ShardMsg::Op(_, Some(reply))) = self.node.links[i].try_send(msg) {
+                req.mark_busy(reply);
+            }
+        }
+        req.pending(|answers, busy| {
+            if busy > 0 {
+                return Err(RequestError::Busy);
+            }
+            Ok(answers
+                .into_iter()
+                .map(|a| if let Answer::Dissolved(n) = a { n } else { 0 })
+                .sum())
+        })
+    }
+
+    /// One connection: online, uid, groups, session.
+    pub fn client(&self, conn: ConnId) -> Pending<ClientInfo> {
+        if conn.node() != self.node.id || conn.shard() >= self.node.links.len() {
+            return Pending::ready(Ok(ClientInfo::default()));
+        }
+        self.query([conn.shard()], || Query::Client(conn), |answers| {
+            match answers.into_iter().next() {
+                Some(Answer::Client(c)) => c,
+                _ => ClientInfo::default(),
+            }
+        })
+    }
+
+    /// A group's members on this node and the uids bound to them.
+    pub fn group(&self, group: GroupId) -> Pending<GroupInfo> {
+        let shards = self.node.groups.shards(&group);
+        self.query(shards.iter(), || Query::Group(group.clone()), |answers| {
+            let mut info = GroupInfo::default();
+            let mut uids = std::collections::BTreeSet::new();
+            for a in answers {
+                if let Answer::Group { clients, uids: u } = a {
+                    info.count += clients.len() as u64;
+                    info.clients.extend(clients.iter().map(|c| c.client_id()));
+                    uids.extend(u.into_iter().map(|u| u.to_string()));
+                }
+            }
+            info.clients.sort_unstable();
+            info.uids = uids.into_iter().collect();
+            info
+        })
+    }
+
+    /// Every group with at least one member on this node (from the node's directory; no
+    /// shard is asked).
+    pub fn groups(&self) -> Vec<GroupId> {
+        let mut v = self.node.groups.names();
+        v.sort_unstable();
+        v
+    }
+
+    /// A uid's connections on this node (`isUidOnline`, `getClientIdByUid`).
+    pub fn uid(&self, uid: Uid) -> Pending<UidInfo> {
+        let shards = self.node.uids.shards(&uid);
+        self.query(shards.iter(), || Query::Uid(uid.clone()), |answers| {
+            let mut info = UidInfo::default();
+            for a in answers {
+                if let Answer::Uid(ids) = a {
+                    info.clients.extend(ids.iter().map(|c| c.client_id()));
+                }
+            }
+            info.clients.sort_unstable();
+            info.online = !info.clients.is_empty();
+            info
+        })
+    }
+
+    /// Totals, per shard and for the node.
+    pub fn stats(&self) -> Pending<Stats> {
+        let node_id = self.node.id.to_string();
+        let (groups, uids) = (self.node.groups.len() as u64, self.node.uids.len() as u64);
+        self.query(0..self.shards(), || Query::Stats, move |answers| {
+            let mut shards: Vec<_> = answers
+                .into_iter()
+                .filter_map(|a| if let Answer::Stats(s) = a { Some(s) } else { None })
+                .collect();
+            shards.sort_by_key(|s| s.shard);
+            Stats {
+                node_id,
+                connections: shards.iter().map(|s| s.connections).sum(),
+                groups,
+                uids,
+                shards,
+            }
+        })
     }
 
     /// Counters summed over every shard.
@@ -303,7 +429,12 @@ impl Handle {
 
     /// Per-shard counters.
     pub fn shard_metrics(&self) -> Vec<Counters> {
-        self.node.counters.iter().map(SharedCounters::load).collect()
+        self.node.counters.iter().map(|c| c.load()).collect()
+    }
+
+    /// Open connections on the node (an atomic read; no shard is asked).
+    pub fn connections(&self) -> usize {
+        self.node.open.load(Ordering::Relaxed)
     }
 
     /// Begin graceful shutdown: every shard stops accepting, sends close 1001 to its
@@ -318,10 +449,12 @@ impl Handle {
         }
     }
 
-    /// Wait for every shard to exit; the first shard error, if any.
-    pub fn join(mut self) -> io::Result<()> {
+    /// Wait for every shard to exit; the first shard error, if any. Later calls (from clones)
+    /// return at once.
+    pub fn join(&self) -> io::Result<()> {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         let mut result = Ok(());
-        for t in self.threads.drain(..) {
+        for t in threads {
             let r = t.join().unwrap_or_else(|_| Err(io::Error::other("shard thread panicked")));
             if result.is_ok() {
                 result = r;

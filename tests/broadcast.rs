@@ -131,8 +131,8 @@ async fn send_to_one_connection_by_id() {
     let mut b = connect(node.local_addr()).await;
     let a_hello = next_data(&mut a, 5).await.into_text().unwrap().to_string();
     let _ = next_data(&mut b, 5).await;
-    let a_id: u64 = a_hello.rsplit(' ').next().unwrap().parse().unwrap();
-    node.send_to(ringcast::ConnId::from_u64(a_id), "only for a").unwrap();
+    let a_id: ringcast::ConnId = a_hello.rsplit(' ').next().unwrap().parse().unwrap();
+    node.send_to(a_id, "only for a").unwrap();
     assert_eq!(next_data(&mut a, 5).await.into_text().unwrap().as_str(), "only for a");
     assert!(tokio::time::timeout(Duration::from_millis(300), next_data(&mut b, 1)).await.is_err());
     node.shutdown();

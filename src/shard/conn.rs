@@ -10,7 +10,9 @@ use tokio_uring::net::TcpStream;
 use crate::fanout::Outbox;
 use crate::proto::CloseCode;
 use crate::proto::Codec;
-use crate::server::ConnId;
+use crate::addressing::Session;
+use crate::command::RateLimiter;
+use crate::ids::ConnId;
 
 /// Where a connection is in its life. Variants name who acted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,18 @@ pub(crate) struct Conn {
     /// When `Closing` gives up waiting for the peer.
     pub(crate) deadline: Instant,
     pub(crate) peer: SocketAddr,
+    /// State only some connections need (a session, a command rate limiter): allocated on
+    /// first use, so a plain subscriber pays one pointer.
+    pub(crate) ext: Option<Box<ConnExt>>,
+}
+
+/// Per-connection state that most connections never need.
+#[derive(Debug, Default)]
+pub(crate) struct ConnExt {
+    /// GatewayWorker's `$_SESSION`, bounded by `Config::session_bytes_max`.
+    pub(crate) session: Option<Session>,
+    /// Created on the first command in command mode.
+    pub(crate) limiter: Option<RateLimiter>,
 }
 
 impl Conn {
@@ -67,6 +81,14 @@ impl Conn {
             last_rx: now,
             deadline: now,
             peer,
+            ext: None,
+        }
+    }
+
+    /// Free the extension when nothing is left in it.
+    pub(crate) fn trim_ext(&mut self) {
+        if self.ext.as_ref().is_some_and(|e| e.session.is_none() && e.limiter.is_none()) {
+            self.ext = None;
         }
     }
 

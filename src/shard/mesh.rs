@@ -8,20 +8,64 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::server::ConnId;
+use crate::addressing::Session;
+use crate::ids::{ConnId, GroupId, Uid};
 
-/// What one shard asks of another.
+use super::reply::Reply;
+
+/// Who a publish is for, as carried between shards (ids already validated).
+#[derive(Debug)]
+pub(crate) enum Route {
+    All,
+    Groups(Vec<GroupId>),
+    Clients(Vec<ConnId>),
+    Uids(Vec<Uid>),
+}
+
+/// One publish, encoded once: every shard that receives it queues the same `frame`.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) route: Route,
+    pub(crate) exclude: Vec<ConnId>,
+    pub(crate) frame: Bytes,
+}
+
+/// A change to one connection, or to a group, on the shard that owns it.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Join(ConnId, GroupId),
+    Leave(ConnId, GroupId),
+    Dissolve(GroupId),
+    BindUid(ConnId, Uid),
+    UnbindUid(ConnId),
+    Close(ConnId, u16, String),
+    /// Replace (`merge == false`) or merge into the connection's session.
+    SetSession(ConnId, Session, bool),
+}
+
+/// A question to one shard; the answer goes back through the [`Reply`].
+#[derive(Debug)]
+pub(crate) enum Query {
+    Client(ConnId),
+    Group(GroupId),
+    Uid(Uid),
+    Stats,
+}
+
+/// What one shard asks of another, or what a handle asks of a shard.
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
-    /// An encoded frame for every open connection of the shard.
-    Broadcast(Bytes),
-    /// An encoded frame for one connection of the shard.
-    SendTo(ConnId, Bytes),
-    /// Close one connection with a code and reason.
-    Close(ConnId, u16, String),
+    /// Publishes (one, or a batch from one request), shared by every shard they go to.
+    Publish(Arc<[Outgoing]>, Option<Reply>),
+    /// A membership, binding, session or close operation.
+    Op(Op, Option<Reply>),
+    /// A query.
+    Query(Query, Reply),
     /// Begin graceful shutdown: stop accepting, close everyone with 1001.
     Shutdown,
 }
@@ -41,12 +85,18 @@ pub(crate) struct Full;
 impl Link {
     /// Queue an event without ever blocking the caller.
     pub(crate) fn send(&self, msg: ShardMsg) -> Result<(), Full> {
+        self.try_send(msg).map_err(|_| Full)
+    }
+
+    /// Like [`Link::send`], but gives the event back when it could not be queued (so a reply
+    /// inside it can be accounted for by the caller).
+    pub(crate) fn try_send(&self, msg: ShardMsg) -> Result<(), ShardMsg> {
         match self.tx.try_send(msg) {
             Ok(()) => {
                 self.wake();
                 Ok(())
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Full),
+            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
         }
     }
 
@@ -66,7 +116,7 @@ impl Link {
 }
 
 /// Create one shard's link and the receiving half (inbox plus a file to read the eventfd).
-pub(crate) fn link(capacity: usize) -> io::Result<(Link, Receiver<ShardMsg>, File)> {
+pub(crate) fn link(events_max: usize) -> io::Result<(Link, Receiver<ShardMsg>, File)> {
     // SAFETY: plain syscall; the result is checked before use.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
@@ -75,7 +125,7 @@ pub(crate) fn link(capacity: usize) -> io::Result<(Link, Receiver<ShardMsg>, Fil
     // SAFETY: `fd` is a fresh descriptor that nothing else owns.
     let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
     let reader = File::from(eventfd.try_clone()?);
-    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let (tx, rx) = crossbeam_channel::bounded(events_max);
     Ok((Link { tx, signalled: AtomicBool::new(false), eventfd }, rx, reader))
 }
 

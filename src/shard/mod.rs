@@ -11,7 +11,11 @@
 //! operation to the ring in one `io_uring_enter` when it parks.
 
 pub(crate) mod conn;
+mod core;
+pub mod directory;
 pub(crate) mod mesh;
+pub(crate) mod node;
+pub(crate) mod reply;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -23,24 +27,29 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use slab::Slab;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use crate::config::{Config, SlowConsumerPolicy};
-use crate::fanout::{SendStatus, SharedFrame};
-use crate::metrics::{Counters, SharedCounters};
-use crate::proto::{self, handshake, CloseCode, Inbound, Message};
-use crate::server::{Callbacks, ConnId, ConnInfo, Handle, Node};
-use conn::{Conn, Phase};
+use crate::command::JoinMatcher;
+use crate::config::Config;
+use crate::fanout::SharedFrame;
+use crate::ids::{ConnId, NodeId};
+use crate::metrics::SharedCounters;
+use crate::proto::handshake;
+use conn::Phase;
 use mesh::ShardMsg;
+
+pub(crate) use self::core::{route_of, Core};
+pub use self::core::Ctx;
+pub use node::{Callbacks, ConnInfo};
+pub(crate) use node::Node;
+pub use reply::Pending;
 
 /// Read size for connections that are not sending: enough for a pong or a small command, so an
 /// idle connection's pending read pins 64 bytes, not a page.
-const IDLE_READ_BYTES: usize = 64;
+pub(crate) const IDLE_READ_BYTES: usize = 64;
 /// Accepts kept in flight per shard.
 const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Mesh events applied per wake-up before the loop lets I/O progress.
@@ -49,13 +58,43 @@ const MESH_BATCH: usize = 4096;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
 /// Pause after an accept error (EMFILE...) so a full descriptor table cannot spin the loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// Large read buffers kept for reuse.
-const READ_POOL_MAX: usize = 64;
+
+/// A started node: what the library API's handle is made of.
+pub(crate) struct Launched {
+    pub(crate) node: Arc<Node>,
+    pub(crate) threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
+    pub(crate) local_addr: SocketAddr,
+}
+
+impl Launched {
+    fn stop(self) -> Option<io::Error> {
+        for link in &self.node.links {
+            let _ = link.send(ShardMsg::Shutdown);
+        }
+        let mut err = None;
+        for t in self.threads {
+            if let Err(e) =
+                t.join().unwrap_or_else(|_| Err(io::Error::other("shard thread panicked")))
+            {
+                err.get_or_insert(e);
+            }
+        }
+        err
+    }
+}
 
 /// Bind every shard's listener up front (actionable errors before any thread starts), spawn
 /// the shards and wait until each is accepting.
-pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Handle> {
+pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launched> {
     let shards = config.shards.max(1);
+    if shards > directory::SHARDS_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("at most {} shards per node ({shards} asked)", directory::SHARDS_MAX),
+        ));
+    }
+    let join_matcher = JoinMatcher::new(&config.permissions.join)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let first = bind_reuseport(config.listen).map_err(|e| {
         io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
@@ -72,6 +111,9 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Handle>
         inboxes.push((rx, efd));
     }
     let node = Arc::new(Node {
+        id: config.node_id.map(NodeId).unwrap_or_else(NodeId::generate),
+        groups: directory::Directory::new(),
+        uids: directory::Directory::new(),
         links,
         counters: (0..shards).map(|_| SharedCounters::default()).collect(),
         open: Default::default(),
@@ -86,8 +128,13 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Handle>
     let mut threads = Vec::with_capacity(shards);
     for (id, (listener, (inbox, efd))) in listeners.into_iter().zip(inboxes).enumerate() {
         let cpu = (config.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
-        let (config, callbacks, node, ready) =
-            (config.clone(), callbacks.clone(), node.clone(), ready_tx.clone());
+        let (config, callbacks, node, ready, join_matcher) = (
+            config.clone(),
+            callbacks.clone(),
+            node.clone(),
+            ready_tx.clone(),
+            join_matcher.clone(),
+        );
         let thread =
             std::thread::Builder::new().name(format!("ringcast-shard-{id}")).spawn(move || {
                 if let Some(cpu) = cpu {
@@ -112,30 +159,29 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Handle>
                         return Err(e);
                     }
                 };
-                let core = Core::new(id, config, node, callbacks);
+                let core = Core::new(id, config, node, callbacks, join_matcher);
                 rt.block_on(run(core, listener, inbox, efd, cpu, ready))
             })?;
         threads.push(thread);
     }
     drop(ready_tx);
-    let handle = Handle { node, threads, local_addr };
+    let launched = Launched { node, threads, local_addr };
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                handle.shutdown();
-                let _ = handle.join();
+                launched.stop();
                 return Err(e);
             }
             Err(_) => {
-                let err = handle.join().err();
+                let err = launched.stop();
                 return Err(
                     err.unwrap_or_else(|| io::Error::other("a shard exited during start-up"))
                 );
             }
         }
     }
-    Ok(handle)
+    Ok(launched)
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -147,500 +193,6 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
-}
-
-/// Everything a shard owns that callbacks may touch through [`Ctx`].
-pub(crate) struct Core {
-    id: usize,
-    config: Arc<Config>,
-    node: Arc<Node>,
-    callbacks: Arc<Callbacks>,
-    conns: Slab<Conn>,
-    /// Slots with frames to write and no write in flight.
-    dirty: Vec<usize>,
-    /// Connections whose next read must be started, with the buffer to read into.
-    to_read: Vec<(ConnId, Vec<u8>)>,
-    read_pool: Vec<Vec<u8>>,
-    batch_pool: Vec<Vec<SharedFrame>>,
-    events: Vec<Inbound>,
-    counters: Counters,
-    generation: u16,
-    now: Instant,
-    next_ping: Option<Instant>,
-    ping_frame: SharedFrame,
-    shutting_down: Option<Instant>,
-    log_limiter: LogLimiter,
-}
-
-/// The application's view of its shard inside a callback.
-pub struct Ctx<'a> {
-    core: &'a mut Core,
-}
-
-impl Ctx<'_> {
-    /// This shard's index (Workerman's worker id).
-    pub fn shard(&self) -> usize {
-        self.core.id
-    }
-
-    /// Send `msg` to every connection of the node: encoded once here, shared by every
-    /// recipient on every shard.
-    pub fn broadcast(&mut self, msg: impl Into<Message>) {
-        let frame = msg.into().encode();
-        self.core.counters.frames_encoded += 1;
-        self.core.broadcast_frame(frame, true);
-    }
-
-    /// Send `msg` to one connection of the node, wherever it lives.
-    pub fn send(&mut self, conn: ConnId, msg: impl Into<Message>) {
-        let frame = msg.into().encode();
-        self.core.send_frame(conn, frame);
-    }
-
-    /// Close one connection of the node with `code` and `reason`.
-    pub fn close(&mut self, conn: ConnId, code: u16, reason: &str) {
-        self.core.close_conn(conn, code, reason);
-    }
-
-    /// Open connections on this shard.
-    pub fn connections(&self) -> usize {
-        self.core.conns.iter().filter(|(_, c)| c.phase == Phase::Open).count()
-    }
-
-    /// Open connections on the whole node.
-    pub fn node_connections(&self) -> usize {
-        self.core.node.open.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Ids of this shard's open connections.
-    pub fn connection_ids(&self) -> Vec<ConnId> {
-        self.core.conns.iter().filter(|(_, c)| c.phase == Phase::Open).map(|(_, c)| c.id).collect()
-    }
-}
-
-impl Core {
-    fn new(id: usize, config: Arc<Config>, node: Arc<Node>, callbacks: Arc<Callbacks>) -> Self {
-        let now = Instant::now();
-        Core {
-            id,
-            next_ping: config.ping_interval.map(|p| now + p),
-            config,
-            node,
-            callbacks,
-            conns: Slab::new(),
-            dirty: Vec::new(),
-            to_read: Vec::new(),
-            read_pool: Vec::new(),
-            batch_pool: Vec::new(),
-            events: Vec::new(),
-            counters: Counters::default(),
-            generation: 0,
-            now,
-            ping_frame: SharedFrame::new(proto::frame::ping(b"ringcast")),
-            shutting_down: None,
-            log_limiter: LogLimiter::default(),
-        }
-    }
-
-    fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(id.slot()).filter(|c| c.id == id)
-    }
-
-    /// Queue `frame` for every open local connection and, when `to_peers`, for every other
-    /// shard. Every queue holds a clone of the same `Bytes`.
-    fn broadcast_frame(&mut self, frame: Bytes, to_peers: bool) {
-        let shared = SharedFrame::new(frame.clone());
-        let Core { conns, dirty, config, counters, log_limiter, .. } = self;
-        for (slot, conn) in conns.iter_mut() {
-            deliver(conn, slot, shared.clone(), config, dirty, counters, log_limiter);
-        }
-        if to_peers {
-            for (i, link) in self.node.links.iter().enumerate() {
-                if i != self.id && link.send(ShardMsg::Broadcast(frame.clone())).is_err() {
-                    self.counters.mesh_dropped += 1;
-                    self.log_limiter.warn("mesh", || {
-                        format!("shard {i}'s inbox is full: broadcast not delivered there")
-                    });
-                }
-            }
-        }
-    }
-
-    fn send_frame(&mut self, id: ConnId, frame: Bytes) {
-        if id.shard() != self.id {
-            if let Some(link) = self.node.links.get(id.shard()) {
-                if link.send(ShardMsg::SendTo(id, frame)).is_err() {
-                    self.counters.mesh_dropped += 1;
-                    self.log_limiter.warn("mesh", || {
-                        format!("shard {}'s inbox is full: send to {id} not delivered", id.shard())
-                    });
-                }
-            }
-            return;
-        }
-        let Core { conns, dirty, config, counters, log_limiter, .. } = self;
-        if let Some(conn) = conns.get_mut(id.slot()).filter(|c| c.id == id) {
-            deliver(conn, id.slot(), frame.into(), config, dirty, counters, log_limiter);
-        }
-    }
-
-    fn close_conn(&mut self, id: ConnId, code: u16, reason: &str) {
-        if id.shard() != self.id {
-            if let Some(link) = self.node.links.get(id.shard()) {
-                if link.send(ShardMsg::Close(id, code, reason.to_owned())).is_err() {
-                    self.counters.mesh_dropped += 1;
-                }
-            }
-            return;
-        }
-        let (max, deadline) = (self.config.message_bytes_max, self.now + self.config.close_timeout);
-        if let Some(conn) = self.conns.get_mut(id.slot()).filter(|c| c.id == id) {
-            conn.begin_close(CloseCode::from(code), reason, false, max, deadline);
-            mark_dirty(conn, id.slot(), &mut self.dirty);
-        }
-    }
-
-    fn apply(&mut self, msg: ShardMsg) {
-        match msg {
-            ShardMsg::Broadcast(frame) => self.broadcast_frame(frame, false),
-            ShardMsg::SendTo(id, frame) => self.send_frame(id, frame),
-            ShardMsg::Close(id, code, reason) => self.close_conn(id, code, &reason),
-            ShardMsg::Shutdown => self.begin_shutdown(),
-        }
-    }
-
-    fn begin_shutdown(&mut self) {
-        if self.shutting_down.is_some() {
-            return;
-        }
-        let deadline = self.now + self.config.shutdown_timeout;
-        self.shutting_down = Some(deadline);
-        tracing::info!(
-            shard = self.id,
-            open = self.conns.len(),
-            "shutting down: closing connections with 1001"
-        );
-        let (max, close_deadline) = (self.config.message_bytes_max, deadline);
-        let Core { conns, dirty, .. } = self;
-        for (slot, conn) in conns.iter_mut() {
-            conn.begin_close(CloseCode::Away, "server shutting down", false, max, close_deadline);
-            mark_dirty(conn, slot, dirty);
-        }
-    }
-
-    /// A handshake finished: the connection joins the shard.
-    fn insert(&mut self, stream: TcpStream, peer: SocketAddr, path: String, leftover: Vec<u8>) {
-        self.generation = self.generation.wrapping_add(1);
-        let entry = self.conns.vacant_entry();
-        let id = ConnId::new(self.id, entry.key(), self.generation);
-        entry.insert(Conn::new(id, stream, peer, self.now));
-        self.counters.connections_open += 1;
-        if let Some(cb) = self.callbacks.on_connect.clone() {
-            cb(&mut Ctx { core: self }, id, &ConnInfo { peer, path });
-        }
-        if self.shutting_down.is_some() {
-            self.close_conn(id, 1001, "server shutting down");
-        }
-        if leftover.is_empty() {
-            self.to_read.push((id, Vec::with_capacity(IDLE_READ_BYTES)));
-        } else {
-            let n = leftover.len();
-            self.on_read(id, Ok(n), leftover);
-        }
-    }
-
-    fn on_read(&mut self, id: ConnId, res: io::Result<usize>, buf: Vec<u8>) {
-        let slot = id.slot();
-        let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) else { return };
-        conn.reading = false;
-        let n = match res {
-            Ok(n) if n > 0 => n,
-            _ => {
-                if conn.phase == Phase::Open {
-                    self.counters.connections_aborted += 1;
-                }
-                conn.kill();
-                self.finish_if_done(slot);
-                return;
-            }
-        };
-        conn.last_rx = self.now;
-        let mut out = Vec::new();
-        let mut failure = None;
-        if conn.phase != Phase::Dead && !conn.failed {
-            let events = &mut self.events;
-            let max = self.config.message_bytes_max;
-            if let Err(f) = conn.codec.handle_read(&buf[..n], max, &mut out, |e| events.push(e)) {
-                failure = Some(f);
-            }
-        }
-        if !out.is_empty() {
-            let frame = SharedFrame::new(Bytes::from(out));
-            // Pongs count against the budget (a client pinging without reading must not grow
-            // memory); a close reply never does: the handshake must complete.
-            if conn.phase == Phase::Open && conn.codec.can_write() {
-                let Core { dirty, config, counters, log_limiter, .. } = self;
-                if conn.outbox.push(frame, config.outbox_bytes_max) == SendStatus::OverBudget {
-                    over_budget(conn, config, counters, log_limiter);
-                }
-                mark_dirty(conn, slot, dirty);
-            } else {
-                conn.outbox.push_unbounded(frame);
-                mark_dirty(conn, slot, &mut self.dirty);
-            }
-        }
-        // Read big next time if this read filled the buffer; otherwise go back to a small one.
-        let full = n == buf.capacity();
-        conn.big_read = full;
-        let next = self.next_read_buffer(buf, full);
-        let mut events = std::mem::take(&mut self.events);
-        for event in events.drain(..) {
-            match event {
-                Inbound::Message(msg) => {
-                    self.counters.messages_received += 1;
-                    if let Some(cb) = self.callbacks.on_message.clone() {
-                        cb(&mut Ctx { core: self }, id, msg);
-                    }
-                }
-                Inbound::Closed => {
-                    let deadline = self.now + self.config.close_timeout;
-                    if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
-                        if conn.phase == Phase::Open {
-                            conn.phase = Phase::Closing;
-                            conn.deadline = deadline;
-                        }
-                        mark_dirty(conn, slot, &mut self.dirty);
-                    }
-                }
-            }
-        }
-        self.events = events;
-        if let Some(f) = failure {
-            self.counters.protocol_errors += 1;
-            let (max, deadline) =
-                (self.config.message_bytes_max, self.now + self.config.close_timeout);
-            if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
-                tracing::debug!(conn = %id, peer = %conn.peer, code = u16::from(f.code), reason = f.reason, "failing connection");
-                // Keep what was queued before the violation (e.g. the echo of a valid message
-                // that arrived in the same read): it precedes our close frame.
-                conn.begin_close(f.code, f.reason, false, max, deadline);
-                conn.failed = true;
-                mark_dirty(conn, slot, &mut self.dirty);
-            }
-        }
-        if let Some(conn) = self.get_mut(id) {
-            if conn.phase != Phase::Dead {
-                self.to_read.push((id, next));
-            }
-        }
-        self.finish_if_done(slot);
-    }
-
-    fn next_read_buffer(&mut self, mut buf: Vec<u8>, big: bool) -> Vec<u8> {
-        buf.clear();
-        let size = self.config.read_buffer_bytes.max(IDLE_READ_BYTES);
-        match (big, buf.capacity() >= size) {
-            (true, true) | (false, false) => buf,
-            (true, false) => self.read_pool.pop().unwrap_or_else(|| Vec::with_capacity(size)),
-            (false, true) => {
-                if self.read_pool.len() < READ_POOL_MAX {
-                    self.read_pool.push(buf);
-                }
-                Vec::with_capacity(IDLE_READ_BYTES)
-            }
-        }
-    }
-
-    fn on_write(&mut self, id: ConnId, res: io::Result<usize>, mut batch: Vec<SharedFrame>) {
-        let slot = id.slot();
-        if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
-            conn.writing = false;
-            match res {
-                Ok(n) => {
-                    self.counters.bytes_written += n as u64;
-                    conn.outbox.complete(&mut batch, n);
-                    if n == 0 {
-                        conn.kill();
-                    }
-                }
-                Err(_) => {
-                    conn.outbox.abandon(&mut batch);
-                    if conn.phase == Phase::Open {
-                        self.counters.connections_aborted += 1;
-                    }
-                    conn.kill();
-                }
-            }
-            if conn.phase != Phase::Dead && !conn.outbox.is_empty() {
-                mark_dirty(conn, slot, &mut self.dirty);
-            }
-            self.maybe_send_fin(slot);
-        }
-        batch.clear();
-        self.batch_pool.push(batch);
-        self.finish_if_done(slot);
-    }
-
-    /// A closing connection whose outbox is flushed sends FIN and waits for the peer's EOF.
-    fn maybe_send_fin(&mut self, slot: usize) {
-        if let Some(conn) = self.conns.get_mut(slot) {
-            if conn.phase == Phase::Closing
-                && !conn.writing
-                && conn.outbox.is_empty()
-                && !conn.fin_sent
-            {
-                conn.fin_sent = true;
-                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-            }
-        }
-    }
-
-    fn finish_if_done(&mut self, slot: usize) {
-        if !self.conns.get(slot).is_some_and(Conn::is_finished) {
-            return;
-        }
-        let conn = self.conns.remove(slot);
-        self.node.release_slot();
-        self.counters.connections_open -= 1;
-        if let Some(cb) = self.callbacks.on_close.clone() {
-            cb(&mut Ctx { core: self }, conn.id);
-        }
-    }
-
-    /// Pings, idle timeouts, closing deadlines, the shutdown deadline.
-    fn housekeeping(&mut self) {
-        let now = self.now;
-        let ping = match self.next_ping {
-            Some(at) if at <= now => {
-                self.next_ping = self.config.ping_interval.map(|p| now + p);
-                true
-            }
-            _ => false,
-        };
-        let idle_limit = self.config.ping_interval.map(|_| self.config.idle_timeout);
-        let forced = self.shutting_down.is_some_and(|d| d <= now);
-        let (max, close_deadline) =
-            (self.config.message_bytes_max, now + self.config.close_timeout);
-        let Core { conns, dirty, config, counters, log_limiter, ping_frame, .. } = self;
-        let mut finished = Vec::new();
-        for (slot, conn) in conns.iter_mut() {
-            match conn.phase {
-                Phase::Open if idle_limit.is_some_and(|l| now.duration_since(conn.last_rx) > l) => {
-                    counters.idle_timeouts += 1;
-                    conn.begin_close(CloseCode::Away, "idle timeout", true, max, close_deadline);
-                    mark_dirty(conn, slot, dirty);
-                }
-                Phase::Open if ping => {
-                    if conn.outbox.push(ping_frame.clone(), config.outbox_bytes_max)
-                        == SendStatus::OverBudget
-                    {
-                        over_budget(conn, config, counters, log_limiter);
-                    }
-                    mark_dirty(conn, slot, dirty);
-                }
-                Phase::Closing if conn.deadline <= now || forced => conn.kill(),
-                Phase::Open if forced => conn.kill(),
-                _ => {}
-            }
-            if conn.is_finished() {
-                finished.push(slot);
-            }
-        }
-        for slot in finished {
-            self.finish_if_done(slot);
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.shutting_down.is_some() && self.conns.is_empty()
-    }
-}
-
-fn mark_dirty(conn: &mut Conn, slot: usize, dirty: &mut Vec<usize>) {
-    if !conn.dirty {
-        conn.dirty = true;
-        dirty.push(slot);
-    }
-}
-
-/// Queue one frame for one connection, applying the slow-consumer policy.
-fn deliver(
-    conn: &mut Conn,
-    slot: usize,
-    frame: SharedFrame,
-    config: &Config,
-    dirty: &mut Vec<usize>,
-    counters: &mut Counters,
-    log_limiter: &mut LogLimiter,
-) {
-    if conn.phase != Phase::Open {
-        return;
-    }
-    match conn.outbox.push(frame, config.outbox_bytes_max) {
-        SendStatus::Queued => {
-            counters.deliveries += 1;
-            mark_dirty(conn, slot, dirty);
-        }
-        SendStatus::OverBudget => {
-            over_budget(conn, config, counters, log_limiter);
-            mark_dirty(conn, slot, dirty);
-        }
-    }
-}
-
-fn over_budget(
-    conn: &mut Conn,
-    config: &Config,
-    counters: &mut Counters,
-    log_limiter: &mut LogLimiter,
-) {
-    let (kind, action) = match config.slow_consumer {
-        SlowConsumerPolicy::Drop => ("slow-drop", "skipping messages"),
-        SlowConsumerPolicy::Disconnect => ("slow-close", "closing with 1008"),
-    };
-    log_limiter.warn(kind, || {
-        format!(
-            "slow consumer {} ({}): {} bytes queued, over outbox_bytes_max {}; {action}",
-            conn.id,
-            conn.peer,
-            conn.outbox.queued_bytes(),
-            config.outbox_bytes_max
-        )
-    });
-    match config.slow_consumer {
-        SlowConsumerPolicy::Drop => counters.slow_consumer_drops += 1,
-        SlowConsumerPolicy::Disconnect => {
-            counters.slow_consumer_disconnects += 1;
-            let deadline = Instant::now() + config.close_timeout;
-            conn.begin_close(
-                CloseCode::Policy,
-                "slow consumer",
-                true,
-                config.message_bytes_max,
-                deadline,
-            );
-        }
-    }
-}
-
-/// Warn at most once per second per kind, with a count of what was suppressed.
-#[derive(Default)]
-struct LogLimiter {
-    last: std::collections::HashMap<&'static str, (Instant, u64)>,
-}
-
-impl LogLimiter {
-    fn warn(&mut self, kind: &'static str, msg: impl FnOnce() -> String) {
-        let now = Instant::now();
-        let entry = self.last.entry(kind).or_insert((now - Duration::from_secs(2), 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(1) {
-            let suppressed = entry.1;
-            *entry = (now, 0);
-            tracing::warn!(suppressed, "{}", msg());
-        } else {
-            entry.1 += 1;
-        }
-    }
 }
 
 // SAFETY: `stable_ptr` points into the heap storage of an immutable `Bytes` that the frame's
@@ -881,7 +433,7 @@ async fn run(
 
             // Start the reads and the vectored writes this turn produced.
             for (id, buf) in core.to_read.drain(..) {
-                if let Some(conn) = core.conns.get_mut(id.slot()).filter(|c| c.id == id) {
+                if let Some(conn) = core.conns.get_mut(id.slot() as usize).filter(|c| c.id == id) {
                     conn.reading = true;
                     reads.push(read_op(id, conn.stream.clone(), buf));
                     progress = true;

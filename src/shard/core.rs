@@ -1,0 +1,1015 @@
+//! A shard's state and everything it does that is not I/O scheduling: connections, routing,
+//! publishes, membership operations, queries, the client command protocol, heartbeats and the
+//! slow-consumer policy. The event loop in `super::run` owns one `Core` and calls into it with
+//! completed operations; `Core` never polls, never blocks and never touches another shard's
+//! state (it reaches other shards only through their inboxes).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slab::Slab;
+use tokio_uring::net::TcpStream;
+
+use crate::addressing::{Applied, ClientInfo, Publish, PublishReport, Session, ShardStats, To};
+use crate::command::{self, Command, JoinMatcher, ParseLimits, RateDecision, Request};
+use crate::config::{Config, OnMessage, SlowConsumerPolicy};
+use crate::fanout::{SendStatus, SharedFrame};
+use crate::ids::{ConnId, GroupId, NodeId, Slot, Uid};
+use crate::metrics::Counters;
+use crate::proto::{self, CloseCode, Inbound, Message};
+use crate::route::{Bound, Joined, Left, Router, Selection, Target};
+
+use super::conn::{Conn, Phase};
+use super::mesh::{Op, Outgoing, Query, Route, ShardMsg};
+use super::node::{Callbacks, ConnInfo, Node};
+use super::reply::{Answer, Reply};
+use super::IDLE_READ_BYTES;
+
+/// Read buffers kept for reuse.
+const READ_POOL_MAX: usize = 64;
+/// Most groups, clients or uids one client command may address.
+const COMMAND_TARGETS_MAX: usize = 64;
+
+/// Everything a shard owns that callbacks may touch through [`Ctx`].
+pub(crate) struct Core {
+    pub(crate) id: usize,
+    node_id: NodeId,
+    pub(crate) config: Arc<Config>,
+    pub(crate) node: Arc<Node>,
+    pub(crate) callbacks: Arc<Callbacks>,
+    pub(crate) conns: Slab<Conn>,
+    /// Per-slot generation of the connection now (or last) in that slot: 32 bits, so a stale
+    /// id matches nothing for 4 billion reuses of one slot.
+    generations: Vec<u32>,
+    /// Group membership and uid bindings of this shard's connections.
+    router: Router,
+    join_matcher: JoinMatcher,
+    /// Whether new connections get the welcome frame.
+    welcome: bool,
+    /// Scratch buffers for recipient selection (kept to avoid allocating per publish).
+    recipients: Vec<Slot>,
+    excluded: Vec<Slot>,
+    /// Slots with frames to write and no write in flight.
+    pub(crate) dirty: Vec<usize>,
+    /// Connections whose next read must be started, with the buffer to read into.
+    pub(crate) to_read: Vec<(ConnId, Vec<u8>)>,
+    read_pool: Vec<Vec<u8>>,
+    pub(crate) batch_pool: Vec<Vec<SharedFrame>>,
+    events: Vec<Inbound>,
+    pub(crate) counters: Counters,
+    pub(crate) now: Instant,
+    next_ping: Option<Instant>,
+    ping_frame: SharedFrame,
+    pub(crate) shutting_down: Option<Instant>,
+    pub(crate) log_limiter: LogLimiter,
+}
+
+/// The application's view of its shard inside a callback.
+pub struct Ctx<'a> {
+    pub(crate) core: &'a mut Core,
+}
+
+impl Ctx<'_> {
+    /// This shard's index (Workerman's worker id).
+    pub fn shard(&self) -> usize {
+        self.core.id
+    }
+
+    /// Send `msg` to every connection of the node: encoded once here, shared by every
+    /// recipient on every shard.
+    pub fn broadcast(&mut self, msg: impl Into<Message>) {
+        self.publish(Publish::new(To::All, msg));
+    }
+
+    /// Send `msg` to one connection of the node, wherever it lives.
+    pub fn send(&mut self, conn: ConnId, msg: impl Into<Message>) {
+        self.publish(Publish::new(To::Clients(vec![conn]), msg));
+    }
+
+    /// Publish to any target of the node (all, groups, clients, uids, with exclusions). The
+    /// frame is encoded once here; this shard's recipients are queued before this returns,
+    /// other shards' when they next run. Returns what was queued on this shard.
+    pub fn publish(&mut self, p: Publish) -> PublishReport {
+        self.core.publish(p)
+    }
+
+    /// Close one connection of the node with `code` and `reason`.
+    pub fn close(&mut self, conn: ConnId, code: u16, reason: &str) {
+        self.core.op(Op::Close(conn, code, reason.to_owned()));
+    }
+
+    /// Add a connection to a group. A connection of this shard is added now and the outcome
+    /// returned; one of another shard is forwarded to it (`None`).
+    pub fn join_group(&mut self, conn: ConnId, group: GroupId) -> Option<Applied> {
+        self.core.op(Op::Join(conn, group))
+    }
+
+    /// Remove a connection from a group (see [`Ctx::join_group`] for the return value).
+    pub fn leave_group(&mut self, conn: ConnId, group: GroupId) -> Option<Applied> {
+        self.core.op(Op::Leave(conn, group))
+    }
+
+    /// Bind a connection to a uid (see [`Ctx::join_group`] for the return value).
+    pub fn bind_uid(&mut self, conn: ConnId, uid: Uid) -> Option<Applied> {
+        self.core.op(Op::BindUid(conn, uid))
+    }
+
+    /// Groups a connection of this shard is in (empty for other shards' connections).
+    pub fn groups_of(&self, conn: ConnId) -> Vec<GroupId> {
+        match self.core.local_slot(conn) {
+            Some(slot) => self.core.router.groups_of(slot).to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Open connections on this shard.
+    pub fn connections(&self) -> usize {
+        self.core.conns.iter().filter(|(_, c)| c.phase == Phase::Open).count()
+    }
+
+    /// Open connections on the whole node.
+    pub fn node_connections(&self) -> usize {
+        self.core.node.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Ids of this shard's open connections.
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        self.core.conns.iter().filter(|(_, c)| c.phase == Phase::Open).map(|(_, c)| c.id).collect()
+    }
+}
+
+/// Convert the API's target into the mesh's.
+pub(crate) fn route_of(to: To) -> Route {
+    match to {
+        To::All => Route::All,
+        To::Groups(g) => Route::Groups(g),
+        To::Clients(c) => Route::Clients(c),
+        To::Uids(u) => Route::Uids(u),
+    }
+}
+
+impl Core {
+    pub(crate) fn new(
+        id: usize,
+        config: Arc<Config>,
+        node: Arc<Node>,
+        callbacks: Arc<Callbacks>,
+        join_matcher: JoinMatcher,
+    ) -> Self {
+        let now = Instant::now();
+        let welcome = config.welcome.unwrap_or(config.on_message == OnMessage::Commands);
+        Core {
+            id,
+            node_id: node.id,
+            next_ping: config.ping_interval.map(|p| now + p),
+            config,
+            node,
+            callbacks,
+            conns: Slab::new(),
+            generations: Vec::new(),
+            router: Router::new(),
+            join_matcher,
+            welcome,
+            recipients: Vec::new(),
+            excluded: Vec::new(),
+            dirty: Vec::new(),
+            to_read: Vec::new(),
+            read_pool: Vec::new(),
+            batch_pool: Vec::new(),
+            events: Vec::new(),
+            counters: Counters::default(),
+            now,
+            ping_frame: SharedFrame::new(proto::frame::ping(b"ringcast")),
+            shutting_down: None,
+            log_limiter: LogLimiter::default(),
+        }
+    }
+
+    /// The slot of `id` if it is an open connection of this shard (right node, shard, slot
+    /// and generation).
+    fn local_slot(&self, id: ConnId) -> Option<Slot> {
+        if id.node() != self.node_id || id.shard() != self.id {
+            return None;
+        }
+        self.conns
+            .get(id.slot() as usize)
+            .filter(|c| c.id == id && c.phase == Phase::Open)
+            .map(|_| id.slot())
+    }
+
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.slot() as usize).filter(|c| c.id == id)
+    }
+
+    /// Publish from this shard (a callback, a timer, a client command): encode once, queue
+    /// locally now, and send the same bytes to every other shard that may have recipients.
+    fn publish(&mut self, p: Publish) -> PublishReport {
+        let frame = p.message.encode();
+        self.counters.frames_encoded += 1;
+        let batch: Arc<[Outgoing]> =
+            Arc::from(vec![Outgoing { route: route_of(p.to), exclude: p.exclude, frame }]);
+        self.publish_batch(batch)
+    }
+
+    fn publish_batch(&mut self, batch: Arc<[Outgoing]>) -> PublishReport {
+        let missed = self.node.send_publish(&batch, Some(self.id), None);
+        if missed > 0 {
+            self.counters.mesh_dropped += missed as u64;
+            self.log_limiter.warn("mesh", || {
+                format!("{missed} shard inbox(es) full: publish not delivered there")
+            });
+        }
+        let mut total = PublishReport { shards_missed: missed as u32, ..Default::default() };
+        for o in batch.iter() {
+            let r = self.publish_local(o);
+            total.queued += r.queued;
+            total.slow_consumers += r.slow_consumers;
+        }
+        total
+    }
+
+    /// Queue one publish for its recipients on this shard.
+    fn publish_local(&mut self, o: &Outgoing) -> PublishReport {
+        let mut report = PublishReport::default();
+        let mut excluded = std::mem::take(&mut self.excluded);
+        let mut recipients = std::mem::take(&mut self.recipients);
+        excluded.clear();
+        for id in &o.exclude {
+            if let Some(slot) = self.local_slot(*id) {
+                excluded.push(slot);
+            }
+        }
+        let target = match &o.route {
+            Route::All => Target::All,
+            Route::Groups(g) => Target::Groups(g),
+            Route::Uids(u) => Target::Uids(u),
+            Route::Clients(ids) => {
+                recipients.clear();
+                recipients.extend(ids.iter().filter_map(|id| self.local_slot(*id)));
+                // `recipients` is both the input and the output: move it aside.
+                let slots = std::mem::take(&mut recipients);
+                let sel = self.router.recipients(Target::Slots(&slots), &excluded, &mut recipients);
+                debug_assert_eq!(sel, Selection::Listed);
+                self.deliver_listed(&o.frame, &recipients, &mut report);
+                self.recipients = recipients;
+                self.excluded = excluded;
+                return report;
+            }
+        };
+        match self.router.recipients(target, &excluded, &mut recipients) {
+            Selection::Everyone => {
+                let shared = SharedFrame::new(o.frame.clone());
+                let Core { conns, dirty, config, counters, log_limiter, .. } = self;
+                if excluded.is_empty() {
+                    for (slot, conn) in conns.iter_mut() {
+                        deliver(conn, slot, &shared, config, dirty, counters, log_limiter, &mut report);
+                    }
+                } else {
+                    for (slot, conn) in conns.iter_mut() {
+                        if !excluded.contains(&(slot as Slot)) {
+                            deliver(conn, slot, &shared, config, dirty, counters, log_limiter, &mut report);
+                        }
+                    }
+                }
+            }
+            Selection::Listed => self.deliver_listed(&o.frame, &recipients, &mut report),
+        }
+        self.recipients = recipients;
+        self.excluded = excluded;
+        report
+    }
+
+    fn deliver_listed(&mut self, frame: &Bytes, slots: &[Slot], report: &mut PublishReport) {
+        if slots.is_empty() {
+            return;
+        }
+        let shared = SharedFrame::new(frame.clone());
+        let Core { conns, dirty, config, counters, log_limiter, .. } = self;
+        for &slot in slots {
+            if let Some(conn) = conns.get_mut(slot as usize) {
+                deliver(conn, slot as usize, &shared, config, dirty, counters, log_limiter, report);
+            }
+        }
+    }
+
+    /// Queue a frame of ours (a reply, the welcome) for one connection, within its budget but
+    /// not counted as a delivery.
+    fn send_control(&mut self, slot: Slot, text: String) {
+        let frame = SharedFrame::new(Message::text(text).encode());
+        let Core { conns, dirty, config, counters, log_limiter, .. } = self;
+        if let Some(conn) = conns.get_mut(slot as usize).filter(|c| c.phase == Phase::Open) {
+            if conn.outbox.push(frame, config.outbox_bytes_max) == SendStatus::OverBudget {
+                over_budget(conn, config, counters, log_limiter);
+            }
+            mark_dirty(conn, slot as usize, dirty);
+        }
+    }
+
+    /// Apply an operation: now if the connection (or group) is ours, else forward it to the
+    /// owning shard (`None`). Dissolve applies here and is forwarded to the group's other
+    /// shards.
+    fn op(&mut self, op: Op) -> Option<Applied> {
+        let target = match &op {
+            Op::Join(c, _)
+            | Op::Leave(c, _)
+            | Op::BindUid(c, _)
+            | Op::UnbindUid(c)
+            | Op::Close(c, ..)
+            | Op::SetSession(c, ..) => *c,
+            Op::Dissolve(g) => {
+                for shard in self.node.groups.shards(g).iter() {
+                    if shard != self.id {
+                        let msg = ShardMsg::Op(Op::Dissolve(g.clone()), None);
+                        if self.node.links[shard].send(msg).is_err() {
+                            self.counters.mesh_dropped += 1;
+                        }
+                    }
+                }
+                self.apply_op(op);
+                return Some(Applied::Done);
+            }
+        };
+        if target.node() == self.node_id && target.shard() == self.id {
+            return match self.apply_op(op) {
+                Answer::Applied(a) => Some(a),
+                _ => Some(Applied::Done),
+            };
+        }
+        if target.node() == self.node_id {
+            if let Some(link) = self.node.links.get(target.shard()) {
+                if link.send(ShardMsg::Op(op, None)).is_err() {
+                    self.counters.mesh_dropped += 1;
+                    self.log_limiter.warn("mesh", || {
+                        format!("shard {}'s inbox is full: operation on {target} lost", target.shard())
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    pub(crate) fn apply(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publish(batch, reply) => {
+                let reports: Vec<PublishReport> = batch.iter().map(|o| self.publish_local(o)).collect();
+                if let Some(r) = reply {
+                    r.send(Answer::Published(reports));
+                }
+            }
+            ShardMsg::Op(op, reply) => {
+                let answer = self.apply_op(op);
+                if let Some(r) = reply {
+                    r.send(answer);
+                }
+            }
+            ShardMsg::Query(q, reply) => self.answer(q, reply),
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    fn apply_op(&mut self, op: Op) -> Answer {
+        if let Op::Dissolve(g) = &op {
+            let removed = self.router.dissolve(g);
+            if !removed.is_empty() {
+                self.node.groups.remove(g, self.id);
+            }
+            return Answer::Dissolved(removed.len() as u64);
+        }
+        let id = match &op {
+            Op::Join(c, _)
+            | Op::Leave(c, _)
+            | Op::BindUid(c, _)
+            | Op::UnbindUid(c)
+            | Op::Close(c, ..)
+            | Op::SetSession(c, ..) => *c,
+            Op::Dissolve(_) => unreachable!("handled above"),
+        };
+        let Some(slot) = self.local_slot(id) else {
+            return Answer::Applied(Applied::NoSuchClient);
+        };
+        Answer::Applied(match op {
+            Op::Join(_, g) => self.join_slot(slot, &g),
+            Op::Leave(_, g) => match self.router.leave(slot, &g) {
+                Left::NotMember => Applied::Unchanged,
+                Left::Removed { last } => {
+                    if last {
+                        self.node.groups.remove(&g, self.id);
+                    }
+                    Applied::Done
+                }
+            },
+            Op::BindUid(_, uid) => {
+                if self.router.uid_of(slot) == Some(&uid) {
+                    Applied::Unchanged
+                } else {
+                    let Bound { first, previous } = self.router.bind_uid(slot, &uid);
+                    if first {
+                        self.node.uids.add(&uid, self.id);
+                    }
+                    if let Some((prev, true)) = previous {
+                        self.node.uids.remove(&prev, self.id);
+                    }
+                    Applied::Done
+                }
+            }
+            Op::UnbindUid(_) => match self.router.unbind_uid(slot) {
+                None => Applied::Unchanged,
+                Some((uid, emptied)) => {
+                    if emptied {
+                        self.node.uids.remove(&uid, self.id);
+                    }
+                    Applied::Done
+                }
+            },
+            Op::Close(_, code, reason) => {
+                self.close_conn(id, code, &reason);
+                Applied::Done
+            }
+            Op::SetSession(_, session, merge) => self.set_session(slot, session, merge),
+            Op::Dissolve(_) => unreachable!("handled above"),
+        })
+    }
+
+    fn join_slot(&mut self, slot: Slot, g: &GroupId) -> Applied {
+        let max = self.config.permissions.groups_per_connection_max;
+        match self.router.join(slot, g, max) {
+            Ok(Joined::Already) => Applied::Unchanged,
+            Ok(Joined::Added { first }) => {
+                if first {
+                    self.node.groups.add(g, self.id);
+                }
+                Applied::Done
+            }
+            Err(e) => Applied::Refused(e.to_string()),
+        }
+    }
+
+    fn set_session(&mut self, slot: Slot, session: Session, merge: bool) -> Applied {
+        let max = self.config.session_bytes_max;
+        let Some(conn) = self.conns.get_mut(slot as usize) else { return Applied::NoSuchClient };
+        let mut next = if merge {
+            conn.ext.as_ref().and_then(|e| e.session.clone()).unwrap_or_default()
+        } else {
+            Session::new()
+        };
+        for (k, v) in session {
+            if v.is_null() && merge {
+                next.remove(&k);
+            } else {
+                next.insert(k, v);
+            }
+        }
+        let size = serde_json::to_string(&next).map(|s| s.len()).unwrap_or(usize::MAX);
+        if size > max {
+            return Applied::Refused(format!("session is {size} bytes, over the limit of {max}"));
+        }
+        let ext = conn.ext.get_or_insert_with(Default::default);
+        ext.session = (!next.is_empty()).then_some(next);
+        conn.trim_ext();
+        Applied::Done
+    }
+
+    fn answer(&mut self, q: Query, reply: Reply) {
+        let answer = match q {
+            Query::Client(id) => match self.local_slot(id) {
+                None => Answer::Client(ClientInfo::default()),
+                Some(slot) => {
+                    let conn = &self.conns[slot as usize];
+                    Answer::Client(ClientInfo {
+                        online: true,
+                        uid: self.router.uid_of(slot).map(|u| u.to_string()),
+                        groups: self.router.groups_of(slot).iter().map(|g| g.to_string()).collect(),
+                        session: conn
+                            .ext
+                            .as_ref()
+                            .and_then(|e| e.session.clone())
+                            .unwrap_or_default(),
+                    })
+                }
+            },
+            Query::Group(g) => {
+                let mut clients = Vec::new();
+                let mut uids: Vec<Uid> = Vec::new();
+                for &slot in self.router.members(&g) {
+                    if let Some(conn) = self.conns.get(slot as usize) {
+                        clients.push(conn.id);
+                    }
+                    if let Some(u) = self.router.uid_of(slot) {
+                        uids.push(u.clone());
+                    }
+                }
+                Answer::Group { clients, uids }
+            }
+            Query::Uid(u) => Answer::Uid(
+                self.router
+                    .uid_slots(&u)
+                    .iter()
+                    .filter_map(|&s| self.conns.get(s as usize).map(|c| c.id))
+                    .collect(),
+            ),
+            Query::Stats => {
+                let c = self.router.counts();
+                Answer::Stats(ShardStats {
+                    shard: self.id,
+                    connections: self.counters.connections_open,
+                    groups: c.groups as u64,
+                    memberships: c.memberships as u64,
+                    uids: c.uids as u64,
+                })
+            }
+        };
+        reply.send(answer);
+    }
+
+    fn close_conn(&mut self, id: ConnId, code: u16, reason: &str) {
+        let (max, deadline) = (self.config.message_bytes_max, self.now + self.config.close_timeout);
+        let slot = id.slot() as usize;
+        if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
+            conn.begin_close(CloseCode::from(code), reason, false, max, deadline);
+            mark_dirty(conn, slot, &mut self.dirty);
+        }
+    }
+
+    /// One command from a client in [`OnMessage::Commands`] mode.
+    fn on_command(&mut self, id: ConnId, msg: Message) {
+        let slot = id.slot();
+        self.counters.commands_received += 1;
+        let (rate, burst, after) = (
+            self.config.commands_per_sec,
+            self.config.commands_burst,
+            self.config.commands_flood_close_after,
+        );
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(slot as usize).filter(|c| c.id == id) else { return };
+        if rate > 0 {
+            let ext = conn.ext.get_or_insert_with(Default::default);
+            let limiter =
+                ext.limiter.get_or_insert_with(|| command::RateLimiter::new(now, burst));
+            match limiter.check(now, rate, burst, after) {
+                RateDecision::Allow => {}
+                RateDecision::Refuse { notify } => {
+                    self.counters.commands_rate_limited += 1;
+                    if notify {
+                        self.send_control(slot, command::error(None, None, "rate limited: command dropped"));
+                    }
+                    return;
+                }
+                RateDecision::Close => {
+                    self.counters.commands_rate_limited += 1;
+                    self.counters.command_flood_closes += 1;
+                    let peer = conn.peer;
+                    self.log_limiter.warn("flood", || {
+                        format!("closing {id} ({peer}) with 1008: command flood over {rate}/s")
+                    });
+                    let (max, deadline) =
+                        (self.config.message_bytes_max, now + self.config.close_timeout);
+                    conn.begin_close(CloseCode::Policy, "command rate exceeded", true, max, deadline);
+                    mark_dirty(conn, slot as usize, &mut self.dirty);
+                    return;
+                }
+            }
+        }
+        let Message::Text(text) = msg else {
+            self.counters.commands_rejected += 1;
+            self.send_control(slot, command::error(None, None, "commands are JSON text frames"));
+            return;
+        };
+        let limits = ParseLimits {
+            group_id_bytes_max: self.config.permissions.group_id_bytes_max,
+            targets_max: COMMAND_TARGETS_MAX,
+        };
+        let Request { id: req_id, cmd } = match command::parse(&text, limits) {
+            Ok(r) => r,
+            Err(rej) => {
+                self.counters.commands_rejected += 1;
+                let frame = command::error(rej.id.as_ref(), rej.cmd.as_deref(), &rej.reason);
+                self.send_control(slot, frame);
+                return;
+            }
+        };
+        let name = cmd.name();
+        let router = &self.router;
+        let allowed = command::check(
+            &self.config.permissions,
+            &self.join_matcher,
+            &cmd,
+            |g| router.is_member(slot, g),
+            router.groups_of(slot).len(),
+        );
+        if let Err(denied) = allowed {
+            self.counters.commands_rejected += 1;
+            self.send_control(slot, command::error(req_id.as_ref(), Some(name), &denied.0));
+            return;
+        }
+        let parse_ids = |ids: &[String]| -> Result<Vec<ConnId>, String> {
+            ids.iter()
+                .map(|s| s.parse::<ConnId>().map_err(|_| format!("bad client id {s:?}")))
+                .collect()
+        };
+        let mut queued = None;
+        let outcome: Result<(), String> = match cmd {
+            Command::Ping => {
+                self.send_control(slot, command::pong(req_id.as_ref()));
+                return;
+            }
+            Command::AddGroup { group } => match self.join_slot(slot, &group) {
+                Applied::Refused(r) => Err(r),
+                _ => Ok(()),
+            },
+            Command::LeaveGroup { group } => {
+                if let Left::Removed { last: true } = self.router.leave(slot, &group) {
+                    self.node.groups.remove(&group, self.id);
+                }
+                Ok(())
+            }
+            Command::SendToGroup { groups, message, exclude } => parse_ids(&exclude).map(|ex| {
+                let p = Publish { to: To::Groups(groups), exclude: ex, message: Message::text(message) };
+                queued = Some(self.publish(p).queued);
+            }),
+            Command::SendToAll { message, exclude } => parse_ids(&exclude).map(|ex| {
+                let p = Publish { to: To::All, exclude: ex, message: Message::text(message) };
+                queued = Some(self.publish(p).queued);
+            }),
+            Command::SendToClient { clients, message } => parse_ids(&clients).map(|to| {
+                queued = Some(self.publish(Publish::new(To::Clients(to), message)).queued);
+            }),
+        };
+        match outcome {
+            Ok(()) => {
+                if let Some(rid) = req_id {
+                    // `queued` counts this shard only; other shards queue asynchronously.
+                    let _ = queued;
+                    self.send_control(slot, command::ok(&rid, name, None));
+                }
+            }
+            Err(reason) => {
+                self.counters.commands_rejected += 1;
+                self.send_control(slot, command::error(req_id.as_ref(), Some(name), &reason));
+            }
+        }
+    }
+
+    pub(crate) fn begin_shutdown(&mut self) {
+        if self.shutting_down.is_some() {
+            return;
+        }
+        let deadline = self.now + self.config.shutdown_timeout;
+        self.shutting_down = Some(deadline);
+        tracing::info!(
+            shard = self.id,
+            open = self.conns.len(),
+            "shutting down: closing connections with 1001"
+        );
+        let (max, close_deadline) = (self.config.message_bytes_max, deadline);
+        let Core { conns, dirty, .. } = self;
+        for (slot, conn) in conns.iter_mut() {
+            conn.begin_close(CloseCode::Away, "server shutting down", false, max, close_deadline);
+            mark_dirty(conn, slot, dirty);
+        }
+    }
+
+    /// A handshake finished: the connection joins the shard.
+    pub(crate) fn insert(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        path: String,
+        leftover: Vec<u8>,
+    ) {
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if self.generations.len() <= slot {
+            self.generations.resize(slot + 1, 0);
+        }
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        let id = ConnId::new(self.node_id, self.id, slot as Slot, self.generations[slot]);
+        entry.insert(Conn::new(id, stream, peer, self.now));
+        self.counters.connections_open += 1;
+        if self.welcome {
+            let text = command::welcome(&id.client_id(), self.id, id.connection_number());
+            self.send_control(slot as Slot, text);
+        }
+        if let Some(cb) = self.callbacks.on_connect.clone() {
+            cb(&mut Ctx { core: self }, id, &ConnInfo { peer, path });
+        }
+        if self.shutting_down.is_some() {
+            self.close_conn(id, 1001, "server shutting down");
+        }
+        if leftover.is_empty() {
+            self.to_read.push((id, Vec::with_capacity(IDLE_READ_BYTES)));
+        } else {
+            let n = leftover.len();
+            self.on_read(id, Ok(n), leftover);
+        }
+    }
+
+    pub(crate) fn on_read(&mut self, id: ConnId, res: io::Result<usize>, buf: Vec<u8>) {
+        let slot = id.slot() as usize;
+        let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) else { return };
+        conn.reading = false;
+        let n = match res {
+            Ok(n) if n > 0 => n,
+            _ => {
+                if conn.phase == Phase::Open {
+                    self.counters.connections_aborted += 1;
+                }
+                conn.kill();
+                self.finish_if_done(slot);
+                return;
+            }
+        };
+        conn.last_rx = self.now;
+        let mut out = Vec::new();
+        let mut failure = None;
+        if conn.phase != Phase::Dead && !conn.failed {
+            let events = &mut self.events;
+            let max = self.config.message_bytes_max;
+            if let Err(f) = conn.codec.handle_read(&buf[..n], max, &mut out, |e| events.push(e)) {
+                failure = Some(f);
+            }
+        }
+        if !out.is_empty() {
+            let frame = SharedFrame::new(Bytes::from(out));
+            // Pongs count against the budget (a client pinging without reading must not grow
+            // memory); a close reply never does: the handshake must complete.
+            if conn.phase == Phase::Open && conn.codec.can_write() {
+                let Core { dirty, config, counters, log_limiter, .. } = self;
+                if conn.outbox.push(frame, config.outbox_bytes_max) == SendStatus::OverBudget {
+                    over_budget(conn, config, counters, log_limiter);
+                }
+                mark_dirty(conn, slot, dirty);
+            } else {
+                conn.outbox.push_unbounded(frame);
+                mark_dirty(conn, slot, &mut self.dirty);
+            }
+        }
+        // Read big next time if this read filled the buffer; otherwise go back to a small one.
+        let full = n == buf.capacity();
+        conn.big_read = full;
+        let next = self.next_read_buffer(buf, full);
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            match event {
+                Inbound::Message(msg) => {
+                    self.counters.messages_received += 1;
+                    if let Some(cb) = self.callbacks.on_message.clone() {
+                        cb(&mut Ctx { core: self }, id, msg);
+                    } else if self.config.on_message == OnMessage::Commands {
+                        self.on_command(id, msg);
+                    }
+                }
+                Inbound::Closed => {
+                    let deadline = self.now + self.config.close_timeout;
+                    if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
+                        if conn.phase == Phase::Open {
+                            conn.phase = Phase::Closing;
+                            conn.deadline = deadline;
+                        }
+                        mark_dirty(conn, slot, &mut self.dirty);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        if let Some(f) = failure {
+            self.counters.protocol_errors += 1;
+            let (max, deadline) =
+                (self.config.message_bytes_max, self.now + self.config.close_timeout);
+            if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
+                tracing::debug!(conn = %id, peer = %conn.peer, code = u16::from(f.code), reason = f.reason, "failing connection");
+                // Keep what was queued before the violation (e.g. the echo of a valid message
+                // that arrived in the same read): it precedes our close frame.
+                conn.begin_close(f.code, f.reason, false, max, deadline);
+                conn.failed = true;
+                mark_dirty(conn, slot, &mut self.dirty);
+            }
+        }
+        if let Some(conn) = self.get_mut(id) {
+            if conn.phase != Phase::Dead {
+                self.to_read.push((id, next));
+            }
+        }
+        self.finish_if_done(slot);
+    }
+
+    fn next_read_buffer(&mut self, mut buf: Vec<u8>, big: bool) -> Vec<u8> {
+        buf.clear();
+        let size = self.config.read_buffer_bytes.max(IDLE_READ_BYTES);
+        match (big, buf.capacity() >= size) {
+            (true, true) | (false, false) => buf,
+            (true, false) => self.read_pool.pop().unwrap_or_else(|| Vec::with_capacity(size)),
+            (false, true) => {
+                if self.read_pool.len() < READ_POOL_MAX {
+                    self.read_pool.push(buf);
+                }
+                Vec::with_capacity(IDLE_READ_BYTES)
+            }
+        }
+    }
+
+    pub(crate) fn on_write(&mut self, id: ConnId, res: io::Result<usize>, mut batch: Vec<SharedFrame>) {
+        let slot = id.slot() as usize;
+        if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
+            conn.writing = false;
+            match res {
+                Ok(n) => {
+                    self.counters.bytes_written += n as u64;
+                    conn.outbox.complete(&mut batch, n);
+                    if n == 0 {
+                        conn.kill();
+                    }
+                }
+                Err(_) => {
+                    conn.outbox.abandon(&mut batch);
+                    if conn.phase == Phase::Open {
+                        self.counters.connections_aborted += 1;
+                    }
+                    conn.kill();
+                }
+            }
+            if conn.phase != Phase::Dead && !conn.outbox.is_empty() {
+                mark_dirty(conn, slot, &mut self.dirty);
+            }
+            self.maybe_send_fin(slot);
+        }
+        batch.clear();
+        self.batch_pool.push(batch);
+        self.finish_if_done(slot);
+    }
+
+    /// A closing connection whose outbox is flushed sends FIN and waits for the peer's EOF.
+    pub(crate) fn maybe_send_fin(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if conn.phase == Phase::Closing
+                && !conn.writing
+                && conn.outbox.is_empty()
+                && !conn.fin_sent
+            {
+                conn.fin_sent = true;
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    }
+
+    pub(crate) fn finish_if_done(&mut self, slot: usize) {
+        if !self.conns.get(slot).is_some_and(Conn::is_finished) {
+            return;
+        }
+        let conn = self.conns.remove(slot);
+        let released = self.router.close(slot as Slot);
+        for g in &released.emptied_groups {
+            self.node.groups.remove(g, self.id);
+        }
+        if let Some((uid, true)) = &released.uid {
+            self.node.uids.remove(uid, self.id);
+        }
+        self.node.release_slot();
+        self.counters.connections_open -= 1;
+        if let Some(cb) = self.callbacks.on_close.clone() {
+            cb(&mut Ctx { core: self }, conn.id);
+        }
+    }
+
+    /// Pings, idle timeouts, closing deadlines, the shutdown deadline.
+    pub(crate) fn housekeeping(&mut self) {
+        let now = self.now;
+        let ping = match self.next_ping {
+            Some(at) if at <= now => {
+                self.next_ping = self.config.ping_interval.map(|p| now + p);
+                true
+            }
+            _ => false,
+        };
+        let idle_limit = self.config.ping_interval.map(|_| self.config.idle_timeout);
+        let forced = self.shutting_down.is_some_and(|d| d <= now);
+        let (max, close_deadline) =
+            (self.config.message_bytes_max, now + self.config.close_timeout);
+        let Core { conns, dirty, config, counters, log_limiter, ping_frame, .. } = self;
+        let mut finished = Vec::new();
+        for (slot, conn) in conns.iter_mut() {
+            match conn.phase {
+                Phase::Open if idle_limit.is_some_and(|l| now.duration_since(conn.last_rx) > l) => {
+                    counters.idle_timeouts += 1;
+                    conn.begin_close(CloseCode::Away, "idle timeout", true, max, close_deadline);
+                    mark_dirty(conn, slot, dirty);
+                }
+                Phase::Open if ping => {
+                    if conn.outbox.push(ping_frame.clone(), config.outbox_bytes_max)
+                        == SendStatus::OverBudget
+                    {
+                        over_budget(conn, config, counters, log_limiter);
+                    }
+                    mark_dirty(conn, slot, dirty);
+                }
+                Phase::Closing if conn.deadline <= now || forced => conn.kill(),
+                Phase::Open if forced => conn.kill(),
+                _ => {}
+            }
+            if conn.is_finished() {
+                finished.push(slot);
+            }
+        }
+        for slot in finished {
+            self.finish_if_done(slot);
+        }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.shutting_down.is_some() && self.conns.is_empty()
+    }
+}
+
+fn mark_dirty(conn: &mut Conn, slot: usize, dirty: &mut Vec<usize>) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(slot);
+    }
+}
+
+/// Queue one frame for one connection, applying the slow-consumer policy.
+/// Queue one frame for one connection, applying the slow-consumer policy.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    conn: &mut Conn,
+    slot: usize,
+    frame: &SharedFrame,
+    config: &Config,
+    dirty: &mut Vec<usize>,
+    counters: &mut Counters,
+    log_limiter: &mut LogLimiter,
+    report: &mut PublishReport,
+) {
+    if conn.phase != Phase::Open {
+        return;
+    }
+    match conn.outbox.push(frame.clone(), config.outbox_bytes_max) {
+        SendStatus::Queued => {
+            counters.deliveries += 1;
+            report.queued += 1;
+            mark_dirty(conn, slot, dirty);
+        }
+        SendStatus::OverBudget => {
+            report.slow_consumers += 1;
+            over_budget(conn, config, counters, log_limiter);
+            mark_dirty(conn, slot, dirty);
+        }
+    }
+}
+
+fn over_budget(
+    conn: &mut Conn,
+    config: &Config,
+    counters: &mut Counters,
+    log_limiter: &mut LogLimiter,
+) {
+    let (kind, action) = match config.slow_consumer {
+        SlowConsumerPolicy::Drop => ("slow-drop", "skipping messages"),
+        SlowConsumerPolicy::Disconnect => ("slow-close", "closing with 1008"),
+    };
+    log_limiter.warn(kind, || {
+        format!(
+            "slow consumer {} ({}): {} bytes queued, over outbox_bytes_max {}; {action}",
+            conn.id,
+            conn.peer,
+            conn.outbox.queued_bytes(),
+            config.outbox_bytes_max
+        )
+    });
+    match config.slow_consumer {
+        SlowConsumerPolicy::Drop => counters.slow_consumer_drops += 1,
+        SlowConsumerPolicy::Disconnect => {
+            counters.slow_consumer_disconnects += 1;
+            let deadline = Instant::now() + config.close_timeout;
+            conn.begin_close(
+                CloseCode::Policy,
+                "slow consumer",
+                true,
+                config.message_bytes_max,
+                deadline,
+            );
+        }
+    }
+}
+
+/// Warn at most once per second per kind, with a count of what was suppressed.
+#[derive(Default)]
+pub(crate) struct LogLimiter {
+    last: std::collections::HashMap<&'static str, (Instant, u64)>,
+}
+
+impl LogLimiter {
+    pub(crate) fn warn(&mut self, kind: &'static str, msg: impl FnOnce() -> String) {
+        let now = Instant::now();
+        let entry = self.last.entry(kind).or_insert((now - Duration::from_secs(2), 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(1) {
+            let suppressed = entry.1;
+            *entry = (now, 0);
+            tracing::warn!(suppressed, "{}", msg());
+        } else {
+            entry.1 += 1;
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! State shared by every shard of a node and by the handles to it: the shards' inboxes, their
+//! published counters, the open-connection count, and the directory of which shards have
+//! members of which groups and uids. Everything here is thread-safe and lock-free on the
+//! per-message path (the directory is read once per publish, never per recipient).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ids::{ConnId, GroupId, NodeId, Uid};
+use crate::metrics::SharedCounters;
+
+use super::directory::{Directory, ShardSet};
+use super::mesh::{Link, Outgoing, Route, ShardMsg};
+use super::reply::Request;
+use super::Ctx;
+
+/// What is known about a connection when it opens.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The request path and query of the upgrade, e.g. `/?uid=7`.
+    pub path: String,
+}
+
+pub(crate) type ConnectFn = dyn Fn(&mut Ctx<'_>, ConnId, &ConnInfo) + Send + Sync;
+pub(crate) type MessageFn = dyn Fn(&mut Ctx<'_>, ConnId, crate::proto::Message) + Send + Sync;
+pub(crate) type CloseFn = dyn Fn(&mut Ctx<'_>, ConnId) + Send + Sync;
+pub(crate) type TimerFn = dyn Fn(&mut Ctx<'_>) + Send + Sync;
+
+/// Application callbacks, shared by every shard. Each runs on the shard that owns the
+/// connection, inside its event loop: keep them short and never block.
+#[derive(Default, Clone)]
+pub struct Callbacks {
+    pub(crate) on_connect: Option<Arc<ConnectFn>>,
+    pub(crate) on_message: Option<Arc<MessageFn>>,
+    pub(crate) on_close: Option<Arc<CloseFn>>,
+    /// Run on shard 0 only, so a timer fires once per node per interval.
+    pub(crate) timers: Vec<(Duration, Arc<TimerFn>)>,
+}
+
+/// State shared by every shard of a node and its handles.
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) links: Vec<Link>,
+    pub(crate) counters: Vec<SharedCounters>,
+    /// Open WebSocket connections on the whole node; checked only at handshake and close.
+    pub(crate) open: AtomicUsize,
+    pub(crate) connections_max: usize,
+    /// Shards with members, per group.
+    pub(crate) groups: Directory<GroupId>,
+    /// Shards with bound connections, per uid.
+    pub(crate) uids: Directory<Uid>,
+    /// Frames encoded by handles (outside any shard).
+    pub(crate) handle_frames_encoded: AtomicU64,
+    /// Events a handle could not queue because a shard's inbox was full.
+    pub(crate) handle_mesh_dropped: AtomicU64,
+}
+
+impl Node {
+    /// Try to take a connection slot; `false` when the node is full.
+    pub(crate) fn reserve_slot(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.connections_max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn release_slot(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The shards that may hold recipients of `route`.
+    pub(crate) fn shards_for(&self, route: &Route) -> ShardSet {
+        match route {
+            Route::All => ShardSet::all(self.links.len()),
+            Route::Groups(groups) => {
+                let mut set = ShardSet::default();
+                for g in groups {
+                    set.union(&self.groups.shards(g));
+                }
+                set
+            }
+            Route::Uids(uids) => {
+                let mut set = ShardSet::default();
+                for u in uids {
+                    set.union(&self.uids.shards(u));
+                }
+                set
+            }
+            Route::Clients(ids) => {
+                let mut set = ShardSet::default();
+                for id in ids.iter().filter(|id| id.node() == self.id) {
+                    if id.shard() < self.links.len() {
+                        set.insert(id.shard());
+                    }
+                }
+                set
+            }
+        }
+    }
+
+    /// Send a batch of publishes to every shard that may hold recipients, except `skip` (the
+    /// calling shard, which applies it itself). With `request`, each shard answers through it.
+    /// Returns the shards whose inbox was full.
+    pub(crate) fn send_publish(
+        &self,
+        batch: &Arc<[Outgoing]>,
+        skip: Option<usize>,
+        mut request: Option<&mut Request>,
+    ) -> usize {
+        let mut shards = ShardSet::default();
+        for o in batch.iter() {
+            shards.union(&self.shards_for(&o.route));
+        }
+        let mut missed = 0;
+        for i in shards.iter() {
+            if Some(i) == skip {
+                continue;
+            }
+            let reply = request.as_deref_mut().map(Request::reply);
+            if let Err(msg) = self.links[i].try_send(ShardMsg::Publish(batch.clone(), reply)) {
+                missed += 1;
+                if let (Some(req), ShardMsg::Publish(_, Some(reply))) = (request.as_deref_mut(), msg)
+                {
+                    req.mark_busy(reply);
+                }
+            }
+        }
+        missed
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use ringcast::config::{GroupPublishPolicy, JoinPolicy, Permissions};
 use ringcast::{Config, OnMessage, Server, SlowConsumerPolicy};
 
 #[derive(Parser)]
@@ -32,6 +33,25 @@ enum OnMessageArg {
     Ignore,
     /// Send every client message to every connection of the node, sender included (group chat).
     Relay,
+    /// JSON commands: add_group, leave_group, send_to_group, send_to_all, send_to_client, ping
+    /// (see docs/api.md), within the --client-* permissions.
+    Commands,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GroupPublishArg {
+    /// Clients may not publish to groups.
+    Off,
+    /// Only to groups the client has joined.
+    Joined,
+    /// To any group.
+    Any,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,9 +77,9 @@ struct ServeArgs {
     /// Do not pin shard threads to CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// What a client's Text/Binary message does.
-    #[arg(long, value_enum, default_value = "ignore")]
-    on_message: OnMessageArg,
+    /// What a client's Text/Binary message does [default: ignore; with --demo: commands].
+    #[arg(long, value_enum)]
+    on_message: Option<OnMessageArg>,
     /// Broadcast the server time (Unix seconds, as text) to every client at this interval,
     /// e.g. "10s" (seed 000's timer). Off by default.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -99,6 +119,59 @@ struct ServeArgs {
     /// (counted as mesh_dropped).
     #[arg(long, default_value_t = 64 * 1024)]
     mesh_capacity: usize,
+    /// Allow what Workerman's seeds do: commands mode (unless --on-message is given), clients
+    /// may join any group and publish to any group, to all and to any client. For trying
+    /// ringcast out, never for production.
+    #[arg(long)]
+    demo: bool,
+    /// Send each new connection {"type":"welcome","client_id":..} [default: on in commands
+    /// mode, off otherwise].
+    #[arg(long, value_enum)]
+    welcome: Option<OnOff>,
+    /// Groups clients may join by themselves: "off", "any", or comma-separated glob patterns
+    /// such as "public:*,room-?" [default: off; --demo: any].
+    #[arg(long)]
+    client_join: Option<String>,
+    /// Groups clients may publish to [default: off; --demo: any].
+    #[arg(long, value_enum)]
+    client_publish_groups: Option<GroupPublishArg>,
+    /// Clients may publish to every connection (send_to_all) [default: no; --demo: yes].
+    #[arg(long)]
+    client_publish_all: bool,
+    /// Clients may send to one client by id (send_to_client) [default: no; --demo: yes].
+    #[arg(long)]
+    client_publish_clients: bool,
+    /// Groups one connection may be in.
+    #[arg(long, default_value_t = 64)]
+    groups_per_connection_max: usize,
+    /// Longest group id or uid, in bytes.
+    #[arg(long, default_value_t = 128)]
+    group_id_bytes_max: usize,
+    /// Commands one client may send per second, sustained; "0" disables the limit.
+    #[arg(long, default_value_t = 100)]
+    commands_per_sec: u32,
+    /// Commands one client may send in a burst above the sustained rate.
+    #[arg(long, default_value_t = 200)]
+    commands_burst: u32,
+    /// Largest per-connection session (JSON text), in bytes.
+    #[arg(long, default_value_t = 4096)]
+    session_bytes_max: usize,
+    /// This node's id, 8 hex digits (part of every client id) [default: generated].
+    #[arg(long, value_parser = parse_node_id)]
+    node_id: Option<u32>,
+    /// Address of the HTTP push API (the control plane); a non-loopback address requires
+    /// --api-token.
+    #[arg(long, default_value = "127.0.0.1:2021")]
+    api_listen: SocketAddr,
+    /// Bearer token the HTTP API requires (also RINGCAST_API_TOKEN).
+    #[arg(long, env = "RINGCAST_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Largest HTTP API request body, in bytes; larger ones get 413.
+    #[arg(long, default_value_t = 1 << 20)]
+    api_body_bytes_max: usize,
+    /// Do not start the HTTP API.
+    #[arg(long)]
+    no_api: bool,
     /// Log the node's counters at this interval, e.g. "10s"; "0s" disables.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     stats_interval: Duration,
@@ -131,6 +204,10 @@ fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
     Ok(CpuList(cpus))
 }
 
+fn parse_node_id(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 16).map_err(|_| format!("bad node id {s:?}: expected up to 8 hex digits"))
+}
+
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<Config> {
         let mut c = Config { listen: self.listen, ..Config::default() };
@@ -143,9 +220,41 @@ impl ServeArgs {
         c.cpus = self.cpus.as_ref().map(|l| l.0.clone());
         c.pin = !self.no_pin;
         c.on_message = match self.on_message {
-            OnMessageArg::Ignore => OnMessage::Ignore,
-            OnMessageArg::Relay => OnMessage::Relay,
+            None if self.demo => OnMessage::Commands,
+            None | Some(OnMessageArg::Ignore) => OnMessage::Ignore,
+            Some(OnMessageArg::Relay) => OnMessage::Relay,
+            Some(OnMessageArg::Commands) => OnMessage::Commands,
         };
+        let mut p = if self.demo { Permissions::demo() } else { Permissions::default() };
+        if let Some(join) = &self.client_join {
+            p.join = match join.trim() {
+                "off" => JoinPolicy::Off,
+                "any" | "*" => JoinPolicy::Any,
+                list => JoinPolicy::Matching(
+                    list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+                ),
+            };
+        }
+        if let Some(g) = self.client_publish_groups {
+            p.publish_groups = match g {
+                GroupPublishArg::Off => GroupPublishPolicy::Off,
+                GroupPublishArg::Joined => GroupPublishPolicy::Joined,
+                GroupPublishArg::Any => GroupPublishPolicy::Any,
+            };
+        }
+        p.publish_all |= self.client_publish_all;
+        p.publish_clients |= self.client_publish_clients;
+        p.groups_per_connection_max = self.groups_per_connection_max;
+        if self.group_id_bytes_max == 0 || self.group_id_bytes_max > ringcast::ids::NAME_BYTES_MAX {
+            bail!("--group-id-bytes-max must be between 1 and {}", ringcast::ids::NAME_BYTES_MAX);
+        }
+        p.group_id_bytes_max = self.group_id_bytes_max;
+        c.permissions = p;
+        c.welcome = self.welcome.map(|w| matches!(w, OnOff::On));
+        c.commands_per_sec = self.commands_per_sec;
+        c.commands_burst = self.commands_burst.max(1);
+        c.session_bytes_max = self.session_bytes_max;
+        c.node_id = self.node_id;
         c.tick_interval = self.tick.filter(|d| !d.is_zero());
         if let Some(n) = self.max_connections {
             c.connections_max = n;
@@ -222,6 +331,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "connection capacity (open-file limit minus reserved descriptors)"
     );
     tracing::info!("listening on {}", handle.local_addr());
+    let api = if args.no_api {
+        None
+    } else {
+        let api_config = ringcast::api::ApiConfig {
+            listen: args.api_listen,
+            token: args.api_token.clone().filter(|t| !t.is_empty()),
+            body_bytes_max: args.api_body_bytes_max,
+            group_id_bytes_max: args.group_id_bytes_max,
+            ..Default::default()
+        };
+        match ringcast::api::spawn(handle.clone(), api_config) {
+            Ok(api) => {
+                tracing::info!("HTTP API listening on {}", api.local_addr());
+                Some(api)
+            }
+            Err(e) => {
+                handle.shutdown();
+                let _ = handle.join();
+                return Err(e).context("starting the HTTP API");
+            }
+        }
+    };
     std::thread::scope(|s| {
         if !args.stats_interval.is_zero() {
             let handle = &handle;
@@ -240,6 +371,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let sig = signals.forever().next();
         tracing::info!(signal = ?sig, "shutting down gracefully");
         STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(api) = api {
+            api.shutdown();
+        }
         handle.shutdown();
     });
     handle.join().context("a shard failed")?;

@@ -22,6 +22,8 @@ pub struct ApiConfig {
     pub body_bytes_max: usize,
     /// Longest a request waits for the shards' answer before 503.
     pub shard_timeout: Duration,
+    /// Longest group id or uid accepted, in bytes.
+    pub group_id_bytes_max: usize,
 }
 
 impl Default for ApiConfig {
@@ -31,6 +33,7 @@ impl Default for ApiConfig {
             token: None,
             body_bytes_max: 1 << 20,
             shard_timeout: Duration::from_secs(5),
+            group_id_bytes_max: 128,
         }
     }
 }

@@ -1,12 +1,36 @@
-//! The HTTP push API: the control plane. Runs on its own thread with a current-thread tokio
-//! runtime (axum), never on a shard and never with tokio-uring. It drives the node only
-//! through the library's [`Handle`] (bounded inboxes, `try_send`): a full inbox answers 503.
+//! The HTTP push API: the control plane. Runs on its own thread (`ringcast-api`) with a
+//! current-thread tokio runtime (hyper + axum's router), never on a shard and never with
+//! tokio-uring. It drives the node only through the library's [`Handle`] (bounded inboxes,
+//! `try_send`): a full inbox answers 503.
+//!
+//! - `mod.rs`: configuration, start-up checks (the token rule), the accept loop, shutdown.
+//! - `service.rs`: per request, before and after routing: auth, counters, rate-limited logs.
+//! - `routes.rs`: the endpoints.
+//! - `body.rs`: request bodies and query strings into the library's types (pure).
+//! - `error.rs`: every error as `{"error":"..."}` with its status.
+//! - `stats.rs`: the API's own counters and log budget.
 //!
 //! See `docs/api.md` for every endpoint.
 
+mod body;
+mod error;
+mod routes;
+mod service;
+mod stats;
+
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{watch, Semaphore};
+
+pub use body::{BATCH_PUBLISHES_MAX, TARGETS_MAX};
+pub use error::{ApiError, ErrorKind};
+pub use stats::ApiStats;
 
 use crate::Handle;
 
@@ -24,6 +48,13 @@ pub struct ApiConfig {
     pub shard_timeout: Duration,
     /// Longest group id or uid accepted, in bytes.
     pub group_id_bytes_max: usize,
+    /// Open HTTP connections at once; past it, accepting waits for one to close (the kernel's
+    /// backlog holds the rest). Bounded so a connection flood cannot exhaust descriptors.
+    pub connections_max: usize,
+    /// Time a client has to send a request's headers (slowloris bound).
+    pub header_read_timeout: Duration,
+    /// Time [`ApiServer::shutdown`] lets in-flight requests finish before dropping them.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -34,30 +65,215 @@ impl Default for ApiConfig {
             body_bytes_max: 1 << 20,
             shard_timeout: Duration::from_secs(5),
             group_id_bytes_max: 128,
+            connections_max: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
         }
     }
 }
 
-/// A running control plane.
+/// A running control plane. Dropping it shuts it down too.
 pub struct ApiServer {
-    _todo: (),
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<routes::Shared>,
 }
 
 impl ApiServer {
     /// The address it listens on (the real port when port 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
-        todo!()
+        self.local_addr
     }
 
-    /// Stop accepting, finish in-flight requests, and wait for the thread to exit.
-    pub fn shutdown(self) {
-        todo!()
+    /// The API's counters: requests, errors by kind, publishes.
+    pub fn stats(&self) -> ApiStats {
+        self.shared.counters.snapshot()
     }
+
+    /// Stop accepting, finish in-flight requests (at most `shutdown_timeout`), and wait for
+    /// the thread to exit.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.send_replace(true);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the HTTP API thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Refuse a configuration that would expose the node: a non-loopback address without a token
+/// (or with an empty one), or a zero limit.
+fn check(config: &ApiConfig) -> io::Result<()> {
+    let invalid = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+    if config.token.as_deref() == Some("") {
+        return invalid("the HTTP API token must not be empty".into());
+    }
+    if config.token.is_none() && !config.listen.ip().to_canonical().is_loopback() {
+        return invalid(format!(
+            "the HTTP API would listen on {} (not a loopback address) without a token: \
+             set a bearer token (--api-token or RINGCAST_API_TOKEN) or listen on 127.0.0.1",
+            config.listen
+        ));
+    }
+    if config.body_bytes_max == 0 || config.connections_max == 0 || config.group_id_bytes_max == 0 {
+        return invalid(
+            "the HTTP API's body_bytes_max, connections_max and group_id_bytes_max must be \
+             at least 1"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Bind `config.listen` (errors are returned before any thread starts), then serve the API on
 /// a new thread.
 pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
-    let _ = (handle, config);
-    todo!()
+    check(&config)?;
+    let listener = bind(config.listen)?;
+    let local_addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    let shared = Arc::new(routes::Shared {
+        handle,
+        limits: body::Limits { name_bytes_max: config.group_id_bytes_max },
+        shard_timeout: config.shard_timeout,
+        body_bytes_max: config.body_bytes_max,
+        counters: Default::default(),
+    });
+    let service = service::ApiService {
+        app: routes::router(shared.clone()),
+        shared: shared.clone(),
+        auth: Arc::new(service::Auth::new(config.token.as_deref())),
+        log: Arc::new(stats::LogLimiter::new(1000)),
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new().name("ringcast-api".into()).spawn(move || {
+        runtime.block_on(serve(listener, service, stop_rx, config));
+        // Dropping the runtime here cancels connections still open past shutdown_timeout.
+    })?;
+    Ok(ApiServer { local_addr, stop, thread: Some(thread), shared })
+}
+
+/// A non-blocking listener with SO_REUSEADDR and a backlog for bursts of publishers.
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    service: service::ApiService,
+    mut stop: watch::Receiver<bool>,
+    config: ApiConfig,
+) {
+    let slots_max = config.connections_max.min(1 << 20);
+    let slots = Arc::new(Semaphore::new(slots_max));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true)
+        // Pipelined requests get their responses in one write.
+        .pipeline_flush(true);
+    let mut last_accept_warning: Option<Instant> = None;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; one line a second.
+                    if last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!("api: accept failed: {e}");
+                        last_accept_warning = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        service
+            .shared
+            .counters
+            .connections_accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let http = http.clone();
+        let service = service.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            // Finish the request in flight, then close (idle connections close at once).
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let all = u32::try_from(slots_max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(config.shutdown_timeout, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!(
+            "api: connections still open after {:?}; dropping them",
+            config.shutdown_timeout
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_rule_at_start_up() {
+        let cfg = |listen: &str, token: Option<&str>| ApiConfig {
+            listen: listen.parse().unwrap(),
+            token: token.map(str::to_owned),
+            ..ApiConfig::default()
+        };
+        assert!(check(&cfg("127.0.0.1:0", None)).is_ok());
+        assert!(check(&cfg("[::1]:0", None)).is_ok());
+        assert!(check(&cfg("[::ffff:127.0.0.1]:0", None)).is_ok());
+        assert!(check(&cfg("0.0.0.0:0", Some("t"))).is_ok());
+        for (listen, token) in
+            [("0.0.0.0:0", None), ("[::]:0", None), ("10.0.0.1:0", None), ("127.0.0.1:0", Some(""))]
+        {
+            let e = check(&cfg(listen, token)).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{listen}");
+        }
+        let e = check(&cfg("0.0.0.0:0", None)).unwrap_err();
+        assert!(e.to_string().contains("without a token"), "{e}");
+    }
 }

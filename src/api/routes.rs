@@ -1,0 +1,388 @@
+//! The endpoints: axum handlers from HTTP to [`Handle`] calls and back. Each shard request is
+//! bounded by `shard_timeout`; every error is an [`ApiError`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::request::Parts;
+use http::{HeaderMap, Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::body::{self, BatchBody, Limits, PublishBody, SeedParams, UidBody, BATCH_PUBLISHES_MAX};
+use super::error::ApiError;
+use super::stats::{ApiStats, Counters};
+use crate::addressing::{Applied, PublishReport, Session, Stats};
+use crate::ids::ConnId;
+use crate::{Handle, Pending};
+
+/// What every handler shares.
+pub(crate) struct Shared {
+    pub(crate) handle: Handle,
+    pub(crate) limits: Limits,
+    pub(crate) shard_timeout: Duration,
+    pub(crate) body_bytes_max: usize,
+    pub(crate) counters: Counters,
+}
+
+type St = State<Arc<Shared>>;
+type Answer = Result<Response, ApiError>;
+
+impl Shared {
+    /// Wait for the shards' answer, at most `shard_timeout`.
+    async fn ask<T>(&self, pending: Pending<T>) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.shard_timeout, pending).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(_) => Err(crate::addressing::RequestError::Timeout.into()),
+        }
+    }
+}
+
+/// The router, without the auth/counting wrapper (see `service.rs`).
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let limit = shared.body_bytes_max;
+    Router::new()
+        .route("/", get(seed).post(seed))
+        .route("/healthz", get(healthz))
+        .route("/api/publish", axum::routing::post(publish))
+        .route("/api/publish/batch", axum::routing::post(publish_batch))
+        .route("/api/groups", get(groups))
+        .route("/api/groups/{group}", get(group).delete(dissolve))
+        .route("/api/groups/{group}/clients/{client_id}", put(join).delete(leave))
+        .route("/api/clients/{client_id}", get(client).delete(close))
+        .route("/api/clients/{client_id}/uid", put(bind_uid).delete(unbind_uid))
+        .route("/api/clients/{client_id}/session", put(set_session).patch(merge_session))
+        .route("/api/uids/{uid}", get(uid))
+        .route("/api/stats", get(stats))
+        .route("/api/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(shared)
+}
+
+/// A JSON answer with `status`.
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut r = Response::new(Body::from(body));
+            *r.status_mut() = status;
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => ApiError::new_internal(format!("encoding the answer: {e}")).into_response(),
+    }
+}
+
+impl ApiError {
+    fn new_internal(message: String) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: super::error::ErrorKind::Other,
+            message: message.into(),
+        }
+    }
+}
+
+fn ok<T: Serialize>(value: &T) -> Answer {
+    Ok(json(StatusCode::OK, value))
+}
+
+/// Path parameters, with a JSON 400 when they do not decode.
+struct Params<T>(T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Params(v)),
+            Err(e) => Err(ApiError::bad_request(format!("path: {}", e.body_text()))),
+        }
+    }
+}
+
+fn has_content_type(headers: &HeaderMap, expected: &str) -> bool {
+    let Some(v) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = v.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case(expected)
+}
+
+/// The whole body, within `DefaultBodyLimit` (413 beyond).
+async fn read_body(req: Request, bytes_max: usize) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, &()).await.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(f) if f.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::payload_too_large(bytes_max)
+        }
+        e => ApiError::bad_request(format!("reading the body: {}", e.body_text())),
+    })
+}
+
+/// A JSON body: `Content-Type: application/json` (415 otherwise), within the limit.
+async fn json_body(req: Request, bytes_max: usize) -> Result<Bytes, ApiError> {
+    if !has_content_type(req.headers(), "application/json") {
+        return Err(ApiError::unsupported_media_type("application/json"));
+    }
+    read_body(req, bytes_max).await
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_json(&e))
+}
+
+/// 503 when nothing was delivered because a shard's inbox was full (then a retry cannot
+/// deliver twice); otherwise the reports, `shards_missed` included.
+fn publish_answer<T: Serialize>(reports: &[PublishReport], value: &T) -> Answer {
+    let missed = reports.iter().any(|r| r.shards_missed > 0);
+    let queued: u64 = reports.iter().map(|r| r.queued).sum();
+    if missed && queued == 0 {
+        return Err(ApiError::unavailable(
+            "a shard's inbox is full; nothing was delivered; retry later",
+        ));
+    }
+    ok(value)
+}
+
+// ---- seed 003 -------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct SeedAnswer {
+    queued: u64,
+    shards_missed: u32,
+    slow_consumers: u64,
+}
+
+/// `GET|POST /?content=..[&to_client_id=..|&to_worker_id=..&to_connection_id=..|&to_group=..]`
+async fn seed(State(s): St, req: Request) -> Answer {
+    let mut params = SeedParams::default();
+    params.extend(req.uri().query().unwrap_or("").as_bytes());
+    if req.method() == Method::POST {
+        let typed = req.headers().contains_key(CONTENT_TYPE);
+        if typed && !has_content_type(req.headers(), "application/x-www-form-urlencoded") {
+            return Err(ApiError::unsupported_media_type("application/x-www-form-urlencoded"));
+        }
+        let form = read_body(req, s.body_bytes_max).await?;
+        if !form.is_empty() && !typed {
+            return Err(ApiError::unsupported_media_type("application/x-www-form-urlencoded"));
+        }
+        params.extend(&form);
+    }
+    let p = params.into_publish(s.handle.node_id(), s.limits).map_err(ApiError::bad_request)?;
+    let r = s.ask(s.handle.publish(p)).await?;
+    s.counters.published(1);
+    let answer = SeedAnswer {
+        queued: r.queued,
+        shards_missed: r.shards_missed,
+        slow_consumers: r.slow_consumers,
+    };
+    publish_answer(std::slice::from_ref(&r), &answer)
+}
+
+async fn healthz() -> Answer {
+    #[derive(Serialize)]
+    struct Healthy {
+        ok: bool,
+    }
+    ok(&Healthy { ok: true })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+// ---- publish --------------------------------------------------------------------------------
+
+/// `POST /api/publish`
+async fn publish(State(s): St, req: Request) -> Answer {
+    let body = json_body(req, s.body_bytes_max).await?;
+    let parsed: PublishBody<'_> = parse(&body)?;
+    let p = parsed.into_publish("", &body, s.limits).map_err(ApiError::bad_request)?;
+    let report = s.ask(s.handle.publish(p)).await?;
+    s.counters.published(1);
+    publish_answer(std::slice::from_ref(&report), &report)
+}
+
+/// `POST /api/publish/batch`
+async fn publish_batch(State(s): St, req: Request) -> Answer {
+    #[derive(Serialize)]
+    struct Results<'a> {
+        results: &'a [PublishReport],
+    }
+    let body = json_body(req, s.body_bytes_max).await?;
+    let parsed: BatchBody<'_> = parse(&body)?;
+    let n = parsed.publishes.len();
+    if n > BATCH_PUBLISHES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "publishes: {n} entries, over the limit of {BATCH_PUBLISHES_MAX}"
+        )));
+    }
+    if n == 0 {
+        return ok(&Results { results: &[] });
+    }
+    let mut batch = Vec::with_capacity(n);
+    let mut prefix = String::new();
+    for (i, p) in parsed.publishes.into_iter().enumerate() {
+        prefix.clear();
+        use std::fmt::Write as _;
+        let _ = write!(prefix, "publishes[{i}].");
+        batch.push(p.into_publish(&prefix, &body, s.limits).map_err(ApiError::bad_request)?);
+    }
+    let reports = s.ask(s.handle.publish_batch(batch)).await?;
+    s.counters.published(n);
+    publish_answer(&reports, &Results { results: &reports })
+}
+
+// ---- groups ---------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct Changed {
+    ok: bool,
+    changed: bool,
+}
+
+/// An operation's outcome: `{"ok":true,"changed":..}`, 404 for an unknown client, 409 with the
+/// reason for a refusal.
+fn applied(a: Applied) -> Answer {
+    match a {
+        Applied::Done => ok(&Changed { ok: true, changed: true }),
+        Applied::Unchanged => ok(&Changed { ok: true, changed: false }),
+        Applied::NoSuchClient => Err(ApiError::not_found("client not found")),
+        Applied::Refused(reason) => Err(ApiError::conflict(reason)),
+    }
+}
+
+fn conn(s: &str) -> Result<ConnId, ApiError> {
+    body::client_id(s, &"client_id").map_err(ApiError::bad_request)
+}
+
+/// `PUT /api/groups/{group}/clients/{client_id}`
+async fn join(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer {
+    let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
+    let id = conn(&c)?;
+    applied(s.ask(s.handle.join_group(id, group)).await?)
+}
+
+/// `DELETE /api/groups/{group}/clients/{client_id}`
+async fn leave(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer {
+    let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
+    let id = conn(&c)?;
+    applied(s.ask(s.handle.leave_group(id, group)).await?)
+}
+
+/// `GET /api/groups/{group}`
+async fn group(State(s): St, Params(g): Params<String>) -> Answer {
+    let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
+    ok(&s.ask(s.handle.group(group)).await?)
+}
+
+/// `DELETE /api/groups/{group}`
+async fn dissolve(State(s): St, Params(g): Params<String>) -> Answer {
+    #[derive(Serialize)]
+    struct Removed {
+        removed: u64,
+    }
+    let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
+    ok(&Removed { removed: s.ask(s.handle.dissolve(group)).await? })
+}
+
+/// `GET /api/groups`
+async fn groups(State(s): St) -> Answer {
+    #[derive(Serialize)]
+    struct Groups<'a> {
+        groups: Vec<&'a str>,
+    }
+    let all = s.handle.groups();
+    ok(&Groups { groups: all.iter().map(|g| g.as_str()).collect() })
+}
+
+// ---- clients --------------------------------------------------------------------------------
+
+/// `GET /api/clients/{client_id}`: 200 with `"online": false` for a client this node does not
+/// hold (GatewayWorker's `isOnline`).
+async fn client(State(s): St, Params(c): Params<String>) -> Answer {
+    let id = conn(&c)?;
+    ok(&s.ask(s.handle.client(id)).await?)
+}
+
+/// `DELETE /api/clients/{client_id}?code=&reason=`
+async fn close(State(s): St, Params(c): Params<String>, req: Request) -> Answer {
+    let id = conn(&c)?;
+    let (code, reason) = body::close_params(req.uri().query()).map_err(ApiError::bad_request)?;
+    applied(s.ask(s.handle.close(id, code, &reason)).await?)
+}
+
+/// `PUT /api/clients/{client_id}/uid` `{"uid":".."}`
+async fn bind_uid(State(s): St, Params(c): Params<String>, req: Request) -> Answer {
+    let id = conn(&c)?;
+    let body = json_body(req, s.body_bytes_max).await?;
+    let b: UidBody<'_> = parse(&body)?;
+    let uid = body::uid(&b.uid, &"uid", s.limits).map_err(ApiError::bad_request)?;
+    applied(s.ask(s.handle.bind_uid(id, uid)).await?)
+}
+
+/// `DELETE /api/clients/{client_id}/uid`
+async fn unbind_uid(State(s): St, Params(c): Params<String>) -> Answer {
+    let id = conn(&c)?;
+    applied(s.ask(s.handle.unbind_uid(id)).await?)
+}
+
+async fn session(s: &Shared, c: &str, req: Request, merge: bool) -> Answer {
+    let id = conn(c)?;
+    let body = json_body(req, s.body_bytes_max).await?;
+    let session: Session = serde_json::from_slice(&body).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            ApiError::bad_request(format!("session: must be a JSON object ({e})"))
+        } else {
+            ApiError::bad_json(&e)
+        }
+    })?;
+    applied(s.ask(s.handle.set_session(id, session, merge)).await?)
+}
+
+/// `PUT /api/clients/{client_id}/session`: replace.
+async fn set_session(State(s): St, Params(c): Params<String>, req: Request) -> Answer {
+    session(&s, &c, req, false).await
+}
+
+/// `PATCH /api/clients/{client_id}/session`: merge; `null` deletes a key.
+async fn merge_session(State(s): St, Params(c): Params<String>, req: Request) -> Answer {
+    session(&s, &c, req, true).await
+}
+
+/// `GET /api/uids/{uid}`
+async fn uid(State(s): St, Params(u): Params<String>) -> Answer {
+    let uid = body::uid(&u, &"uid", s.limits).map_err(ApiError::bad_request)?;
+    ok(&s.ask(s.handle.uid(uid)).await?)
+}
+
+// ---- node -----------------------------------------------------------------------------------
+
+/// `GET /api/stats`
+async fn stats(State(s): St) -> Answer {
+    #[derive(Serialize)]
+    struct WithApi {
+        #[serde(flatten)]
+        node: Stats,
+        api: ApiStats,
+    }
+    let node = s.ask(s.handle.stats()).await?;
+    ok(&WithApi { node, api: s.counters.snapshot() })
+}
+
+/// `GET /api/metrics`: the node's counters, summed over its shards.
+async fn metrics(State(s): St) -> Answer {
+    let m = s.handle.metrics();
+    let map: serde_json::Map<String, serde_json::Value> =
+        m.fields().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+    ok(&map)
+}

@@ -64,12 +64,133 @@ struct ToBody<'a> {
     uids: Option<Vec<Text<'a>>>,
 }
 
-/// `{"publishes": [ <publish>, ... ]}`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BatchBody<'a> {
-    #[serde(borrow)]
-    pub(crate) publishes: Vec<PublishBody<'a>>,
+/// Why a batch body was refused.
+#[derive(Debug)]
+pub(crate) enum BatchError {
+    /// Not JSON, or not of the batch's shape (serde's message, with the position).
+    Json(serde_json::Error),
+    /// A publish was refused (its message names it: `publishes[3].to: missing`), or there
+    /// were too many.
+    Invalid(String),
+}
+
+/// Parse `{"publishes": [ <publish>, ... ]}` straight into [`Publish`]es: each item is
+/// validated as soon as it is read, nothing but the result is kept, and reading stops at the
+/// first invalid item or past [`BATCH_PUBLISHES_MAX`].
+pub(crate) fn parse_batch(body: &Bytes, limits: Limits) -> Result<Vec<Publish>, BatchError> {
+    use serde::de::DeserializeSeed as _;
+    // A publish takes at least ~40 bytes of JSON: a capacity that rarely needs to grow.
+    let mut out = Vec::with_capacity((body.len() / 40).min(BATCH_PUBLISHES_MAX));
+    let mut invalid = None;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = batch::Batch { body, limits, out: &mut out, invalid: &mut invalid };
+    let parsed = seed.deserialize(&mut de).and_then(|()| de.end());
+    match (parsed, invalid) {
+        (_, Some(msg)) => Err(BatchError::Invalid(msg)),
+        (Err(e), None) => Err(BatchError::Json(e)),
+        (Ok(()), None) => Ok(out),
+    }
+}
+
+mod batch {
+    use std::fmt;
+
+    use bytes::Bytes;
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+    use super::{Limits, Prefix, PublishBody, BATCH_PUBLISHES_MAX};
+    use crate::addressing::Publish;
+
+    /// The top-level object.
+    pub(super) struct Batch<'a> {
+        pub(super) body: &'a Bytes,
+        pub(super) limits: Limits,
+        pub(super) out: &'a mut Vec<Publish>,
+        /// Set when an item is refused (serde's error then only stops the parse).
+        pub(super) invalid: &'a mut Option<String>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Batch<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Batch<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(r#"an object {"publishes": [...]}"#)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let Batch { body, limits, out, invalid } = self;
+            let mut seen = false;
+            while let Some(key) = map.next_key::<&str>()? {
+                if key != "publishes" {
+                    return Err(de::Error::unknown_field(key, &["publishes"]));
+                }
+                if seen {
+                    return Err(de::Error::duplicate_field("publishes"));
+                }
+                seen = true;
+                map.next_value_seed(Items {
+                    body,
+                    limits,
+                    out: &mut *out,
+                    invalid: &mut *invalid,
+                })?;
+            }
+            if !seen {
+                return Err(de::Error::missing_field("publishes"));
+            }
+            Ok(())
+        }
+    }
+
+    /// The `publishes` array.
+    struct Items<'a> {
+        body: &'a Bytes,
+        limits: Limits,
+        out: &'a mut Vec<Publish>,
+        invalid: &'a mut Option<String>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Items<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Items<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of publishes")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while let Some(item) = seq.next_element::<PublishBody<'de>>()? {
+                if i == BATCH_PUBLISHES_MAX {
+                    *self.invalid =
+                        Some(format!("publishes: more than {BATCH_PUBLISHES_MAX} entries"));
+                    return Err(de::Error::custom("too many publishes"));
+                }
+                match item.into_publish(Prefix(Some(i)), self.body, self.limits) {
+                    Ok(p) => self.out.push(p),
+                    Err(msg) => {
+                        *self.invalid = Some(msg);
+                        return Err(de::Error::custom("invalid publish"));
+                    }
+                }
+                i += 1;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `{"uid": ".."}`
@@ -110,23 +231,42 @@ fn text(s: Cow<'_, str>, body: &Bytes) -> Utf8Bytes {
     }
 }
 
+/// Where a publish sits in its request, for error messages: nothing for `POST /api/publish`,
+/// `publishes[3].` in a batch. Formatted only when there is an error to report.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Prefix(pub(crate) Option<usize>);
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(i) => write!(f, "publishes[{i}]."),
+            None => Ok(()),
+        }
+    }
+}
+
 fn list<T>(
     items: Vec<Text<'_>>,
+    prefix: Prefix,
     field: &str,
     mut parse: impl FnMut(&str, &dyn std::fmt::Display) -> Result<T, String>,
 ) -> Result<Vec<T>, String> {
     if items.len() > TARGETS_MAX {
-        return Err(format!("{field}: more than {TARGETS_MAX} entries"));
+        return Err(format!("{prefix}{field}: more than {TARGETS_MAX} entries"));
     }
-    items.iter().enumerate().map(|(i, t)| parse(&t.0, &format_args!("{field}[{i}]"))).collect()
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| parse(&t.0, &format_args!("{prefix}{field}[{i}]")))
+        .collect()
 }
 
 impl PublishBody<'_> {
-    /// Validate and convert. `prefix` is prepended to field names (`publishes[3].`). `body` is
-    /// the buffer this was deserialized from.
+    /// Validate and convert. `prefix` is prepended to field names in errors. `body` is the
+    /// buffer this was deserialized from.
     pub(crate) fn into_publish(
         self,
-        prefix: &str,
+        prefix: Prefix,
         body: &Bytes,
         limits: Limits,
     ) -> Result<Publish, String> {
@@ -153,13 +293,13 @@ impl PublishBody<'_> {
             }
             Some(to) => to.into_to(prefix, limits)?,
         };
-        let exclude = list(self.exclude, &format!("{prefix}exclude"), client_id)?;
+        let exclude = list(self.exclude, prefix, "exclude", client_id)?;
         Ok(Publish { to, exclude, message })
     }
 }
 
 impl ToBody<'_> {
-    fn into_to(self, prefix: &str, limits: Limits) -> Result<To, String> {
+    fn into_to(self, prefix: Prefix, limits: Limits) -> Result<To, String> {
         let given = usize::from(self.all.is_some())
             + usize::from(self.groups.is_some())
             + usize::from(self.clients.is_some())
@@ -179,16 +319,16 @@ impl ToBody<'_> {
         }
         if let Some(groups) = self.groups {
             non_empty(&groups, "groups")?;
-            let field = format!("{prefix}to.groups");
-            return list(groups, &field, |s, f| group_id(s, f, limits)).map(To::Groups);
+            return list(groups, prefix, "to.groups", |s, f| group_id(s, f, limits))
+                .map(To::Groups);
         }
         if let Some(clients) = self.clients {
             non_empty(&clients, "clients")?;
-            return list(clients, &format!("{prefix}to.clients"), client_id).map(To::Clients);
+            return list(clients, prefix, "to.clients", client_id).map(To::Clients);
         }
         let uids = self.uids.unwrap_or_default();
         non_empty(&uids, "uids")?;
-        list(uids, &format!("{prefix}to.uids"), |s, f| uid(s, f, limits)).map(To::Uids)
+        list(uids, prefix, "to.uids", |s, f| uid(s, f, limits)).map(To::Uids)
     }
 }
 
@@ -314,7 +454,7 @@ mod tests {
     fn publish(json: &str) -> Result<Publish, String> {
         let body = Bytes::copy_from_slice(json.as_bytes());
         let b: PublishBody<'_> = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        b.into_publish("", &body, LIMITS)
+        b.into_publish(Prefix(None), &body, LIMITS)
     }
 
     fn id(n: u32) -> String {
@@ -391,18 +531,37 @@ mod tests {
     }
 
     #[test]
-    fn batch_items_are_prefixed() {
-        let body =
-            Bytes::from_static(br#"{"publishes":[{"data":"a","to":{"all":true}},{"data":"b"}]}"#);
-        let b: BatchBody<'_> = serde_json::from_slice(&body).unwrap();
-        let errs: Vec<String> = b
-            .publishes
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.into_publish(&format!("publishes[{i}]."), &body, LIMITS).err())
-            .collect();
-        assert_eq!(errs.len(), 1);
-        assert!(errs[0].starts_with("publishes[1].to: missing"), "{}", errs[0]);
+    fn batches_parse_item_by_item() {
+        let batch = |json: &str| parse_batch(&Bytes::copy_from_slice(json.as_bytes()), LIMITS);
+        let ok = batch(
+            r#"{"publishes":[{"data":"a","to":{"all":true}},{"data":"b","to":{"uids":["u"]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].message, Message::text("b"));
+        assert!(batch(r#"{"publishes":[]}"#).unwrap().is_empty());
+        let invalid = |json: &str| match batch(json) {
+            Err(BatchError::Invalid(m)) => m,
+            other => panic!("{json}: {other:?}"),
+        };
+        let json_error = |json: &str| match batch(json) {
+            Err(BatchError::Json(e)) => e.to_string(),
+            other => panic!("{json}: {other:?}"),
+        };
+        let m = invalid(r#"{"publishes":[{"data":"a","to":{"all":true}},{"data":"b"}]}"#);
+        assert!(m.starts_with("publishes[1].to: missing"), "{m}");
+        let m = invalid(r#"{"publishes":[{"data":"a","to":{"groups":["waytoolong"]}}]}"#);
+        assert!(m.starts_with("publishes[0].to.groups[0]: longer than 8"), "{m}");
+        let many = vec![r#"{"data":"x","to":{"all":true}}"#; BATCH_PUBLISHES_MAX + 1].join(",");
+        let m = invalid(&format!(r#"{{"publishes":[{many}]}}"#));
+        assert_eq!(m, "publishes: more than 10000 entries");
+        assert!(json_error(r#"{}"#).contains("missing field `publishes`"));
+        assert!(json_error(r#"{"publishes":[],"x":1}"#).contains("unknown field `x`"));
+        assert!(json_error(r#"{"publishes":{}}"#).contains("invalid type"));
+        assert!(json_error(r#"{"publishes":[{"data":"a","to":{"all":true},"typo":1}]}"#)
+            .contains("unknown field `typo`"));
+        assert!(json_error(r#"{"publishes":[]} trailing"#).contains("trailing"));
+        assert!(json_error(r#"{"publishes":[{"data":"#).contains("EOF"));
     }
 
     fn seed(q: &str) -> Result<Publish, String> {

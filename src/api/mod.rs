@@ -7,12 +7,14 @@
 //! - `service.rs`: per request, before and after routing: auth, counters, rate-limited logs.
 //! - `routes.rs`: the endpoints.
 //! - `body.rs`: request bodies and query strings into the library's types (pure).
+//! - `coalesce.rs`: the single publishes of one scheduler tick go to the node as one batch.
 //! - `error.rs`: every error as `{"error":"..."}` with its status.
 //! - `stats.rs`: the API's own counters and log budget.
 //!
 //! See `docs/api.md` for every endpoint.
 
 mod body;
+mod coalesce;
 mod error;
 mod routes;
 mod service;
@@ -154,6 +156,7 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
         shard_timeout: config.shard_timeout,
         body_bytes_max: config.body_bytes_max,
         counters: Default::default(),
+        coalescer: Default::default(),
     });
     let service = service::ApiService {
         app: routes::router(shared.clone()),
@@ -186,6 +189,8 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
     config: ApiConfig,
 ) {
+    let shared = service.shared.clone();
+    tokio::spawn(shared.coalescer.clone().run(shared.handle.clone(), shared.shard_timeout));
     let slots_max = config.connections_max.min(1 << 20);
     let slots = Arc::new(Semaphore::new(slots_max));
     let mut http = http1::Builder::new();

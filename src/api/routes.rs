@@ -16,10 +16,11 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::body::{self, BatchBody, Limits, PublishBody, SeedParams, UidBody, BATCH_PUBLISHES_MAX};
+use super::body::{self, BatchError, Limits, Prefix, PublishBody, SeedParams, UidBody};
+use super::coalesce::Coalescer;
 use super::error::ApiError;
 use super::stats::{ApiStats, Counters};
-use crate::addressing::{Applied, PublishReport, Session, Stats};
+use crate::addressing::{Applied, Publish, PublishReport, RequestError, Session, Stats};
 use crate::ids::ConnId;
 use crate::{Handle, Pending};
 
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) shard_timeout: Duration,
     pub(crate) body_bytes_max: usize,
     pub(crate) counters: Counters,
+    /// Single publishes of one tick go to the node as one batch.
+    pub(crate) coalescer: Arc<Coalescer>,
 }
 
 type St = State<Arc<Shared>>;
@@ -40,7 +43,17 @@ impl Shared {
     async fn ask<T>(&self, pending: Pending<T>) -> Result<T, ApiError> {
         match tokio::time::timeout(self.shard_timeout, pending).await {
             Ok(r) => r.map_err(ApiError::from),
-            Err(_) => Err(crate::addressing::RequestError::Timeout.into()),
+            Err(_) => Err(RequestError::Timeout.into()),
+        }
+    }
+
+    /// Publish one message through the coalescer, at most `shard_timeout`.
+    async fn publish_one(&self, p: Publish) -> Result<PublishReport, ApiError> {
+        let answer = self.coalescer.submit(p);
+        match tokio::time::timeout(self.shard_timeout, answer).await {
+            Ok(Ok(r)) => r.map_err(ApiError::from),
+            Ok(Err(_)) => Err(RequestError::Stopped.into()),
+            Err(_) => Err(RequestError::Timeout.into()),
         }
     }
 }
@@ -142,7 +155,7 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 
 /// 503 when nothing was delivered because a shard's inbox was full (then a retry cannot
 /// deliver twice); otherwise the reports, `shards_missed` included.
-fn publish_answer<T: Serialize>(reports: &[PublishReport], value: &T) -> Answer {
+fn publish_answer(reports: &[PublishReport], batch: bool) -> Answer {
     let missed = reports.iter().any(|r| r.shards_missed > 0);
     let queued: u64 = reports.iter().map(|r| r.queued).sum();
     if missed && queued == 0 {
@@ -150,17 +163,41 @@ fn publish_answer<T: Serialize>(reports: &[PublishReport], value: &T) -> Answer 
             "a shard's inbox is full; nothing was delivered; retry later",
         ));
     }
-    ok(value)
+    Ok(reports_json(reports, batch))
+}
+
+/// `{"queued":N,"shards_missed":K,"slow_consumers":S}`, or `{"results":[..]}` of those for a
+/// batch. Written by hand: a batch answer holds up to 10,000 of them.
+fn reports_json(reports: &[PublishReport], batch: bool) -> Response {
+    fn one(out: &mut Vec<u8>, r: &PublishReport, n: &mut itoa::Buffer) {
+        out.extend_from_slice(br#"{"queued":"#);
+        out.extend_from_slice(n.format(r.queued).as_bytes());
+        out.extend_from_slice(br#","shards_missed":"#);
+        out.extend_from_slice(n.format(r.shards_missed).as_bytes());
+        out.extend_from_slice(br#","slow_consumers":"#);
+        out.extend_from_slice(n.format(r.slow_consumers).as_bytes());
+        out.push(b'}');
+    }
+    let mut n = itoa::Buffer::new();
+    let mut out = Vec::with_capacity(16 + 64 * reports.len());
+    if batch {
+        out.extend_from_slice(br#"{"results":["#);
+        for (i, r) in reports.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            one(&mut out, r, &mut n);
+        }
+        out.extend_from_slice(b"]}");
+    } else if let Some(r) = reports.first() {
+        one(&mut out, r, &mut n);
+    }
+    let mut r = Response::new(Body::from(out));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 // ---- seed 003 -------------------------------------------------------------------------------
-
-#[derive(Serialize)]
-struct SeedAnswer {
-    queued: u64,
-    shards_missed: u32,
-    slow_consumers: u64,
-}
 
 /// `GET|POST /?content=..[&to_client_id=..|&to_worker_id=..&to_connection_id=..|&to_group=..]`
 async fn seed(State(s): St, req: Request) -> Answer {
@@ -178,14 +215,9 @@ async fn seed(State(s): St, req: Request) -> Answer {
         params.extend(&form);
     }
     let p = params.into_publish(s.handle.node_id(), s.limits).map_err(ApiError::bad_request)?;
-    let r = s.ask(s.handle.publish(p)).await?;
+    let r = s.publish_one(p).await?;
     s.counters.published(1);
-    let answer = SeedAnswer {
-        queued: r.queued,
-        shards_missed: r.shards_missed,
-        slow_consumers: r.slow_consumers,
-    };
-    publish_answer(std::slice::from_ref(&r), &answer)
+    publish_answer(std::slice::from_ref(&r), false)
 }
 
 async fn healthz() -> Answer {
@@ -206,40 +238,26 @@ async fn not_found() -> ApiError {
 async fn publish(State(s): St, req: Request) -> Answer {
     let body = json_body(req, s.body_bytes_max).await?;
     let parsed: PublishBody<'_> = parse(&body)?;
-    let p = parsed.into_publish("", &body, s.limits).map_err(ApiError::bad_request)?;
-    let report = s.ask(s.handle.publish(p)).await?;
+    let p = parsed.into_publish(Prefix(None), &body, s.limits).map_err(ApiError::bad_request)?;
+    let report = s.publish_one(p).await?;
     s.counters.published(1);
-    publish_answer(std::slice::from_ref(&report), &report)
+    publish_answer(std::slice::from_ref(&report), false)
 }
 
 /// `POST /api/publish/batch`
 async fn publish_batch(State(s): St, req: Request) -> Answer {
-    #[derive(Serialize)]
-    struct Results<'a> {
-        results: &'a [PublishReport],
-    }
     let body = json_body(req, s.body_bytes_max).await?;
-    let parsed: BatchBody<'_> = parse(&body)?;
-    let n = parsed.publishes.len();
-    if n > BATCH_PUBLISHES_MAX {
-        return Err(ApiError::bad_request(format!(
-            "publishes: {n} entries, over the limit of {BATCH_PUBLISHES_MAX}"
-        )));
-    }
+    let batch = body::parse_batch(&body, s.limits).map_err(|e| match e {
+        BatchError::Json(e) => ApiError::bad_json(&e),
+        BatchError::Invalid(msg) => ApiError::bad_request(msg),
+    })?;
+    let n = batch.len();
     if n == 0 {
-        return ok(&Results { results: &[] });
-    }
-    let mut batch = Vec::with_capacity(n);
-    let mut prefix = String::new();
-    for (i, p) in parsed.publishes.into_iter().enumerate() {
-        prefix.clear();
-        use std::fmt::Write as _;
-        let _ = write!(prefix, "publishes[{i}].");
-        batch.push(p.into_publish(&prefix, &body, s.limits).map_err(ApiError::bad_request)?);
+        return Ok(reports_json(&[], true));
     }
     let reports = s.ask(s.handle.publish_batch(batch)).await?;
     s.counters.published(n);
-    publish_answer(&reports, &Results { results: &reports })
+    publish_answer(&reports, true)
 }
 
 // ---- groups ---------------------------------------------------------------------------------
@@ -385,4 +403,45 @@ async fn metrics(State(s): St) -> Answer {
     let map: serde_json::Map<String, serde_json::Value> =
         m.fields().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
     ok(&map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn text(r: Response) -> String {
+        let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reports_are_the_same_json_serde_would_write() {
+        let a = PublishReport { queued: 12, shards_missed: 1, slow_consumers: u64::MAX };
+        let b = PublishReport::default();
+        assert_eq!(
+            text(reports_json(std::slice::from_ref(&a), false)).await,
+            serde_json::to_string(&a).unwrap()
+        );
+        #[derive(Serialize)]
+        struct Results<'a> {
+            results: &'a [PublishReport],
+        }
+        let both = [a, b];
+        assert_eq!(
+            text(reports_json(&both, true)).await,
+            serde_json::to_string(&Results { results: &both }).unwrap()
+        );
+        assert_eq!(text(reports_json(&[], true)).await, r#"{"results":[]}"#);
+    }
+
+    #[test]
+    fn nothing_delivered_and_a_shard_missed_is_503() {
+        let missed = PublishReport { queued: 0, shards_missed: 1, slow_consumers: 0 };
+        let partly = PublishReport { queued: 3, shards_missed: 1, slow_consumers: 0 };
+        let e = publish_answer(std::slice::from_ref(&missed), false).unwrap_err();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(publish_answer(std::slice::from_ref(&partly), false).is_ok());
+        assert!(publish_answer(&[missed, partly], true).is_ok());
+        assert!(publish_answer(&[PublishReport::default()], false).is_ok());
+    }
 }

@@ -548,6 +548,7 @@ async fn group_membership_endpoints() {
     assert_eq!(h.delete("/api/groups/room%2F1").await.body, json!({"removed": 2}));
     assert_eq!(h.delete("/api/groups/room%2F1").await.body, json!({"removed": 0}));
     assert_eq!(h.get("/api/groups").await.body, json!({"groups": []}));
+    assert_eq!(h.delete("/api/groups/%0A").await.status, 400);
 
     // Unknown clients: 404 (a well-formed id of this node no connection holds, or another
     // node's); malformed: 400.
@@ -822,4 +823,58 @@ async fn pipelined_requests_on_one_connection() {
     let text = String::from_utf8(got).unwrap();
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 10, "{text}");
     f.stop();
+}
+
+// ---- the daemon -------------------------------------------------------------------------------
+
+/// `ringcast serve` with the API on a non-loopback address and no token refuses to start, with
+/// an error that says why; with a token it serves, and healthz answers.
+#[test]
+fn the_daemon_refuses_a_public_api_without_a_token() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--no-pin"])
+        .args(["--api-listen", "0.0.0.0:0"])
+        .env_remove("RINGCAST_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without a token"), "{stderr}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--no-pin"])
+        .args(["--api-listen", "0.0.0.0:0"])
+        .env("RINGCAST_API_TOKEN", "t0ken")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("HTTP API listening on ").nth(1) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    let addr: SocketAddr = rx.recv_timeout(Duration::from_secs(60)).unwrap().parse().unwrap();
+    let get = |auth: Option<&str>, path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", addr.port())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    assert!(get(None, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(get(None, "/api/stats").starts_with("HTTP/1.1 401"));
+    assert!(get(Some("t0ken"), "/api/stats").starts_with("HTTP/1.1 200"));
+    let _ = child.kill();
+    let _ = child.wait();
 }

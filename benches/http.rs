@@ -49,7 +49,7 @@ enum Target {
 struct Scenario {
     name: &'static str,
     target: Target,
-    /// Publishes per request (1: `/api/publish`).
+    /// Publishes per request (1: `/api/publish`; 0: `GET /healthz`, no publish).
     batch: usize,
     /// Requests written before reading their responses.
     depth: usize,
@@ -95,6 +95,13 @@ fn scenarios() -> Vec<Scenario> {
             batch: 1,
             depth: 1,
             group: GROUP,
+        },
+        Scenario {
+            name: "reference: GET /healthz (HTTP only)",
+            target: Target::Ringcast,
+            batch: 0,
+            depth: 1,
+            group: "nobody",
         },
         Scenario {
             name: "ringcast batch 1000, group without members",
@@ -239,6 +246,9 @@ async fn drive(
 }
 
 fn request_bytes(s: &Scenario) -> Vec<u8> {
+    if s.batch == 0 {
+        return "GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n".repeat(s.depth).into_bytes();
+    }
     let one = format!(r#"{{"data":"{PAYLOAD}","to":{{"groups":["{}"]}}}}"#, s.group);
     let (path, body) = if s.batch == 1 {
         ("/api/publish", one)

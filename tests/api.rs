@@ -878,3 +878,39 @@ fn the_daemon_refuses_a_public_api_without_a_token() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Single publishes that arrive together share one trip to the shards; each still gets its
+/// own report, and every message arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_publishes_get_their_own_reports() {
+    let f = Fixture::start(node_config(), api_config());
+    let mut a = client(f.node.local_addr()).await;
+    let http = std::sync::Arc::new(f.http);
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (http, id) = (http.clone(), a.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let to =
+                if i % 2 == 0 { json!({"clients": [id]}) } else { json!({"groups": ["none"]}) };
+            let r = http.post("/api/publish", json!({"data": format!("m{i}"), "to": to})).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            (i, r.body["queued"].as_u64().unwrap())
+        }));
+    }
+    for t in tasks {
+        let (i, queued) = t.await.unwrap();
+        assert_eq!(queued, u64::from(i % 2 == 0), "publish {i}");
+    }
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..30 {
+        got.push(text(&mut a).await);
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..60).step_by(2).map(|i| format!("m{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+    let extra = tokio::time::timeout(Duration::from_millis(200), next_data(&mut a.ws, 1)).await;
+    assert!(extra.is_err(), "duplicate delivery: {extra:?}");
+    let Ok(http) = std::sync::Arc::try_unwrap(http) else { panic!("requests still running") };
+    Fixture { http, ..f }.stop();
+}

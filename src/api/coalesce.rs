@@ -3,13 +3,16 @@
 //! one mesh event and one wake-up for all of them, and each subscriber one `writev` for all
 //! their frames, instead of one of each per request. Each request still gets its own report.
 //!
-//! Under no load a batch is one publish and costs one extra task hop; under load the batch
-//! grows with the number of requests that were ready together, with no timer and no added
-//! wait.
+//! Group commit: while a batch is at the shards, the next one gathers every request that
+//! arrives meanwhile, so under load batches grow by themselves; under no load nothing is in
+//! flight and a publish leaves at once (one extra task hop). A batch the shards have not
+//! answered within 1 ms (a stalled shard) stops holding the next one back, so one slow shard
+//! cannot slow the others down by more than that.
 //!
 //! The cost of sharing a batch: `shards_missed` counts the shards of the batch whose inbox was
 //! full, which may include a shard that held no recipient of this particular publish.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +23,8 @@ use crate::Handle;
 
 /// Publishes sent to the node in one batch at most (the rest go in the next).
 const FLUSH_PUBLISHES_MAX: usize = 4096;
+/// Longest the next batch waits for the previous one's answer.
+const HOLD_MAX: Duration = Duration::from_millis(1);
 
 type Reply = oneshot::Sender<Result<PublishReport, RequestError>>;
 
@@ -28,6 +33,10 @@ type Reply = oneshot::Sender<Result<PublishReport, RequestError>>;
 pub(crate) struct Coalescer {
     queue: Mutex<Vec<(Publish, Reply)>>,
     ready: Notify,
+    /// Batches sent and not answered yet.
+    in_flight: AtomicUsize,
+    /// Signalled when a batch is answered.
+    answered: Notify,
 }
 
 impl Coalescer {
@@ -57,6 +66,14 @@ impl Coalescer {
             // Let every request that is ready in this tick (and the I/O the driver finds
             // ready) join the batch first.
             tokio::task::yield_now().await;
+            if self.in_flight.load(Relaxed) > 0 {
+                let previous = async {
+                    while self.in_flight.load(Relaxed) > 0 {
+                        self.answered.notified().await;
+                    }
+                };
+                let _ = tokio::time::timeout(HOLD_MAX, previous).await;
+            }
             loop {
                 {
                     let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -68,7 +85,9 @@ impl Coalescer {
                 }
                 let (publishes, replies): (Vec<Publish>, Vec<Reply>) = batch.drain(..).unzip();
                 let pending = handle.publish_batch(publishes);
-                // Do not wait for the answer here: the next batch may leave meanwhile.
+                self.in_flight.fetch_add(1, Relaxed);
+                let this = self.clone();
+                // Answer from another task: the flusher goes on gathering the next batch.
                 tokio::spawn(async move {
                     let result = match tokio::time::timeout(shard_timeout, pending).await {
                         Ok(r) => r,
@@ -86,6 +105,8 @@ impl Coalescer {
                             }
                         }
                     }
+                    this.in_flight.fetch_sub(1, Relaxed);
+                    this.answered.notify_one();
                 });
             }
         }

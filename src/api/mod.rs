@@ -191,6 +191,15 @@ async fn serve(
 ) {
     let shared = service.shared.clone();
     tokio::spawn(shared.coalescer.clone().run(shared.handle.clone(), shared.shard_timeout));
+    // Tokio wakes its driver (an eventfd write) whenever a timer is registered ahead of the
+    // wheel's next known expiry, which with an empty wheel is every time: hyper's per-request
+    // header timer would cost a syscall per request. A timer that is always pending, at most
+    // 1 s away, keeps those registrations (10 s out) behind it. Idle cost: one wake-up a second.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
     let slots_max = config.connections_max.min(1 << 20);
     let slots = Arc::new(Semaphore::new(slots_max));
     let mut http = http1::Builder::new();

@@ -83,7 +83,7 @@ impl ErrorKind {
     }
 }
 
-/// An error answer. Its response carries an [`ErrorNote`] extension so the service wrapper can
+/// An error answer. Its response carries an `ErrorNote` extension so the service wrapper can
 /// count and log it without parsing the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

@@ -53,7 +53,8 @@ pub struct ApiConfig {
     /// Open HTTP connections at once; past it, accepting waits for one to close (the kernel's
     /// backlog holds the rest). Bounded so a connection flood cannot exhaust descriptors.
     pub connections_max: usize,
-    /// Time a client has to send a request's headers (slowloris bound).
+    /// Time a client has to send a request's headers (slowloris bound); also the longest a
+    /// keep-alive connection may sit idle between requests.
     pub header_read_timeout: Duration,
     /// Time [`ApiServer::shutdown`] lets in-flight requests finish before dropping them.
     pub shutdown_timeout: Duration,

@@ -117,8 +117,8 @@ struct ServeArgs {
     shutdown_timeout: Duration,
     /// Capacity of each shard's cross-shard inbox, in events; a full inbox drops events
     /// (counted as mesh_dropped).
-    #[arg(long, default_value_t = 64 * 1024)]
-    mesh_capacity: usize,
+    #[arg(long, default_value_t = 64 * 1024, alias = "mesh-capacity")]
+    inbox_events_max: usize,
     /// Allow what Workerman's seeds do: commands mode (unless --on-message is given), clients
     /// may join any group and publish to any group, to all and to any client. For trying
     /// ringcast out, never for production.
@@ -278,7 +278,7 @@ impl ServeArgs {
         c.handshake_timeout = self.handshake_timeout;
         c.close_timeout = self.close_timeout;
         c.shutdown_timeout = self.shutdown_timeout;
-        c.mesh_capacity = self.mesh_capacity.max(1);
+        c.inbox_events_max = self.inbox_events_max.max(1);
         Ok(c)
     }
 }

@@ -34,6 +34,9 @@ fn spawn(mut cmd: Command, from_stderr: bool) -> (Proc, SocketAddr) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("HTTP API") {
+                continue;
+            }
             if let Some(addr) = line.split("listening on ").nth(1) {
                 let _ = tx.send(addr.trim().to_owned());
             }
@@ -59,7 +62,7 @@ fn example(name: &str) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_1001_to_every_client_and_exits_zero() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--no-pin"]);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--no-pin", "--no-api"]);
     let (mut proc, addr) = spawn(cmd, true);
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -149,6 +152,7 @@ async fn daemon_relay_mode_is_a_group_chat() {
         "--no-pin",
         "--on-message",
         "relay",
+        "--no-api",
     ]);
     let (_proc, addr) = spawn(cmd, true);
     let mut a = connect(addr).await;
@@ -194,7 +198,7 @@ async fn example_group_chat_relays_to_everyone() {
 async fn fd_exhaustion_pauses_accepting_without_spinning() {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--no-pin"]);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--no-pin", "--no-api"]);
     // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limits.
     unsafe {
         cmd.pre_exec(|| {

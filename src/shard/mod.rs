@@ -106,7 +106,7 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     let mut links = Vec::with_capacity(shards);
     let mut inboxes = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let (link, rx, efd) = mesh::link(config.mesh_capacity)?;
+        let (link, rx, efd) = mesh::link(config.inbox_events_max)?;
         links.push(link);
         inboxes.push((rx, efd));
     }

@@ -205,7 +205,8 @@ fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
 }
 
 fn parse_node_id(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s, 16).map_err(|_| format!("bad node id {s:?}: expected up to 8 hex digits"))
+    u32::from_str_radix(s, 16)
+        .map_err(|_| format!("bad node id {s:?}: expected up to 8 hex digits"))
 }
 
 impl ServeArgs {
@@ -231,7 +232,10 @@ impl ServeArgs {
                 "off" => JoinPolicy::Off,
                 "any" | "*" => JoinPolicy::Any,
                 list => JoinPolicy::Matching(
-                    list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+                    list.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
                 ),
             };
         }

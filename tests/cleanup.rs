@@ -179,7 +179,8 @@ fn wave(d: &Daemon, http: &mut Http, rng: &mut Rng) -> Vec<Raw> {
         assert_eq!(status, 200, "{v}");
         if i % 4 == 0 {
             let session = serde_json::json!({ "name": format!("n{i}"), "level": i });
-            let (status, v) = http.call("PUT", &format!("/api/clients/{id}/session"), Some(&session));
+            let (status, v) =
+                http.call("PUT", &format!("/api/clients/{id}/session"), Some(&session));
             assert_eq!(status, 200, "{v}");
         }
     }

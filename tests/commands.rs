@@ -109,13 +109,19 @@ async fn every_command_and_its_reply() {
     let ids: Vec<String> = cs.iter().map(|c| c.id.clone()).collect();
     // With an id, success is acknowledged.
     send(&mut cs[0].ws, r#"{"cmd":"add_group","group_id":"g","id":1}"#).await;
-    assert_eq!(json(&mut cs[0].ws).await, serde_json::json!({"type":"ok","cmd":"add_group","id":1}));
+    assert_eq!(
+        json(&mut cs[0].ws).await,
+        serde_json::json!({"type":"ok","cmd":"add_group","id":1})
+    );
     send(&mut cs[n - 1].ws, r#"{"cmd":"add_group","group_id":"g","id":"x"}"#).await;
     assert_eq!(json(&mut cs[n - 1].ws).await["id"], "x");
     // send_to_client, to a client on the other shard.
     let to = &ids[n - 1];
-    send(&mut cs[0].ws, &format!(r#"{{"cmd":"send_to_client","client_id":"{to}","message":"psst"}}"#))
-        .await;
+    send(
+        &mut cs[0].ws,
+        &format!(r#"{{"cmd":"send_to_client","client_id":"{to}","message":"psst"}}"#),
+    )
+    .await;
     assert_eq!(text(&mut cs[n - 1].ws).await, "psst");
     // send_to_all with an exclusion: everyone but the excluded one.
     let ex = &ids[1];
@@ -166,7 +172,8 @@ async fn a_member_of_two_target_groups_receives_once_on_every_shard() {
         silent(&mut cs[i].ws).await;
     }
     // Exclusion on a group send.
-    let cmd = format!(r#"{{"cmd":"send_to_group","group_id":"g2","message":"x","exclude":["{ex}"]}}"#);
+    let cmd =
+        format!(r#"{{"cmd":"send_to_group","group_id":"g2","message":"x","exclude":["{ex}"]}}"#);
     send(&mut cs[0].ws, &cmd).await;
     assert_eq!(text(&mut cs[0].ws).await, "x");
     assert_eq!(text(&mut cs[n - 1].ws).await, "x");

@@ -7,12 +7,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio_uring::net::TcpStream;
 
-use crate::fanout::Outbox;
-use crate::proto::CloseCode;
-use crate::proto::Codec;
 use crate::addressing::Session;
 use crate::command::RateLimiter;
+use crate::fanout::Outbox;
 use crate::ids::ConnId;
+use crate::proto::CloseCode;
+use crate::proto::Codec;
 
 /// Where a connection is in its life. Variants name who acted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -265,12 +265,30 @@ impl Core {
                 let Core { conns, dirty, config, counters, log_limiter, .. } = self;
                 if excluded.is_empty() {
                     for (slot, conn) in conns.iter_mut() {
-                        deliver(conn, slot, &shared, config, dirty, counters, log_limiter, &mut report);
+                        deliver(
+                            conn,
+                            slot,
+                            &shared,
+                            config,
+                            dirty,
+                            counters,
+                            log_limiter,
+                            &mut report,
+                        );
                     }
                 } else {
                     for (slot, conn) in conns.iter_mut() {
                         if !excluded.contains(&(slot as Slot)) {
-                            deliver(conn, slot, &shared, config, dirty, counters, log_limiter, &mut report);
+                            deliver(
+                                conn,
+                                slot,
+                                &shared,
+                                config,
+                                dirty,
+                                counters,
+                                log_limiter,
+                                &mut report,
+                            );
                         }
                     }
                 }
@@ -343,7 +361,10 @@ impl Core {
                 if link.send(ShardMsg::Op(op, None)).is_err() {
                     self.counters.mesh_dropped += 1;
                     self.log_limiter.warn("mesh", || {
-                        format!("shard {}'s inbox is full: operation on {target} lost", target.shard())
+                        format!(
+                            "shard {}'s inbox is full: operation on {target} lost",
+                            target.shard()
+                        )
                     });
                 }
             }
@@ -354,7 +375,8 @@ impl Core {
     pub(crate) fn apply(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(batch, reply) => {
-                let reports: Vec<PublishReport> = batch.iter().map(|o| self.publish_local(o)).collect();
+                let reports: Vec<PublishReport> =
+                    batch.iter().map(|o| self.publish_local(o)).collect();
                 if let Some(r) = reply {
                     r.send(Answer::Published(reports));
                 }
@@ -546,14 +568,16 @@ impl Core {
         let Some(conn) = self.conns.get_mut(slot as usize).filter(|c| c.id == id) else { return };
         if rate > 0 {
             let ext = conn.ext.get_or_insert_with(Default::default);
-            let limiter =
-                ext.limiter.get_or_insert_with(|| command::RateLimiter::new(now, burst));
+            let limiter = ext.limiter.get_or_insert_with(|| command::RateLimiter::new(now, burst));
             match limiter.check(now, rate, burst, after) {
                 RateDecision::Allow => {}
                 RateDecision::Refuse { notify } => {
                     self.counters.commands_rate_limited += 1;
                     if notify {
-                        self.send_control(slot, command::error(None, None, "rate limited: command dropped"));
+                        self.send_control(
+                            slot,
+                            command::error(None, None, "rate limited: command dropped"),
+                        );
                     }
                     return;
                 }
@@ -566,7 +590,13 @@ impl Core {
                     });
                     let (max, deadline) =
                         (self.config.message_bytes_max, now + self.config.close_timeout);
-                    conn.begin_close(CloseCode::Policy, "command rate exceeded", true, max, deadline);
+                    conn.begin_close(
+                        CloseCode::Policy,
+                        "command rate exceeded",
+                        true,
+                        max,
+                        deadline,
+                    );
                     mark_dirty(conn, slot as usize, &mut self.dirty);
                     return;
                 }
@@ -626,7 +656,11 @@ impl Core {
                 Ok(())
             }
             Command::SendToGroup { groups, message, exclude } => parse_ids(&exclude).map(|ex| {
-                let p = Publish { to: To::Groups(groups), exclude: ex, message: Message::text(message) };
+                let p = Publish {
+                    to: To::Groups(groups),
+                    exclude: ex,
+                    message: Message::text(message),
+                };
                 queued = Some(self.publish(p).queued);
             }),
             Command::SendToAll { message, exclude } => parse_ids(&exclude).map(|ex| {
@@ -810,7 +844,12 @@ impl Core {
         }
     }
 
-    pub(crate) fn on_write(&mut self, id: ConnId, res: io::Result<usize>, mut batch: Vec<SharedFrame>) {
+    pub(crate) fn on_write(
+        &mut self,
+        id: ConnId,
+        res: io::Result<usize>,
+        mut batch: Vec<SharedFrame>,
+    ) {
         let slot = id.slot() as usize;
         if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
             conn.writing = false;

@@ -41,10 +41,10 @@ use crate::proto::handshake;
 use conn::Phase;
 use mesh::ShardMsg;
 
-pub(crate) use self::core::{route_of, Core};
 pub use self::core::Ctx;
-pub use node::{Callbacks, ConnInfo};
+pub(crate) use self::core::{route_of, Core};
 pub(crate) use node::Node;
+pub use node::{Callbacks, ConnInfo};
 pub use reply::Pending;
 
 /// Read size for connections that are not sending: enough for a pong or a small command, so an

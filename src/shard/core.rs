@@ -22,7 +22,7 @@ use crate::metrics::Counters;
 use crate::proto::{self, CloseCode, Inbound, Message};
 use crate::route::{Bound, Joined, Left, Router, Selection, Target};
 
-use super::conn::{Conn, Phase};
+use super::conn::{Conn, Phase, Tick};
 use super::mesh::{Op, Outgoing, Query, Route, ShardMsg};
 use super::node::{Callbacks, ConnInfo, Node};
 use super::reply::{Answer, Reply};
@@ -61,6 +61,9 @@ pub(crate) struct Core {
     events: Vec<Inbound>,
     pub(crate) counters: Counters,
     pub(crate) now: Instant,
+    /// `now` as a compact shard-local tick (what connections store).
+    pub(crate) tick: Tick,
+    epoch: Instant,
     next_ping: Option<Instant>,
     ping_frame: SharedFrame,
     pub(crate) shutting_down: Option<Instant>,
@@ -182,10 +185,18 @@ impl Core {
             events: Vec::new(),
             counters: Counters::default(),
             now,
+            tick: Tick::at(now, now),
+            epoch: now,
             ping_frame: SharedFrame::new(proto::frame::ping(b"ringcast")),
             shutting_down: None,
             log_limiter: LogLimiter::default(),
         }
+    }
+
+    /// Read once per loop turn by the event loop.
+    pub(crate) fn set_now(&mut self, now: Instant) {
+        self.now = now;
+        self.tick = Tick::at(self.epoch, now);
     }
 
     /// The slot of `id` if it is an open connection of this shard (right node, shard, slot
@@ -547,10 +558,10 @@ impl Core {
     }
 
     fn close_conn(&mut self, id: ConnId, code: u16, reason: &str) {
-        let (max, deadline) = (self.config.message_bytes_max, self.now + self.config.close_timeout);
+        let max = self.config.message_bytes_max;
         let slot = id.slot() as usize;
         if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
-            conn.begin_close(CloseCode::from(code), reason, false, max, deadline);
+            conn.begin_close(CloseCode::from(code), reason, false, max);
             mark_dirty(conn, slot, &mut self.dirty);
         }
     }
@@ -584,19 +595,12 @@ impl Core {
                 RateDecision::Close => {
                     self.counters.commands_rate_limited += 1;
                     self.counters.command_flood_closes += 1;
-                    let peer = conn.peer;
+                    let max = self.config.message_bytes_max;
                     self.log_limiter.warn("flood", || {
+                        let peer = conn.peer();
                         format!("closing {id} ({peer}) with 1008: command flood over {rate}/s")
                     });
-                    let (max, deadline) =
-                        (self.config.message_bytes_max, now + self.config.close_timeout);
-                    conn.begin_close(
-                        CloseCode::Policy,
-                        "command rate exceeded",
-                        true,
-                        max,
-                        deadline,
-                    );
+                    conn.begin_close(CloseCode::Policy, "command rate exceeded", true, max);
                     mark_dirty(conn, slot as usize, &mut self.dirty);
                     return;
                 }
@@ -697,10 +701,10 @@ impl Core {
             open = self.conns.len(),
             "shutting down: closing connections with 1001"
         );
-        let (max, close_deadline) = (self.config.message_bytes_max, deadline);
+        let max = self.config.message_bytes_max;
         let Core { conns, dirty, .. } = self;
         for (slot, conn) in conns.iter_mut() {
-            conn.begin_close(CloseCode::Away, "server shutting down", false, max, close_deadline);
+            conn.begin_close(CloseCode::Away, "server shutting down", false, max);
             mark_dirty(conn, slot, dirty);
         }
     }
@@ -720,7 +724,7 @@ impl Core {
         }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         let id = ConnId::new(self.node_id, self.id, slot as Slot, self.generations[slot]);
-        entry.insert(Conn::new(id, stream, peer, self.now));
+        entry.insert(Conn::new(id, stream, self.tick));
         self.counters.connections_open += 1;
         if self.welcome {
             let text = command::welcome(&id.client_id(), self.id, id.connection_number());
@@ -755,7 +759,7 @@ impl Core {
                 return;
             }
         };
-        conn.last_rx = self.now;
+        conn.last_rx = self.tick;
         let mut out = Vec::new();
         let mut failure = None;
         if conn.phase != Phase::Dead && !conn.failed {
@@ -796,11 +800,10 @@ impl Core {
                     }
                 }
                 Inbound::Closed => {
-                    let deadline = self.now + self.config.close_timeout;
                     if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
                         if conn.phase == Phase::Open {
                             conn.phase = Phase::Closing;
-                            conn.deadline = deadline;
+                            conn.deadline = None;
                         }
                         mark_dirty(conn, slot, &mut self.dirty);
                     }
@@ -810,13 +813,12 @@ impl Core {
         self.events = events;
         if let Some(f) = failure {
             self.counters.protocol_errors += 1;
-            let (max, deadline) =
-                (self.config.message_bytes_max, self.now + self.config.close_timeout);
+            let max = self.config.message_bytes_max;
             if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
-                tracing::debug!(conn = %id, peer = %conn.peer, code = u16::from(f.code), reason = f.reason, "failing connection");
+                tracing::debug!(conn = %id, peer = %conn.peer(), code = u16::from(f.code), reason = f.reason, "failing connection");
                 // Keep what was queued before the violation (e.g. the echo of a valid message
                 // that arrived in the same read): it precedes our close frame.
-                conn.begin_close(f.code, f.reason, false, max, deadline);
+                conn.begin_close(f.code, f.reason, false, max);
                 conn.failed = true;
                 mark_dirty(conn, slot, &mut self.dirty);
             }
@@ -924,15 +926,15 @@ impl Core {
         };
         let idle_limit = self.config.ping_interval.map(|_| self.config.idle_timeout);
         let forced = self.shutting_down.is_some_and(|d| d <= now);
-        let (max, close_deadline) =
-            (self.config.message_bytes_max, now + self.config.close_timeout);
+        let max = self.config.message_bytes_max;
+        let (tick, close_timeout) = (self.tick, self.config.close_timeout);
         let Core { conns, dirty, config, counters, log_limiter, ping_frame, .. } = self;
         let mut finished = Vec::new();
         for (slot, conn) in conns.iter_mut() {
             match conn.phase {
-                Phase::Open if idle_limit.is_some_and(|l| now.duration_since(conn.last_rx) > l) => {
+                Phase::Open if idle_limit.is_some_and(|l| tick.since(conn.last_rx) > l) => {
                     counters.idle_timeouts += 1;
-                    conn.begin_close(CloseCode::Away, "idle timeout", true, max, close_deadline);
+                    conn.begin_close(CloseCode::Away, "idle timeout", true, max);
                     mark_dirty(conn, slot, dirty);
                 }
                 Phase::Open if ping => {
@@ -943,7 +945,12 @@ impl Core {
                     }
                     mark_dirty(conn, slot, dirty);
                 }
-                Phase::Closing if conn.deadline <= now || forced => conn.kill(),
+                Phase::Closing if forced => conn.kill(),
+                Phase::Closing => match conn.deadline {
+                    None => conn.deadline = Some(tick.plus(close_timeout)),
+                    Some(d) if tick.reached(d) => conn.kill(),
+                    Some(_) => {}
+                },
                 Phase::Open if forced => conn.kill(),
                 _ => {}
             }
@@ -1012,7 +1019,7 @@ fn over_budget(
         format!(
             "slow consumer {} ({}): {} bytes queued, over outbox_bytes_max {}; {action}",
             conn.id,
-            conn.peer,
+            conn.peer(),
             conn.outbox.queued_bytes(),
             config.outbox_bytes_max
         )
@@ -1021,14 +1028,7 @@ fn over_budget(
         SlowConsumerPolicy::Drop => counters.slow_consumer_drops += 1,
         SlowConsumerPolicy::Disconnect => {
             counters.slow_consumer_disconnects += 1;
-            let deadline = Instant::now() + config.close_timeout;
-            conn.begin_close(
-                CloseCode::Policy,
-                "slow consumer",
-                true,
-                config.message_bytes_max,
-                deadline,
-            );
+            conn.begin_close(CloseCode::Policy, "slow consumer", true, config.message_bytes_max);
         }
     }
 }

@@ -98,6 +98,22 @@ async fn gateway_parity_through_the_handle() {
     }
     assert_eq!(text(&mut clients[0].0).await, "y");
 
+    // A group publish goes only to shards with members: make "solo" live on one shard.
+    let solo = ids[0];
+    node.join_group(solo, g("solo")).await.unwrap();
+    let before: Vec<u64> = node.shard_metrics().iter().map(|m| m.mesh_received).collect();
+    let r = node.publish(Publish::new(To::Groups(vec![g("solo")]), "s")).await.unwrap();
+    assert_eq!(r.queued, 1);
+    assert_eq!(text(&mut clients[0].0).await, "s");
+    // Counters are published at the end of a shard's loop turn, just after it answered.
+    let received = |s: usize| node.shard_metrics()[s].mesh_received;
+    wait_until(5, "the member's shard counted the publish", || {
+        received(solo.shard()) > before[solo.shard()]
+    });
+    let other = 1 - solo.shard();
+    assert_eq!(received(other), before[other], "the shard without members was not asked");
+    node.leave_group(solo, g("solo")).await.unwrap();
+
     // Queries.
     let info = node.group(g("room")).await.unwrap();
     assert_eq!(info.count, 4);

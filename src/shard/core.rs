@@ -384,6 +384,7 @@ impl Core {
     }
 
     pub(crate) fn apply(&mut self, msg: ShardMsg) {
+        self.counters.mesh_received += 1;
         match msg {
             ShardMsg::Publish(batch, reply) => {
                 let reports: Vec<PublishReport> =

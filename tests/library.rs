@@ -40,12 +40,24 @@ async fn silent(ws: &mut Ws) {
 async fn gateway_parity_through_the_handle() {
     let node = start(Config { welcome: Some(true), ..config() });
     let addr = node.local_addr();
-    let mut clients = Vec::new();
-    for _ in 0..6 {
-        clients.push(welcomed(addr).await);
+    // Three clients on each shard (SO_REUSEPORT spreads them by hash): extra ones are dropped.
+    let (mut on0, mut on1) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let c = welcomed(addr).await;
+        match c.1.shard() {
+            0 if on0.len() < 3 => on0.push(c),
+            1 if on1.len() < 3 => on1.push(c),
+            _ => {}
+        }
+        if on0.len() == 3 && on1.len() == 3 {
+            break;
+        }
     }
+    assert_eq!((on0.len(), on1.len()), (3, 3), "clients must spread over both shards");
+    let mut clients: Vec<(Ws, ConnId)> = on0.into_iter().chain(on1).collect();
+    wait_until(5, "extra clients gone", || node.connections() == 6);
     let shards: BTreeSet<usize> = clients.iter().map(|(_, id)| id.shard()).collect();
-    assert_eq!(shards.len(), 2, "clients must spread over both shards");
+    assert_eq!(shards.len(), 2);
     let ids: Vec<ConnId> = clients.iter().map(|c| c.1).collect();
     let h = node.clone();
     let ids2 = ids.clone();

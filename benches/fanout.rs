@@ -408,6 +408,7 @@ fn start_server(cfg: &Config, sc: &Scenario, server: Server) -> Result<(Proc, So
                 "relay".into(),
                 "--max-connections".into(),
                 "16384".into(),
+                "--no-api".into(),
             ],
             envs: vec![("RUST_LOG".into(), "info".into()), ("NO_COLOR".into(), "1".into())],
             cpus: &cfg.server_cpus,

@@ -62,7 +62,7 @@ export PYTHONWARNINGS=ignore
 PORT="$("$VPY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 ADDR="127.0.0.1:$PORT"
 
-SERVER_CMD=("$BIN" serve --listen "$ADDR" --shards 1 --on-message relay
+SERVER_CMD=("$BIN" serve --listen "$ADDR" --shards 1 --on-message relay --no-api
     --max-message-bytes 16777216 --ping-interval 300s --idle-timeout 600s)
 
 SERVER_PID=""

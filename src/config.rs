@@ -145,7 +145,7 @@ pub struct Config {
     /// Read size for connections that are sending (idle connections use a tiny buffer).
     pub read_buffer_bytes: usize,
     /// Capacity of each shard's inbound cross-shard channel, in events.
-    pub mesh_capacity: usize,
+    pub inbox_events_max: usize,
     /// io_uring submission queue entries per shard.
     pub ring_entries: u32,
     /// This node's id (part of every client id); `None` generates one at start-up.
@@ -187,7 +187,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             handshakes_per_shard_max: 4096,
             read_buffer_bytes: 16 * 1024,
-            mesh_capacity: 64 * 1024,
+            inbox_events_max: 64 * 1024,
             ring_entries: 4096,
             node_id: None,
             welcome: None,

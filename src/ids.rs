@@ -111,11 +111,7 @@ impl fmt::Display for ConnId {
 
 impl fmt::Debug for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ConnId({:08x}:{}:{}:{})",
-            self.node, self.shard, self.slot, self.generation
-        )
+        write!(f, "ConnId({:08x}:{}:{}:{})", self.node, self.shard, self.slot, self.generation)
     }
 }
 
@@ -131,7 +127,8 @@ impl FromStr for ConnId {
         if s.len() != CLIENT_ID_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(BadClientId);
         }
-        let hex = |r: std::ops::Range<usize>| u32::from_str_radix(&s[r], 16).map_err(|_| BadClientId);
+        let hex =
+            |r: std::ops::Range<usize>| u32::from_str_radix(&s[r], 16).map_err(|_| BadClientId);
         Ok(ConnId {
             node: hex(0..8)?,
             shard: hex(8..12)? as u16,

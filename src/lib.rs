@@ -12,12 +12,12 @@ pub mod route;
 pub mod server;
 pub mod shard;
 
-pub use config::{Config, OnMessage, SlowConsumerPolicy};
-pub use proto::Message;
 pub use addressing::{
     Applied, ClientInfo, GroupInfo, Publish, PublishReport, RequestError, Session, Stats, To,
     UidInfo,
 };
+pub use config::{Config, OnMessage, SlowConsumerPolicy};
 pub use ids::{ConnId, GroupId, NodeId, Uid};
+pub use proto::Message;
 pub use server::{Builder, Handle, Server};
 pub use shard::{ConnInfo, Ctx, Pending};

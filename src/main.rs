@@ -117,8 +117,8 @@ struct ServeArgs {
     shutdown_timeout: Duration,
     /// Capacity of each shard's cross-shard inbox, in events; a full inbox drops events
     /// (counted as mesh_dropped).
-    #[arg(long, default_value_t = 64 * 1024)]
-    mesh_capacity: usize,
+    #[arg(long, default_value_t = 64 * 1024, alias = "mesh-capacity")]
+    inbox_events_max: usize,
     /// Allow what Workerman's seeds do: commands mode (unless --on-message is given), clients
     /// may join any group and publish to any group, to all and to any client. For trying
     /// ringcast out, never for production.
@@ -205,7 +205,8 @@ fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
 }
 
 fn parse_node_id(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s, 16).map_err(|_| format!("bad node id {s:?}: expected up to 8 hex digits"))
+    u32::from_str_radix(s, 16)
+        .map_err(|_| format!("bad node id {s:?}: expected up to 8 hex digits"))
 }
 
 impl ServeArgs {
@@ -231,7 +232,10 @@ impl ServeArgs {
                 "off" => JoinPolicy::Off,
                 "any" | "*" => JoinPolicy::Any,
                 list => JoinPolicy::Matching(
-                    list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+                    list.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
                 ),
             };
         }
@@ -278,7 +282,7 @@ impl ServeArgs {
         c.handshake_timeout = self.handshake_timeout;
         c.close_timeout = self.close_timeout;
         c.shutdown_timeout = self.shutdown_timeout;
-        c.mesh_capacity = self.mesh_capacity.max(1);
+        c.inbox_events_max = self.inbox_events_max.max(1);
         Ok(c)
     }
 }

@@ -57,6 +57,8 @@ counters! {
     slow_consumer_drops,
     /// Cross-shard events lost because the target shard's channel was full.
     mesh_dropped,
+    /// Events this shard took from its inbox (publishes, operations, queries).
+    mesh_received,
     /// Connections failed for a protocol violation (1002, 1007, 1009).
     protocol_errors,
     /// Connections closed for silence past `idle_timeout`.

@@ -309,13 +309,15 @@ impl Handle {
         if req.busy() > 0 {
             self.node.handle_mesh_dropped.fetch_add(req.busy() as u64, Ordering::Relaxed);
         }
-        req.pending(move |answers, busy| {
-            if busy > 0 {
-                Err(RequestError::Busy)
-            } else {
-                Ok(finish(answers))
-            }
-        })
+        req.pending(
+            move |answers, busy| {
+                if busy > 0 {
+                    Err(RequestError::Busy)
+                } else {
+                    Ok(finish(answers))
+                }
+            },
+        )
     }
 
     /// Dissolve a group: every member leaves it (`ungroup`). Answers the members removed.
@@ -333,10 +335,7 @@ impl Handle {
             if busy > 0 {
                 return Err(RequestError::Busy);
             }
-            Ok(answers
-                .into_iter()
-                .map(|a| if let Answer::Dissolved(n) = a { n } else { 0 })
-                .sum())
+            Ok(answers.into_iter().map(|a| if let Answer::Dissolved(n) = a { n } else { 0 }).sum())
         })
     }
 
@@ -345,31 +344,37 @@ impl Handle {
         if conn.node() != self.node.id || conn.shard() >= self.node.links.len() {
             return Pending::ready(Ok(ClientInfo::default()));
         }
-        self.query([conn.shard()], || Query::Client(conn), |answers| {
-            match answers.into_iter().next() {
+        self.query(
+            [conn.shard()],
+            || Query::Client(conn),
+            |answers| match answers.into_iter().next() {
                 Some(Answer::Client(c)) => c,
                 _ => ClientInfo::default(),
-            }
-        })
+            },
+        )
     }
 
     /// A group's members on this node and the uids bound to them.
     pub fn group(&self, group: GroupId) -> Pending<GroupInfo> {
         let shards = self.node.groups.shards(&group);
-        self.query(shards.iter(), || Query::Group(group.clone()), |answers| {
-            let mut info = GroupInfo::default();
-            let mut uids = std::collections::BTreeSet::new();
-            for a in answers {
-                if let Answer::Group { clients, uids: u } = a {
-                    info.count += clients.len() as u64;
-                    info.clients.extend(clients.iter().map(|c| c.client_id()));
-                    uids.extend(u.into_iter().map(|u| u.to_string()));
+        self.query(
+            shards.iter(),
+            || Query::Group(group.clone()),
+            |answers| {
+                let mut info = GroupInfo::default();
+                let mut uids = std::collections::BTreeSet::new();
+                for a in answers {
+                    if let Answer::Group { clients, uids: u } = a {
+                        info.count += clients.len() as u64;
+                        info.clients.extend(clients.iter().map(|c| c.client_id()));
+                        uids.extend(u.into_iter().map(|u| u.to_string()));
+                    }
                 }
-            }
-            info.clients.sort_unstable();
-            info.uids = uids.into_iter().collect();
-            info
-        })
+                info.clients.sort_unstable();
+                info.uids = uids.into_iter().collect();
+                info
+            },
+        )
     }
 
     /// Every group with at least one member on this node (from the node's directory; no
@@ -383,37 +388,45 @@ impl Handle {
     /// A uid's connections on this node (`isUidOnline`, `getClientIdByUid`).
     pub fn uid(&self, uid: Uid) -> Pending<UidInfo> {
         let shards = self.node.uids.shards(&uid);
-        self.query(shards.iter(), || Query::Uid(uid.clone()), |answers| {
-            let mut info = UidInfo::default();
-            for a in answers {
-                if let Answer::Uid(ids) = a {
-                    info.clients.extend(ids.iter().map(|c| c.client_id()));
+        self.query(
+            shards.iter(),
+            || Query::Uid(uid.clone()),
+            |answers| {
+                let mut info = UidInfo::default();
+                for a in answers {
+                    if let Answer::Uid(ids) = a {
+                        info.clients.extend(ids.iter().map(|c| c.client_id()));
+                    }
                 }
-            }
-            info.clients.sort_unstable();
-            info.online = !info.clients.is_empty();
-            info
-        })
+                info.clients.sort_unstable();
+                info.online = !info.clients.is_empty();
+                info
+            },
+        )
     }
 
     /// Totals, per shard and for the node.
     pub fn stats(&self) -> Pending<Stats> {
         let node_id = self.node.id.to_string();
         let (groups, uids) = (self.node.groups.len() as u64, self.node.uids.len() as u64);
-        self.query(0..self.shards(), || Query::Stats, move |answers| {
-            let mut shards: Vec<_> = answers
-                .into_iter()
-                .filter_map(|a| if let Answer::Stats(s) = a { Some(s) } else { None })
-                .collect();
-            shards.sort_by_key(|s| s.shard);
-            Stats {
-                node_id,
-                connections: shards.iter().map(|s| s.connections).sum(),
-                groups,
-                uids,
-                shards,
-            }
-        })
+        self.query(
+            0..self.shards(),
+            || Query::Stats,
+            move |answers| {
+                let mut shards: Vec<_> = answers
+                    .into_iter()
+                    .filter_map(|a| if let Answer::Stats(s) = a { Some(s) } else { None })
+                    .collect();
+                shards.sort_by_key(|s| s.shard);
+                Stats {
+                    node_id,
+                    connections: shards.iter().map(|s| s.connections).sum(),
+                    groups,
+                    uids,
+                    shards,
+                }
+            },
+        )
     }
 
     /// Counters summed over every shard.

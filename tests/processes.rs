@@ -34,6 +34,9 @@ fn spawn(mut cmd: Command, from_stderr: bool) -> (Proc, SocketAddr) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("HTTP API") {
+                continue;
+            }
             if let Some(addr) = line.split("listening on ").nth(1) {
                 let _ = tx.send(addr.trim().to_owned());
             }
@@ -111,8 +114,24 @@ fn serve_help_documents_every_flag() {
         "--handshake-timeout",
         "--close-timeout",
         "--shutdown-timeout",
-        "--mesh-capacity",
+        "--inbox-events-max",
         "--stats-interval",
+        "--demo",
+        "--welcome",
+        "--client-join",
+        "--client-publish-groups",
+        "--client-publish-all",
+        "--client-publish-clients",
+        "--groups-per-connection-max",
+        "--group-id-bytes-max",
+        "--commands-per-sec",
+        "--commands-burst",
+        "--session-bytes-max",
+        "--node-id",
+        "--api-listen",
+        "--api-token",
+        "--api-body-bytes-max",
+        "--no-api",
     ] {
         assert!(help.contains(flag), "{flag} missing from serve --help:\n{help}");
     }

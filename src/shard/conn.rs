@@ -1,18 +1,18 @@
 //! One WebSocket connection as its shard sees it: socket, protocol state, outbox, lifecycle.
 
-use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_uring::net::TcpStream;
 
-use crate::fanout::Outbox;
-use crate::proto::CloseCode;
-use crate::proto::Codec;
 use crate::addressing::Session;
 use crate::command::RateLimiter;
+use crate::fanout::Outbox;
 use crate::ids::ConnId;
+use crate::proto::CloseCode;
+use crate::proto::Codec;
 
 /// Where a connection is in its life. Variants name who acted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +46,10 @@ pub(crate) struct Conn {
     /// The last read filled its buffer: read with the large buffer next.
     pub(crate) big_read: bool,
     /// Anything received counts as liveness.
-    pub(crate) last_rx: Instant,
-    /// When `Closing` gives up waiting for the peer.
-    pub(crate) deadline: Instant,
-    pub(crate) peer: SocketAddr,
+    pub(crate) last_rx: Tick,
+    /// When `Closing` gives up waiting for the peer; set by the first housekeeping pass after
+    /// the close began (so at most one housekeeping interval late).
+    pub(crate) deadline: Option<Tick>,
     /// State only some connections need (a session, a command rate limiter): allocated on
     /// first use, so a plain subscriber pays one pointer.
     pub(crate) ext: Option<Box<ConnExt>>,
@@ -65,7 +65,7 @@ pub(crate) struct ConnExt {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, stream: TcpStream, peer: SocketAddr, now: Instant) -> Self {
+    pub(crate) fn new(id: ConnId, stream: TcpStream, now: Tick) -> Self {
         Conn {
             id,
             stream: Rc::new(stream),
@@ -79,8 +79,7 @@ impl Conn {
             dirty: false,
             big_read: false,
             last_rx: now,
-            deadline: now,
-            peer,
+            deadline: None,
             ext: None,
         }
     }
@@ -99,7 +98,6 @@ impl Conn {
         reason: &str,
         discard: bool,
         message_bytes_max: usize,
-        deadline: Instant,
     ) {
         if self.phase != Phase::Open {
             return;
@@ -113,7 +111,20 @@ impl Conn {
             self.outbox.push_unbounded(Bytes::from(out).into());
         }
         self.phase = Phase::Closing;
-        self.deadline = deadline;
+        self.deadline = None;
+    }
+
+    /// The peer's address, asked of the kernel (only for log lines: not stored, so an idle
+    /// connection does not pay 32 bytes for it).
+    pub(crate) fn peer(&self) -> String {
+        let fd = self.stream.as_raw_fd();
+        // SAFETY: `fd` belongs to `self.stream`, which is alive for this whole call; the
+        // borrowed descriptor is used only for getpeername and never closed through it.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        match socket2::SockRef::from(&fd).peer_addr().ok().and_then(|a| a.as_socket()) {
+            Some(a) => a.to_string(),
+            None => "unknown peer".to_owned(),
+        }
     }
 
     /// Shut the socket down both ways so in-flight operations complete, and mark it dead.
@@ -127,5 +138,56 @@ impl Conn {
     /// Whether the slot can be freed.
     pub(crate) fn is_finished(&self) -> bool {
         self.phase == Phase::Dead && !self.reading && !self.writing
+    }
+}
+
+/// A shard-local time: milliseconds since the shard started, in 32 bits (wrapping after 49
+/// days). Compared with wrapping arithmetic, so intervals shorter than 24 days are exact; a
+/// connection stores two of these instead of two 16-byte `Instant`s.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Tick(u32);
+
+impl Tick {
+    /// `now` as seen from `epoch`.
+    pub(crate) fn at(epoch: Instant, now: Instant) -> Tick {
+        Tick(now.saturating_duration_since(epoch).as_millis() as u64 as u32)
+    }
+
+    /// This tick plus `d` (capped at 24 days).
+    pub(crate) fn plus(self, d: Duration) -> Tick {
+        Tick(self.0.wrapping_add(d.as_millis().min(i32::MAX as u128) as u32))
+    }
+
+    /// Time from `earlier` to this tick.
+    pub(crate) fn since(self, earlier: Tick) -> Duration {
+        Duration::from_millis(u64::from(self.0.wrapping_sub(earlier.0)))
+    }
+
+    /// Whether this tick is at or past `deadline`.
+    pub(crate) fn reached(self, deadline: Tick) -> bool {
+        (self.0.wrapping_sub(deadline.0) as i32) >= 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_compare_across_the_wrap() {
+        let near_wrap = Tick(u32::MAX - 5);
+        let later = near_wrap.plus(Duration::from_millis(10));
+        assert_eq!(later, Tick(4));
+        assert!(later.reached(near_wrap));
+        assert!(!near_wrap.reached(later));
+        assert_eq!(later.since(near_wrap), Duration::from_millis(10));
+        let epoch = Instant::now();
+        assert_eq!(Tick::at(epoch, epoch + Duration::from_secs(3)), Tick(3000));
+    }
+
+    #[test]
+    fn a_connection_stays_small() {
+        // Idle memory per connection is a goal (docs in results/): keep the struct compact.
+        assert!(std::mem::size_of::<Conn>() <= 112, "{}", std::mem::size_of::<Conn>());
     }
 }

@@ -22,7 +22,7 @@ use crate::metrics::Counters;
 use crate::proto::{self, CloseCode, Inbound, Message};
 use crate::route::{Bound, Joined, Left, Router, Selection, Target};
 
-use super::conn::{Conn, Phase};
+use super::conn::{Conn, Phase, Tick};
 use super::mesh::{Op, Outgoing, Query, Route, ShardMsg};
 use super::node::{Callbacks, ConnInfo, Node};
 use super::reply::{Answer, Reply};
@@ -61,6 +61,9 @@ pub(crate) struct Core {
     events: Vec<Inbound>,
     pub(crate) counters: Counters,
     pub(crate) now: Instant,
+    /// `now` as a compact shard-local tick (what connections store).
+    pub(crate) tick: Tick,
+    epoch: Instant,
     next_ping: Option<Instant>,
     ping_frame: SharedFrame,
     pub(crate) shutting_down: Option<Instant>,
@@ -182,10 +185,18 @@ impl Core {
             events: Vec::new(),
             counters: Counters::default(),
             now,
+            tick: Tick::at(now, now),
+            epoch: now,
             ping_frame: SharedFrame::new(proto::frame::ping(b"ringcast")),
             shutting_down: None,
             log_limiter: LogLimiter::default(),
         }
+    }
+
+    /// Read once per loop turn by the event loop.
+    pub(crate) fn set_now(&mut self, now: Instant) {
+        self.now = now;
+        self.tick = Tick::at(self.epoch, now);
     }
 
     /// The slot of `id` if it is an open connection of this shard (right node, shard, slot
@@ -265,12 +276,30 @@ impl Core {
                 let Core { conns, dirty, config, counters, log_limiter, .. } = self;
                 if excluded.is_empty() {
                     for (slot, conn) in conns.iter_mut() {
-                        deliver(conn, slot, &shared, config, dirty, counters, log_limiter, &mut report);
+                        deliver(
+                            conn,
+                            slot,
+                            &shared,
+                            config,
+                            dirty,
+                            counters,
+                            log_limiter,
+                            &mut report,
+                        );
                     }
                 } else {
                     for (slot, conn) in conns.iter_mut() {
                         if !excluded.contains(&(slot as Slot)) {
-                            deliver(conn, slot, &shared, config, dirty, counters, log_limiter, &mut report);
+                            deliver(
+                                conn,
+                                slot,
+                                &shared,
+                                config,
+                                dirty,
+                                counters,
+                                log_limiter,
+                                &mut report,
+                            );
                         }
                     }
                 }
@@ -343,7 +372,10 @@ impl Core {
                 if link.send(ShardMsg::Op(op, None)).is_err() {
                     self.counters.mesh_dropped += 1;
                     self.log_limiter.warn("mesh", || {
-                        format!("shard {}'s inbox is full: operation on {target} lost", target.shard())
+                        format!(
+                            "shard {}'s inbox is full: operation on {target} lost",
+                            target.shard()
+                        )
                     });
                 }
             }
@@ -352,9 +384,11 @@ impl Core {
     }
 
     pub(crate) fn apply(&mut self, msg: ShardMsg) {
+        self.counters.mesh_received += 1;
         match msg {
             ShardMsg::Publish(batch, reply) => {
-                let reports: Vec<PublishReport> = batch.iter().map(|o| self.publish_local(o)).collect();
+                let reports: Vec<PublishReport> =
+                    batch.iter().map(|o| self.publish_local(o)).collect();
                 if let Some(r) = reply {
                     r.send(Answer::Published(reports));
                 }
@@ -525,10 +559,10 @@ impl Core {
     }
 
     fn close_conn(&mut self, id: ConnId, code: u16, reason: &str) {
-        let (max, deadline) = (self.config.message_bytes_max, self.now + self.config.close_timeout);
+        let max = self.config.message_bytes_max;
         let slot = id.slot() as usize;
         if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
-            conn.begin_close(CloseCode::from(code), reason, false, max, deadline);
+            conn.begin_close(CloseCode::from(code), reason, false, max);
             mark_dirty(conn, slot, &mut self.dirty);
         }
     }
@@ -546,27 +580,28 @@ impl Core {
         let Some(conn) = self.conns.get_mut(slot as usize).filter(|c| c.id == id) else { return };
         if rate > 0 {
             let ext = conn.ext.get_or_insert_with(Default::default);
-            let limiter =
-                ext.limiter.get_or_insert_with(|| command::RateLimiter::new(now, burst));
+            let limiter = ext.limiter.get_or_insert_with(|| command::RateLimiter::new(now, burst));
             match limiter.check(now, rate, burst, after) {
                 RateDecision::Allow => {}
                 RateDecision::Refuse { notify } => {
                     self.counters.commands_rate_limited += 1;
                     if notify {
-                        self.send_control(slot, command::error(None, None, "rate limited: command dropped"));
+                        self.send_control(
+                            slot,
+                            command::error(None, None, "rate limited: command dropped"),
+                        );
                     }
                     return;
                 }
                 RateDecision::Close => {
                     self.counters.commands_rate_limited += 1;
                     self.counters.command_flood_closes += 1;
-                    let peer = conn.peer;
+                    let max = self.config.message_bytes_max;
                     self.log_limiter.warn("flood", || {
+                        let peer = conn.peer();
                         format!("closing {id} ({peer}) with 1008: command flood over {rate}/s")
                     });
-                    let (max, deadline) =
-                        (self.config.message_bytes_max, now + self.config.close_timeout);
-                    conn.begin_close(CloseCode::Policy, "command rate exceeded", true, max, deadline);
+                    conn.begin_close(CloseCode::Policy, "command rate exceeded", true, max);
                     mark_dirty(conn, slot as usize, &mut self.dirty);
                     return;
                 }
@@ -626,7 +661,11 @@ impl Core {
                 Ok(())
             }
             Command::SendToGroup { groups, message, exclude } => parse_ids(&exclude).map(|ex| {
-                let p = Publish { to: To::Groups(groups), exclude: ex, message: Message::text(message) };
+                let p = Publish {
+                    to: To::Groups(groups),
+                    exclude: ex,
+                    message: Message::text(message),
+                };
                 queued = Some(self.publish(p).queued);
             }),
             Command::SendToAll { message, exclude } => parse_ids(&exclude).map(|ex| {
@@ -663,10 +702,10 @@ impl Core {
             open = self.conns.len(),
             "shutting down: closing connections with 1001"
         );
-        let (max, close_deadline) = (self.config.message_bytes_max, deadline);
+        let max = self.config.message_bytes_max;
         let Core { conns, dirty, .. } = self;
         for (slot, conn) in conns.iter_mut() {
-            conn.begin_close(CloseCode::Away, "server shutting down", false, max, close_deadline);
+            conn.begin_close(CloseCode::Away, "server shutting down", false, max);
             mark_dirty(conn, slot, dirty);
         }
     }
@@ -686,7 +725,7 @@ impl Core {
         }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         let id = ConnId::new(self.node_id, self.id, slot as Slot, self.generations[slot]);
-        entry.insert(Conn::new(id, stream, peer, self.now));
+        entry.insert(Conn::new(id, stream, self.tick));
         self.counters.connections_open += 1;
         if self.welcome {
             let text = command::welcome(&id.client_id(), self.id, id.connection_number());
@@ -721,7 +760,7 @@ impl Core {
                 return;
             }
         };
-        conn.last_rx = self.now;
+        conn.last_rx = self.tick;
         let mut out = Vec::new();
         let mut failure = None;
         if conn.phase != Phase::Dead && !conn.failed {
@@ -762,11 +801,10 @@ impl Core {
                     }
                 }
                 Inbound::Closed => {
-                    let deadline = self.now + self.config.close_timeout;
                     if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
                         if conn.phase == Phase::Open {
                             conn.phase = Phase::Closing;
-                            conn.deadline = deadline;
+                            conn.deadline = None;
                         }
                         mark_dirty(conn, slot, &mut self.dirty);
                     }
@@ -776,13 +814,12 @@ impl Core {
         self.events = events;
         if let Some(f) = failure {
             self.counters.protocol_errors += 1;
-            let (max, deadline) =
-                (self.config.message_bytes_max, self.now + self.config.close_timeout);
+            let max = self.config.message_bytes_max;
             if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
-                tracing::debug!(conn = %id, peer = %conn.peer, code = u16::from(f.code), reason = f.reason, "failing connection");
+                tracing::debug!(conn = %id, peer = %conn.peer(), code = u16::from(f.code), reason = f.reason, "failing connection");
                 // Keep what was queued before the violation (e.g. the echo of a valid message
                 // that arrived in the same read): it precedes our close frame.
-                conn.begin_close(f.code, f.reason, false, max, deadline);
+                conn.begin_close(f.code, f.reason, false, max);
                 conn.failed = true;
                 mark_dirty(conn, slot, &mut self.dirty);
             }
@@ -810,7 +847,12 @@ impl Core {
         }
     }
 
-    pub(crate) fn on_write(&mut self, id: ConnId, res: io::Result<usize>, mut batch: Vec<SharedFrame>) {
+    pub(crate) fn on_write(
+        &mut self,
+        id: ConnId,
+        res: io::Result<usize>,
+        mut batch: Vec<SharedFrame>,
+    ) {
         let slot = id.slot() as usize;
         if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
             conn.writing = false;
@@ -885,15 +927,15 @@ impl Core {
         };
         let idle_limit = self.config.ping_interval.map(|_| self.config.idle_timeout);
         let forced = self.shutting_down.is_some_and(|d| d <= now);
-        let (max, close_deadline) =
-            (self.config.message_bytes_max, now + self.config.close_timeout);
+        let max = self.config.message_bytes_max;
+        let (tick, close_timeout) = (self.tick, self.config.close_timeout);
         let Core { conns, dirty, config, counters, log_limiter, ping_frame, .. } = self;
         let mut finished = Vec::new();
         for (slot, conn) in conns.iter_mut() {
             match conn.phase {
-                Phase::Open if idle_limit.is_some_and(|l| now.duration_since(conn.last_rx) > l) => {
+                Phase::Open if idle_limit.is_some_and(|l| tick.since(conn.last_rx) > l) => {
                     counters.idle_timeouts += 1;
-                    conn.begin_close(CloseCode::Away, "idle timeout", true, max, close_deadline);
+                    conn.begin_close(CloseCode::Away, "idle timeout", true, max);
                     mark_dirty(conn, slot, dirty);
                 }
                 Phase::Open if ping => {
@@ -904,7 +946,12 @@ impl Core {
                     }
                     mark_dirty(conn, slot, dirty);
                 }
-                Phase::Closing if conn.deadline <= now || forced => conn.kill(),
+                Phase::Closing if forced => conn.kill(),
+                Phase::Closing => match conn.deadline {
+                    None => conn.deadline = Some(tick.plus(close_timeout)),
+                    Some(d) if tick.reached(d) => conn.kill(),
+                    Some(_) => {}
+                },
                 Phase::Open if forced => conn.kill(),
                 _ => {}
             }
@@ -973,7 +1020,7 @@ fn over_budget(
         format!(
             "slow consumer {} ({}): {} bytes queued, over outbox_bytes_max {}; {action}",
             conn.id,
-            conn.peer,
+            conn.peer(),
             conn.outbox.queued_bytes(),
             config.outbox_bytes_max
         )
@@ -982,14 +1029,7 @@ fn over_budget(
         SlowConsumerPolicy::Drop => counters.slow_consumer_drops += 1,
         SlowConsumerPolicy::Disconnect => {
             counters.slow_consumer_disconnects += 1;
-            let deadline = Instant::now() + config.close_timeout;
-            conn.begin_close(
-                CloseCode::Policy,
-                "slow consumer",
-                true,
-                config.message_bytes_max,
-                deadline,
-            );
+            conn.begin_close(CloseCode::Policy, "slow consumer", true, config.message_bytes_max);
         }
     }
 }

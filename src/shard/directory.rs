@@ -63,7 +63,16 @@ impl ShardSet {
 
     /// Shard indices in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..SHARDS_MAX).filter(move |i| self.contains(*i))
+        self.0.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let b = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    w * 64 + b
+                })
+            })
+        })
     }
 }
 

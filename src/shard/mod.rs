@@ -41,15 +41,16 @@ use crate::proto::handshake;
 use conn::Phase;
 use mesh::ShardMsg;
 
-pub(crate) use self::core::{route_of, Core};
 pub use self::core::Ctx;
-pub use node::{Callbacks, ConnInfo};
+pub(crate) use self::core::{route_of, Core};
 pub(crate) use node::Node;
+pub use node::{Callbacks, ConnInfo};
 pub use reply::Pending;
 
-/// Read size for connections that are not sending: enough for a pong or a small command, so an
-/// idle connection's pending read pins 64 bytes, not a page.
-pub(crate) const IDLE_READ_BYTES: usize = 64;
+/// Read size for connections that are not sending: enough for a pong to our 8-byte ping (14
+/// bytes), so an idle connection's pending read pins 16 bytes, not a page. A read that fills it
+/// switches the connection to `read_buffer_bytes` until it goes quiet again.
+pub(crate) const IDLE_READ_BYTES: usize = 16;
 /// Accepts kept in flight per shard.
 const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Mesh events applied per wake-up before the loop lets I/O progress.
@@ -106,7 +107,7 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     let mut links = Vec::with_capacity(shards);
     let mut inboxes = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let (link, rx, efd) = mesh::link(config.mesh_capacity)?;
+        let (link, rx, efd) = mesh::link(config.inbox_events_max)?;
         links.push(link);
         inboxes.push((rx, efd));
     }
@@ -336,7 +337,7 @@ async fn run(
     poll_fn(|cx| {
         loop {
             let mut progress = false;
-            core.now = Instant::now();
+            core.set_now(Instant::now());
 
             // Cross-shard events: clear the signal, then drain a bounded batch.
             if let Poll::Ready((res, buf)) = wake_fut.as_mut().poll(cx) {

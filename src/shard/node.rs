@@ -124,7 +124,8 @@ impl Node {
             let reply = request.as_deref_mut().map(Request::reply);
             if let Err(msg) = self.links[i].try_send(ShardMsg::Publish(batch.clone(), reply)) {
                 missed += 1;
-                if let (Some(req), ShardMsg::Publish(_, Some(reply))) = (request.as_deref_mut(), msg)
+                if let (Some(req), ShardMsg::Publish(_, Some(reply))) =
+                    (request.as_deref_mut(), msg)
                 {
                     req.mark_busy(reply);
                 }

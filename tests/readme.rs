@@ -1,0 +1,156 @@
+//! The README's push session, as written: `ringcast serve --demo`, the `ws_client` example
+//! joining group 123, then the curl pushes (seed form to the group, to one client, to everyone,
+//! and the JSON API), and the group query. Real binary, real example client, real HTTP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's stream, on a channel.
+fn lines(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(rx: &Receiver<String>, what: &str) -> String {
+    rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no line: {what}"))
+}
+
+/// `curl URL` (GET, or POST with a JSON body): the status and the body.
+fn curl(addr: SocketAddr, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = json.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    // Chunked or not, the JSON object is the part between the outer braces.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) => body[a..=b].to_owned(),
+        _ => body,
+    };
+    (status, body)
+}
+
+fn example_binary(name: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build --example");
+    assert!(status.success());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
+    format!("{target}/debug/examples/{name}")
+}
+
+#[test]
+fn the_readme_push_session_works_as_written() {
+    // The README runs `ringcast serve --demo` on 2020/2021; the test takes free ports.
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+        .args(["--shards", "2", "--no-pin"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = lines(daemon.stderr.take().unwrap());
+    let _daemon = Proc(daemon);
+    let (mut ws_addr, mut api_addr) = (None, None);
+    while ws_addr.is_none() || api_addr.is_none() {
+        let line = next_line(&log, "daemon listening");
+        if let Some(a) = line.split("listening on ").nth(1) {
+            let a: SocketAddr = a.trim().parse().unwrap();
+            if line.contains("HTTP API") {
+                api_addr = Some(a);
+            } else {
+                ws_addr = Some(a);
+            }
+        }
+    }
+    let (ws_addr, api) = (ws_addr.unwrap(), api_addr.unwrap());
+    std::thread::spawn(move || while log.recv().is_ok() {});
+
+    let mut client = Command::new(example_binary("ws_client"))
+        .args([
+            "--for",
+            "20s",
+            &format!("ws://{ws_addr}/"),
+            r#"{"cmd":"add_group","group_id":"123"}"#,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = lines(client.stdout.take().unwrap());
+    let _client = Proc(client);
+    let welcome: serde_json::Value =
+        serde_json::from_str(&next_line(&out, "welcome")).expect("welcome is JSON");
+    assert_eq!(welcome["type"], "welcome");
+    let id = welcome["client_id"].as_str().unwrap().to_owned();
+
+    // The join is applied before the client's next frame; wait until the API sees it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = curl(api, "GET", "/api/groups/123", None);
+        if status == 200 && body.contains(&id) {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["count"], 1, "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "join never showed: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (status, body) = curl(api, "GET", "/?content=hello+group&to_group=123", None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["queued"], 1, "{body}");
+    assert_eq!(next_line(&out, "group push"), "hello group");
+
+    let (status, body) = curl(api, "GET", &format!("/?content=hello+you&to_client_id={id}"), None);
+    assert_eq!((status, body.contains("\"queued\":1")), (200, true), "{body}");
+    assert_eq!(next_line(&out, "client push"), "hello you");
+
+    let (status, _) = curl(api, "GET", "/?content=hello+everyone", None);
+    assert_eq!(status, 200);
+    assert_eq!(next_line(&out, "broadcast"), "hello everyone");
+
+    let publish = r#"{"data":"hi","to":{"groups":["123"]},"exclude":[]}"#;
+    let (status, body) = curl(api, "POST", "/api/publish", Some(publish));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"queued\":1"), "{body}");
+    assert_eq!(next_line(&out, "JSON publish"), "hi");
+
+    // A push that reaches nobody says so.
+    let (status, body) = curl(api, "GET", "/?content=x&to_group=empty", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("\"queued\":0"), "{body}");
+}

@@ -739,7 +739,7 @@ async fn stats_metrics_and_healthz() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_shard_answers_503() {
     let node = Server::builder()
-        .config(Config { mesh_capacity: 1, ..node_config() })
+        .config(Config { inbox_events_max: 1, ..node_config() })
         .on_message(|_, _, _| std::thread::sleep(Duration::from_millis(1500)))
         .start()
         .unwrap();

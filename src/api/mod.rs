@@ -53,8 +53,10 @@ pub struct ApiConfig {
     /// Open HTTP connections at once; past it, accepting waits for one to close (the kernel's
     /// backlog holds the rest). Bounded so a connection flood cannot exhaust descriptors.
     pub connections_max: usize,
-    /// Time a client has to send a request's headers (slowloris bound); also the longest a
-    /// keep-alive connection may sit idle between requests.
+    /// Time a client has to send a request's headers (slowloris bound: auth is checked only
+    /// once the headers are in); also the longest a keep-alive connection may sit idle between
+    /// requests (hyper starts this timer as soon as it waits for the next request head). 60 s:
+    /// longer than most publishers leave a pooled connection idle.
     pub header_read_timeout: Duration,
     /// Time [`ApiServer::shutdown`] lets in-flight requests finish before dropping them.
     pub shutdown_timeout: Duration,
@@ -69,7 +71,7 @@ impl Default for ApiConfig {
             shard_timeout: Duration::from_secs(5),
             group_id_bytes_max: 128,
             connections_max: 1024,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -195,7 +197,7 @@ async fn serve(
     // Tokio wakes its driver (an eventfd write) whenever a timer is registered ahead of the
     // wheel's next known expiry, which with an empty wheel is every time: hyper's per-request
     // header timer would cost a syscall per request. A timer that is always pending, at most
-    // 1 s away, keeps those registrations (10 s out) behind it. Idle cost: one wake-up a second.
+    // 1 s away, keeps those registrations (60 s out) behind it. Idle cost: one wake-up a second.
     tokio::spawn(async {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -500,10 +500,16 @@ fn report(
     out.push_str(&format!("Command: `{cmd}`\n\n"));
     out.push_str(&format!(
         "Machine: {} CPUs available, {cpu_model}, Linux {}. Server (ringcast's one shard, its API thread, \
-         and the baseline) on CPU {server_cpu}; client on CPU {}.\n\n",
+         and the baseline) on CPU {server_cpu}; client on CPU {}. Load average (1 min) when \
+         the run ended: {} (other work on the machine shows here; anything above the bench's \
+         own ~1.5 competes for the same two CPUs).\n\n",
         parallelism,
         kernel.trim(),
         client_cpu.map_or("(unpinned)".to_owned(), |c| c.to_string()),
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| "?".into()),
     ));
     out.push_str(&format!(
         "Closed loop: {conns} keep-alive HTTP/1.1 connections, each writing one request (or 16, \

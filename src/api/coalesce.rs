@@ -9,8 +9,10 @@
 //! answered within 1 ms (a stalled shard) stops holding the next one back, so one slow shard
 //! cannot slow the others down by more than that.
 //!
-//! The cost of sharing a batch: `shards_missed` counts the shards of the batch whose inbox was
-//! full, which may include a shard that held no recipient of this particular publish.
+//! The cost of sharing a batch: a publish's answer waits for every shard its batch went to (a
+//! shard stuck in a long callback delays the answers of the publishes that travelled with one
+//! for it, not their delivery elsewhere), and `shards_missed` counts the shards of the batch
+//! whose inbox was full, which may include a shard that held no recipient of this publish.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};

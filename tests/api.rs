@@ -493,6 +493,9 @@ async fn seed_003_forms() {
     }
     let r = h.post("/?content=x", json!({"content": "x"})).await;
     assert_eq!(r.status, 415);
+    // A HEAD probe does not publish.
+    let r = h.client.head(format!("{}/?content=probe", h.base)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
     // A stale pair (no such connection) reaches nobody.
     let r = h.get(&format!("/?to_worker_id={}&to_connection_id=999&content=x", b.worker)).await;
     assert_eq!(r.body["queued"], 0);

@@ -134,6 +134,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message)
     }
 
+    /// 405.
+    pub fn method_not_allowed(message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorKind::MethodNotAllowed, message)
+    }
+
     /// 409.
     pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
         ApiError::new(StatusCode::CONFLICT, ErrorKind::Conflict, message)

@@ -201,6 +201,10 @@ fn reports_json(reports: &[PublishReport], batch: bool) -> Response {
 
 /// `GET|POST /?content=..[&to_client_id=..|&to_worker_id=..&to_connection_id=..|&to_group=..]`
 async fn seed(State(s): St, req: Request) -> Answer {
+    if req.method() == Method::HEAD {
+        // axum routes HEAD to GET handlers; a probe must not publish.
+        return Err(ApiError::method_not_allowed("HEAD / does not publish: use GET or POST"));
+    }
     let mut params = SeedParams::default();
     params.extend(req.uri().query().unwrap_or("").as_bytes());
     if req.method() == Method::POST {

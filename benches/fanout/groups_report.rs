@@ -268,8 +268,8 @@ fn opt(v: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
 
 /// A cell for a server that did not produce a measurement.
 fn not_measured(run: &Value) -> Option<String> {
-    if let Some(s) = run.get("skipped").and_then(Value::as_str) {
-        return Some(format!("not run: {}", s.replace('|', "\\|")));
+    if run.get("skipped").is_some() {
+        return Some("not run (see below)".into());
     }
     if let Some(e) = run.get("error").and_then(Value::as_str) {
         return Some(format!("error: {}", e.lines().next().unwrap_or("").replace('|', "\\|")));
@@ -318,8 +318,16 @@ fn best_f(run: &Value, ptr: &str) -> Option<f64> {
     f(best(run)?, ptr)
 }
 
+/// A field of the report's top level: the best step, or the last one when none met the bound.
+fn top_f(run: &Value, ptr: &str) -> Option<f64> {
+    f(report(run)?, ptr)
+}
+
 /// The steps of a run as `rate→p99` pairs.
 fn steps_line(run: &Value) -> String {
+    if let Some(why) = run.get("skipped").and_then(Value::as_str) {
+        return format!("not run: {why}");
+    }
     if let Some(n) = not_measured(run) {
         return n;
     }
@@ -447,7 +455,7 @@ pub fn markdown(inp: &MdInput<'_>) -> String {
             if sc.publish == PublishPath::Ws {
                 return "n/a".to_string();
             }
-            opt(best_f(run, "/http/errors"), |v| format!("{v:.0}"))
+            opt(top_f(run, "/http/errors"), |v| format!("{v:.0}"))
         };
         let _ = writeln!(
             w,
@@ -459,18 +467,37 @@ pub fn markdown(inp: &MdInput<'_>) -> String {
             rate_cell(b, sc.max_steps, "deliveries"),
             lat_cell(r),
             lat_cell(b),
-            opt(best_f(r, "/lost"), |v| format!("{v:.0}")),
-            opt(best_f(b, "/lost"), |v| format!("{v:.0}")),
+            opt(top_f(r, "/lost"), |v| format!("{v:.0}")),
+            opt(top_f(b, "/lost"), |v| format!("{v:.0}")),
             http_errs(r),
             http_errs(b),
         );
+    }
+    // Why some cells are empty, once each.
+    let mut reasons: Vec<String> = Vec::new();
+    for (_, d) in inp.docs {
+        for server in ["ringcast", "baseline"] {
+            if let Some(why) = d.as_ref().and_then(|d| d[server].get("skipped")?.as_str()) {
+                let line = format!("{server}: {why}");
+                if !reasons.contains(&line) {
+                    reasons.push(line);
+                }
+            }
+        }
+    }
+    if !reasons.is_empty() {
+        let _ = writeln!(w, "\nNot run:\n");
+        for r in &reasons {
+            let _ = writeln!(w, "- {r}");
+        }
     }
     let _ = writeln!(
         w,
         "\nPublishes/s = messages the publishers sent during the best step ÷ the step's length; \
          deliveries/s = messages received by subscribers ÷ the time from the step's start to its \
          last delivery. \"≥ … (step limit)\": the server met the bound at every step, so its \
-         maximum is higher. HTTP non-2xx counts refused pushes (the load generator checks every \
+         maximum is higher. Lost and HTTP non-2xx are those of the best step (of the last step \
+         when none met the bound). HTTP non-2xx counts refused pushes (the load generator checks every \
          response); they would show up as losses too.\n"
     );
 

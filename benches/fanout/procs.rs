@@ -405,7 +405,7 @@ pub fn cargo_build(
     let mut all = vec!["build", "--release"];
     all.extend_from_slice(args);
     let line = format!("{cargo} {}", all.join(" "));
-    eprintln!("fanout: {line}");
+    eprintln!("bench: {line}");
     let t0 = Instant::now();
     let status = Command::new(cargo)
         .args(&all)
@@ -417,7 +417,7 @@ pub fn cargo_build(
     if !status.success() {
         bail!("{line} failed: {status}");
     }
-    eprintln!("fanout: built in {:.1}s", t0.elapsed().as_secs_f64());
+    eprintln!("bench: built in {:.1}s", t0.elapsed().as_secs_f64());
     Ok(line)
 }
 

@@ -513,10 +513,11 @@ pub fn markdown(inp: &MdInput<'_>) -> String {
     let _ = writeln!(w, "### CPU and noise\n");
     let _ = writeln!(
         w,
-        "| Scenario | server | server CPU (of one core) | irq+softirq on server CPU | other processes on \
-         server / load generator CPUs | load generator cores used (best step) | server peak RSS |"
+        "| Scenario | server | server CPU (of one core) | server CPU µs per delivery | irq+softirq on \
+         server CPU | other processes on server / load generator CPUs | load generator cores used \
+         (best step) | server peak RSS |"
     );
-    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (sc, d) in inp.docs {
         let Some(d) = d else { continue };
         for server in ["ringcast", "baseline"] {
@@ -524,11 +525,21 @@ pub fn markdown(inp: &MdInput<'_>) -> String {
             if not_measured(run).is_some() {
                 continue;
             }
+            // Every measured step's deliveries (warm-up excluded, so this overstates the cost a
+            // little: connecting and warming up cost CPU too).
+            let delivered: Option<f64> = report(run)
+                .and_then(|r| r.pointer("/find_max/steps")?.as_array())
+                .map(|steps| steps.iter().filter_map(|s| f(s, "/received")).sum());
+            let per_delivery = match (f(run, "/server_cpu_s"), delivered) {
+                (Some(c), Some(d)) if d > 0.0 => Some(c / d * 1e6),
+                _ => None,
+            };
             let _ = writeln!(
                 w,
-                "| {} | {server} | {} | {} | {} / {} cores | {} | {} |",
+                "| {} | {server} | {} | {} | {} | {} / {} cores | {} | {} |",
                 sc.name,
                 opt(f(run, "/server_cpu_util"), |v| format!("{:.0} %", v * 100.0)),
+                opt(per_delivery, |v| format!("{v:.1}")),
                 opt(f(run, "/server_cpus_load/irq_cores"), |v| format!("{v:.2} cores")),
                 opt(f(run, "/server_cpus_load/other_processes_cores"), |v| format!("{v:.2}")),
                 opt(f(run, "/loadgen_cpus_load/other_processes_cores"), |v| format!("{v:.2}")),
@@ -563,7 +574,8 @@ pub fn markdown(inp: &MdInput<'_>) -> String {
          step misses the bound, the search is retried once from a tenth of the start rate.\n\
          - The machine is shared with other work: \"other processes\" above is CPU time used on \
          those CPUs by anything but the measured process; well above zero means the figure is less \
-         reliable.\n",
+         reliable. Server CPU per delivery (utime + stime over the load generator's whole life ÷ \
+         deliveries in all measured steps) is the figure least affected by such noise.\n",
         cap = crate::baseline::CHANNEL_CAPACITY
     );
 

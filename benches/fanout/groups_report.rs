@@ -107,7 +107,7 @@ pub fn all(quick: bool) -> Vec<Scenario> {
     let (subs, groups, step_s, warmup_s, drain_s, start_rate, factor, max_steps) = if quick {
         (2_000, 200, 1.0, 0.5, 1.0, 500.0, 2.0, 6)
     } else {
-        (10_000, 1_000, 3.0, 1.0, 2.0, 1_000.0, 1.5, 14)
+        (10_000, 1_000, 3.0, 1.0, 2.0, 1_000.0, 1.25, 20)
     };
     [
         ("groups-ws", PublishPath::Ws),

@@ -668,6 +668,28 @@ pub fn validate(path: &Path, sc: &Scenario) -> Vec<String> {
                 == Some(sc.subscribers as u64),
             &format!("{server}: not every subscriber connected"),
         );
+        // Protocol problems rather than overload: the server refused joins or publishes, or
+        // refused HTTP pushes even at the lowest rate (wrong form, auth, missing endpoint).
+        let replies = |k: &str| run.pointer(&format!("/report/groups/{k}")).and_then(Value::as_u64);
+        need(
+            replies("error_replies_subscribers") == Some(0)
+                && replies("error_replies_publishers") == Some(0),
+            &format!(
+                "{server}: the server sent error replies: {}",
+                run.pointer("/report/groups/first_error").and_then(Value::as_str).unwrap_or("?")
+            ),
+        );
+        if sc.publish != PublishPath::Ws {
+            let first = run.pointer("/report/find_max/steps/0");
+            let errs = first.and_then(|s| s.pointer("/http/errors")).and_then(Value::as_u64);
+            need(
+                errs == Some(0),
+                &format!(
+                    "{server}: HTTP pushes refused at the lowest rate (statuses {})",
+                    first.and_then(|s| s.pointer("/http/status")).unwrap_or(&Value::Null)
+                ),
+            );
+        }
     }
     problems
 }

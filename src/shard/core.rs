@@ -81,7 +81,11 @@ pub(crate) struct Core {
     /// `now` as a compact shard-local tick (what connections store).
     pub(crate) tick: Tick,
     epoch: Instant,
-    next_ping: Option<Instant>,
+    /// Housekeeping passes so far: pass `n` pings the connections whose slot is `n` modulo
+    /// `ping_buckets`, so pings (and the pongs they draw) are spread over the ping interval
+    /// instead of hitting every connection, and the loopback, in the same millisecond.
+    housekeeping_passes: u64,
+    ping_buckets: u64,
     ping_frame: SharedFrame,
     pub(crate) shutting_down: Option<Instant>,
     pub(crate) log_limiter: LogLimiter,
@@ -189,7 +193,11 @@ impl Core {
         Core {
             id,
             node_id: node.id,
-            next_ping: config.ping_interval.map(|p| now + p),
+            housekeeping_passes: 0,
+            ping_buckets: config
+                .ping_interval
+                .map_or(1, |p| (p.as_millis() / super::HOUSEKEEPING_INTERVAL.as_millis()).max(1))
+                as u64,
             config,
             node,
             callbacks,
@@ -969,13 +977,10 @@ impl Core {
             self.shrink_to_fit();
             give_memory_back();
         }
-        let ping = match self.next_ping {
-            Some(at) if at <= now => {
-                self.next_ping = self.config.ping_interval.map(|p| now + p);
-                true
-            }
-            _ => false,
-        };
+        self.housekeeping_passes += 1;
+        let pinging = self.config.ping_interval.is_some();
+        let ping_bucket = (self.housekeeping_passes % self.ping_buckets) as usize;
+        let buckets = self.ping_buckets as usize;
         let idle_limit = self.config.ping_interval.map(|_| self.config.idle_timeout);
         let forced = self.shutting_down.is_some_and(|d| d <= now);
         let max = self.config.message_bytes_max;
@@ -989,7 +994,7 @@ impl Core {
                     conn.begin_close(CloseCode::Away, "idle timeout", true, max);
                     mark_dirty(conn, slot, dirty);
                 }
-                Phase::Open if ping => {
+                Phase::Open if pinging && slot % buckets == ping_bucket => {
                     if conn.outbox.push(ping_frame.clone(), config.outbox_bytes_max)
                         == SendStatus::OverBudget
                     {

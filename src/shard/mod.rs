@@ -56,7 +56,7 @@ const ACCEPTS_IN_FLIGHT: usize = 8;
 /// Mesh events applied per wake-up before the loop lets I/O progress.
 const MESH_BATCH: usize = 4096;
 /// How often timeouts and pings are checked.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
 /// Pause after an accept error (EMFILE...) so a full descriptor table cannot spin the loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 

@@ -24,8 +24,7 @@ mod report;
 mod scenarios;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -36,6 +35,8 @@ use scenarios::{Kind, Scenario};
 
 pub const ROLE_ENV: &str = "RINGCAST_BENCH_ROLE";
 pub const LISTEN_ENV: &str = "RINGCAST_BENCH_LISTEN";
+/// The groups baseline's HTTP push API address (`RINGCAST_BENCH_ROLE=baseline-groups`).
+pub const HTTP_LISTEN_ENV: &str = "RINGCAST_BENCH_HTTP_LISTEN";
 const IDLE_TARGET_ENV: &str = "RINGCAST_BENCH_IDLE_TARGET";
 const IDLE_CONNECTIONS_ENV: &str = "RINGCAST_BENCH_IDLE_CONNECTIONS";
 const IDLE_HOLD_ENV: &str = "RINGCAST_BENCH_IDLE_HOLD_SECS";
@@ -48,6 +49,7 @@ const SERVER_STOP_GRACE: Duration = Duration::from_secs(6);
 fn main() {
     let code = match std::env::var(ROLE_ENV).ok().as_deref() {
         Some("baseline") => role_baseline(),
+        Some("baseline-groups") => role_baseline_groups(),
         Some("idle") => role_idle(),
         Some(other) => Err(anyhow::anyhow!("unknown {ROLE_ENV}={other}")),
         None => harness(),
@@ -62,6 +64,14 @@ fn main() {
 fn role_baseline() -> Result<()> {
     let listen = std::env::var(LISTEN_ENV).with_context(|| format!("{LISTEN_ENV} not set"))?;
     baseline::run(&listen)
+}
+
+/// The groups baseline (normally started by `benches/groups.rs`; any bench binary can be it).
+fn role_baseline_groups() -> Result<()> {
+    let listen = std::env::var(LISTEN_ENV).with_context(|| format!("{LISTEN_ENV} not set"))?;
+    let http =
+        std::env::var(HTTP_LISTEN_ENV).with_context(|| format!("{HTTP_LISTEN_ENV} not set"))?;
+    baseline::run_groups(&listen, &http)
 }
 
 fn role_idle() -> Result<()> {
@@ -106,10 +116,6 @@ pub struct Config {
     pub build_commands: Vec<String>,
 }
 
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).map(|v| !v.is_empty() && v != "0" && v != "false").unwrap_or(false)
-}
-
 fn harness() -> Result<()> {
     procs::install_cleanup_handlers()?;
     let started = Instant::now();
@@ -117,21 +123,10 @@ fn harness() -> Result<()> {
     let quick_arg = args.iter().any(|a| a == "--quick");
     // Regenerate README.md and the charts from the JSON already there, running nothing.
     let report_only = args.iter().any(|a| a == "--report-only");
-    let quick = quick_arg || env_flag("RINGCAST_BENCH_QUICK");
+    let quick = quick_arg || procs::env_flag("RINGCAST_BENCH_QUICK");
     let filters: Vec<String> = args.iter().filter(|a| !a.starts_with('-')).cloned().collect();
 
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() {
-                d
-            } else {
-                workspace.join(d)
-            }
-        }
-        None => workspace.join("target"),
-    };
     let out_dir =
         if quick { workspace.join("results").join("quick") } else { workspace.join("results") };
     let log_dir = workspace.join("results").join("tmp").join(if quick { "quick" } else { "full" });
@@ -176,39 +171,8 @@ fn harness() -> Result<()> {
         bench_command.push_str(&extra.join(" "));
     }
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build_commands = Vec::new();
-    let ringcast_bin = match std::env::var_os("RINGCAST_BENCH_RINGCAST_BIN") {
-        Some(p) => PathBuf::from(p),
-        None if report_only => target_dir.join("release").join("ringcast"),
-        None => {
-            build_commands.push(cargo_build(
-                &cargo,
-                &workspace,
-                &target_dir,
-                &["--bin", "ringcast", "-p", "ringcast"],
-            )?);
-            target_dir.join("release").join("ringcast")
-        }
-    };
-    let loadgen_bin = match std::env::var_os("RINGCAST_BENCH_LOADGEN_BIN") {
-        Some(p) => PathBuf::from(p),
-        None if report_only => target_dir.join("release").join("ringcast-loadgen"),
-        None => {
-            build_commands.push(cargo_build(
-                &cargo,
-                &workspace,
-                &target_dir,
-                &["-p", "ringcast-loadgen"],
-            )?);
-            target_dir.join("release").join("ringcast-loadgen")
-        }
-    };
-    for bin in [&ringcast_bin, &loadgen_bin] {
-        if !report_only && !bin.is_file() {
-            bail!("{} does not exist", bin.display());
-        }
-    }
+    let procs::Binaries { ringcast_bin, loadgen_bin, build_commands } =
+        procs::Binaries::resolve(&workspace, report_only)?;
 
     let cfg = Config {
         quick,
@@ -280,27 +244,6 @@ fn harness() -> Result<()> {
     }
     eprintln!("fanout: all {} result file(s) validated", selected.len());
     Ok(())
-}
-
-/// Runs `cargo build --release ARGS` and returns the command line.
-fn cargo_build(cargo: &str, workspace: &Path, target_dir: &Path, args: &[&str]) -> Result<String> {
-    let mut all = vec!["build", "--release"];
-    all.extend_from_slice(args);
-    let line = format!("{cargo} {}", all.join(" "));
-    eprintln!("fanout: {line}");
-    let t0 = Instant::now();
-    let status = Command::new(cargo)
-        .args(&all)
-        .current_dir(workspace)
-        .env("CARGO_TARGET_DIR", target_dir)
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("running {line}"))?;
-    if !status.success() {
-        bail!("{line} failed: {status}");
-    }
-    eprintln!("fanout: built in {:.1}s", t0.elapsed().as_secs_f64());
-    Ok(line)
 }
 
 fn run_scenario(cfg: &Config, meta: &report::Meta, sc: &Scenario) -> Value {

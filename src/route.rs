@@ -522,6 +522,17 @@ impl Router {
         self.conns.get(&slot).and_then(|c| c.uid.as_ref())
     }
 
+    /// Give back capacity left over from a larger past (after a mass disconnect): hash maps
+    /// do not shrink as entries are removed. Keeps what the current contents need.
+    pub fn shrink_to_fit(&mut self) {
+        self.groups.shrink_to_fit();
+        self.uids.shrink_to_fit();
+        self.conns.shrink_to_fit();
+        let highest = self.conns.keys().max().map_or(0, |&s| s as usize + 1);
+        self.stamp.truncate(highest);
+        self.stamp.shrink_to_fit();
+    }
+
     /// Totals.
     pub fn counts(&self) -> Counts {
         Counts {

@@ -389,3 +389,94 @@ impl CpuTimes {
         }
     }
 }
+
+/// Whether an environment variable is set to something other than empty, `0` or `false`.
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).map(|v| !v.is_empty() && v != "0" && v != "false").unwrap_or(false)
+}
+
+/// Runs `cargo build --release ARGS` and returns the command line.
+pub fn cargo_build(
+    cargo: &str,
+    workspace: &Path,
+    target_dir: &Path,
+    args: &[&str],
+) -> Result<String> {
+    let mut all = vec!["build", "--release"];
+    all.extend_from_slice(args);
+    let line = format!("{cargo} {}", all.join(" "));
+    eprintln!("bench: {line}");
+    let t0 = Instant::now();
+    let status = Command::new(cargo)
+        .args(&all)
+        .current_dir(workspace)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {line}"))?;
+    if !status.success() {
+        bail!("{line} failed: {status}");
+    }
+    eprintln!("bench: built in {:.1}s", t0.elapsed().as_secs_f64());
+    Ok(line)
+}
+
+/// The two binaries a harness runs, built with `cargo build --release` unless
+/// `RINGCAST_BENCH_RINGCAST_BIN` / `RINGCAST_BENCH_LOADGEN_BIN` name prebuilt ones.
+pub struct Binaries {
+    pub ringcast_bin: std::path::PathBuf,
+    pub loadgen_bin: std::path::PathBuf,
+    /// The `cargo build` command lines run.
+    pub build_commands: Vec<String>,
+}
+
+impl Binaries {
+    /// Builds (unless `report_only`) and checks the binaries.
+    pub fn resolve(workspace: &Path, report_only: bool) -> Result<Binaries> {
+        let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(d) => {
+                let d = std::path::PathBuf::from(d);
+                if d.is_absolute() {
+                    d
+                } else {
+                    workspace.join(d)
+                }
+            }
+            None => workspace.join("target"),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build_commands = Vec::new();
+        let ringcast_bin = match std::env::var_os("RINGCAST_BENCH_RINGCAST_BIN") {
+            Some(p) => std::path::PathBuf::from(p),
+            None if report_only => target_dir.join("release").join("ringcast"),
+            None => {
+                build_commands.push(cargo_build(
+                    &cargo,
+                    workspace,
+                    &target_dir,
+                    &["--bin", "ringcast", "-p", "ringcast"],
+                )?);
+                target_dir.join("release").join("ringcast")
+            }
+        };
+        let loadgen_bin = match std::env::var_os("RINGCAST_BENCH_LOADGEN_BIN") {
+            Some(p) => std::path::PathBuf::from(p),
+            None if report_only => target_dir.join("release").join("ringcast-loadgen"),
+            None => {
+                build_commands.push(cargo_build(
+                    &cargo,
+                    workspace,
+                    &target_dir,
+                    &["-p", "ringcast-loadgen"],
+                )?);
+                target_dir.join("release").join("ringcast-loadgen")
+            }
+        };
+        for bin in [&ringcast_bin, &loadgen_bin] {
+            if !report_only && !bin.is_file() {
+                bail!("{} does not exist", bin.display());
+            }
+        }
+        Ok(Binaries { ringcast_bin, loadgen_bin, build_commands })
+    }
+}

@@ -360,6 +360,13 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Option<Duration>) -> Res
         cfg.server_cpus[0],
         procs::fmt_cpu_list(&cfg.loadgen_cpus)
     );
+    if cfg.out_dir.join("groups.md").is_file() {
+        let _ = writeln!(
+            w,
+            "Groups (subscribers in groups of 10, published to over WebSocket commands and the HTTP \
+             push API) are benchmarked separately by `cargo bench --bench groups`: [groups.md](groups.md).\n"
+        );
+    }
 
     // ---- goals
     let max_small_64 = doc_of(&format!("max-{small}x64B"));

@@ -152,7 +152,8 @@ pub fn send_to_group_parts(group: &str) -> (Vec<u8>, Vec<u8>) {
     (prefix.into_bytes(), b"\"}".to_vec())
 }
 
-fn json_string(s: &str) -> String {
+/// `s` as a JSON string literal, quotes included.
+pub fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
 

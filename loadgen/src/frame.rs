@@ -11,7 +11,7 @@ use std::io::Cursor;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-use crate::codec::{HEADER_LEN, HEX_HEADER_LEN, TEXT_SCAN_BYTES};
+use crate::codec::{HEADER_LEN, TEXT_SCAN_BYTES};
 
 /// Bytes of a text frame's payload handed to the caller (enough to find the hex header).
 pub const TEXT_PREFIX: usize = TEXT_SCAN_BYTES;
@@ -28,8 +28,8 @@ pub enum FrameEvent<'a> {
     /// A binary data frame (first fragment or whole message); `prefix` is its first 24 bytes,
     /// or empty when the payload is shorter than that.
     Binary(&'a [u8]),
-    /// A text data frame; `prefix` is up to [`TEXT_PREFIX`] bytes, or empty if shorter than a
-    /// hex header.
+    /// A text data frame; `prefix` is its first [`TEXT_PREFIX`] bytes, or all of it when
+    /// shorter (so short replies such as `{"type":"error",..}` can be recognised).
     Text(&'a [u8]),
     /// A continuation fragment (ignored by the generator).
     Continuation,
@@ -133,13 +133,9 @@ impl FrameParser {
                         0
                     }
                 }
-                OpCode::Data(Data::Text) => {
-                    if len >= HEX_HEADER_LEN as u64 {
-                        len.min(TEXT_PREFIX as u64) as usize
-                    } else {
-                        0
-                    }
-                }
+                // All of a short text frame (error replies are short), the first
+                // TEXT_PREFIX bytes of a long one.
+                OpCode::Data(Data::Text) => len.min(TEXT_PREFIX as u64) as usize,
                 OpCode::Data(_) => 0,
                 OpCode::Control(_) => {
                     if len > MAX_CONTROL as u64 || !header.is_final {
@@ -265,7 +261,10 @@ mod tests {
         let short = b"short text, still over forty-eight bytes long!!!".to_vec();
         assert!(short.len() >= 48);
         push(Frame::message(short.clone(), OpCode::Data(Data::Text), true), Ev::Text(short));
-        push(Frame::message(b"hi".to_vec(), OpCode::Data(Data::Text), true), Ev::Text(vec![]));
+        push(
+            Frame::message(b"hi".to_vec(), OpCode::Data(Data::Text), true),
+            Ev::Text(b"hi".to_vec()),
+        );
         push(Frame::message(vec![0u8; 5], OpCode::Data(Data::Binary), false), Ev::Binary(vec![]));
         push(Frame::message(vec![0u8; 5], OpCode::Data(Data::Continue), true), Ev::Cont);
         push(Frame::pong(vec![]), Ev::Pong);

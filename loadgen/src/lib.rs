@@ -21,6 +21,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod http;
 pub mod report;
 pub mod seq;
 mod sys;
@@ -39,13 +40,17 @@ use hdrhistogram::Histogram;
 use mio::{Poll, Waker};
 use tungstenite::http::Uri;
 
-pub use report::{ConnectStats, CpuStats, FindMax, LatencyUs, Report, RunStats};
+pub use http::Publish;
+pub use report::{
+    ConnectStats, CpuStats, FindMax, GroupStats, HttpStats, LatencyUs, Report, RunStats,
+};
 
+use crate::http::{HttpCounts, HttpForm, HttpTarget};
 use crate::seq::SeqCounts;
 use crate::sys::CpuTimes;
 use crate::worker::{
-    Clock, Cmd, ConnectSummary, Ctx, HttpTarget, Shared, StepCmd, StepResult, Worker, WorkerMsg,
-    WorkerPlan, WorkerProgress,
+    Clock, Cmd, ConnectSummary, Ctx, Shared, StepCmd, StepResult, Worker, WorkerMsg, WorkerPlan,
+    WorkerProgress,
 };
 
 /// What the clients say to the server.
@@ -66,27 +71,6 @@ impl FromStr for Mode {
             "plain" => Ok(Mode::Plain),
             "groups" => Ok(Mode::Groups),
             _ => Err(format!("unknown mode {s:?} (plain|groups)")),
-        }
-    }
-}
-
-/// How publishers inject messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Publish {
-    /// Over their own WebSocket connections to `url`.
-    #[default]
-    Ws,
-    /// Over one HTTP/1.1 keep-alive connection each to `http_url` (pipelined POSTs).
-    Http,
-}
-
-impl FromStr for Publish {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ws" => Ok(Publish::Ws),
-            "http" => Ok(Publish::Http),
-            _ => Err(format!("unknown publish method {s:?} (ws|http)")),
         }
     }
 }
@@ -196,10 +180,19 @@ pub struct Config {
     pub mode: Mode,
     /// Groups mode: group ids; subscriber i joins group i mod len, publishers rotate over all.
     pub groups: Vec<String>,
-    /// Publish over WebSocket or the HTTP push API.
+    /// Groups mode: when > 0 (and `groups` is empty), use this many groups named
+    /// `{group_prefix}0` .. `{group_prefix}{N-1}`.
+    pub group_count: usize,
+    /// Name prefix of the generated groups of `group_count`.
+    pub group_prefix: String,
+    /// Publish over WebSocket or one of the HTTP push API's forms.
     pub publish: Publish,
-    /// HTTP push API base URL (`http://HOST:PORT/PATH`), required with [`Publish::Http`].
+    /// HTTP push API base URL (`http://HOST:PORT/PATH`), required with an HTTP [`Publish`].
     pub http_url: Option<String>,
+    /// Bearer token sent as `Authorization: Bearer TOKEN` with every HTTP request.
+    pub http_token: Option<String>,
+    /// Publishes per request with [`Publish::HttpBatch`].
+    pub batch_size: usize,
     /// Retries per connection after a failed connect or handshake.
     pub connect_retries: u32,
     /// Seconds one connect + handshake attempt may take.
@@ -230,8 +223,12 @@ impl Default for Config {
             drain_s: 2.0,
             mode: Mode::Plain,
             groups: Vec::new(),
+            group_count: 0,
+            group_prefix: "g".to_owned(),
             publish: Publish::Ws,
             http_url: None,
+            http_token: None,
+            batch_size: 10,
             connect_retries: 5,
             connect_timeout_s: 10.0,
             progress: None,
@@ -266,28 +263,31 @@ fn host_port(uri: &Uri, default_port: u16) -> Result<(String, u16)> {
     Ok((host, uri.port_u16().unwrap_or(default_port)))
 }
 
-fn http_target(http_url: &str, groups: &[String]) -> Result<HttpTarget> {
-    let uri: Uri = http_url.parse().with_context(|| format!("bad --http-url {http_url:?}"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("--http-url must be http://HOST:PORT/PATH (no TLS)");
+/// The group ids a config asks for: none in plain mode; `groups`, or `group_count` generated
+/// names, or the single group `loadgen` in groups mode.
+pub fn group_names(cfg: &Config) -> Vec<String> {
+    match cfg.mode {
+        Mode::Plain => Vec::new(),
+        Mode::Groups if !cfg.groups.is_empty() => cfg.groups.clone(),
+        Mode::Groups if cfg.group_count > 0 => {
+            (0..cfg.group_count).map(|i| format!("{}{i}", cfg.group_prefix)).collect()
+        }
+        Mode::Groups => vec!["loadgen".to_owned()],
     }
+}
+
+fn http_target(cfg: &Config, groups: &[String]) -> Result<Option<HttpTarget>> {
+    let form = match cfg.publish {
+        Publish::Ws => return Ok(None),
+        Publish::Http => HttpForm::Seed,
+        Publish::HttpJson => HttpForm::Json,
+        Publish::HttpBatch => HttpForm::Batch(cfg.batch_size),
+    };
+    let url = cfg.http_url.as_deref().ok_or_else(|| anyhow!("--publish http* needs --http-url"))?;
+    let uri: Uri = url.parse().with_context(|| format!("bad --http-url {url:?}"))?;
     let (host, port) = host_port(&uri, 80)?;
     let addr = resolve(&host, port)?;
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let pq = if pq.is_empty() { "/" } else { pq };
-    let sep = if pq.contains('?') { '&' } else { '?' };
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or(&host);
-    let line_prefix = format!("POST {pq}{sep}content=").into_bytes();
-    let tail = format!(" HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\n\r\n");
-    let line_suffix = if groups.is_empty() {
-        vec![tail.into_bytes()]
-    } else {
-        groups
-            .iter()
-            .map(|g| format!("&group_id={}{tail}", codec::percent_encode(g)).into_bytes())
-            .collect()
-    };
-    Ok(HttpTarget { addr, line_prefix, line_suffix })
+    Ok(Some(HttpTarget::new(url, addr, groups, form, cfg.http_token.as_deref())?))
 }
 
 /// Drives the workers through connect, warm-up and measured steps.
@@ -318,22 +318,9 @@ impl Controller {
         }
         let (host, port) = host_port(&uri, 80)?;
         let ws_addr = resolve(&host, port)?;
-        let groups: Vec<String> = match cfg.mode {
-            Mode::Plain => Vec::new(),
-            Mode::Groups if cfg.groups.is_empty() => vec!["loadgen".to_owned()],
-            Mode::Groups => cfg.groups.clone(),
-        };
+        let groups = group_names(&cfg);
         let ngroups = groups.len().max(1);
-        let http = match cfg.publish {
-            Publish::Ws => None,
-            Publish::Http => {
-                let u = cfg
-                    .http_url
-                    .as_deref()
-                    .ok_or_else(|| anyhow!("--publish http needs --http-url"))?;
-                Some(http_target(u, &groups)?)
-            }
-        };
+        let http = http_target(&cfg, &groups)?;
         let source_ips = match &cfg.source_ips {
             SourceIps::None => Vec::new(),
             SourceIps::List(v) => v.clone(),
@@ -612,7 +599,15 @@ impl Controller {
             }
             // Publishers normally finish right at end_ns; give a stuck one 5 s at most.
             let drain_from = last_send_done.unwrap_or(end_ns + 5_000_000_000);
-            if running == 0 && unique >= expected {
+            // Done once everything expected arrived and every HTTP request was answered (so
+            // this step's refused pushes are counted in this step).
+            let unanswered: u64 = self
+                .shared
+                .progress
+                .iter()
+                .map(|p| p.http_unanswered.load(Ordering::Relaxed))
+                .sum();
+            if running == 0 && unique >= expected && unanswered == 0 {
                 break;
             }
             if now >= drain_from + drain_ns {
@@ -640,7 +635,9 @@ impl Controller {
         let mut last_rx = 0u64;
         let mut lag = 0u64;
         let mut disconnected = 0;
-        let (mut http_ok, mut http_bad) = (0, 0);
+        let mut http = HttpCounts::default();
+        let mut http_closed = 0;
+        let (mut sub_errors, mut pub_errors, mut first_error) = (0, 0, None);
         for r in &results {
             hist.add(&r.hist).map_err(|e| anyhow!("merging histograms: {e:?}"))?;
             counts.received += r.counts.received;
@@ -649,9 +646,35 @@ impl Controller {
             last_rx = last_rx.max(r.last_rx_ns);
             lag = lag.max(r.max_send_lag_ns);
             disconnected += r.disconnected;
-            http_ok += r.http_ok;
-            http_bad += r.http_bad;
+            http.add(&r.http);
+            http_closed += r.http_closed;
+            sub_errors += r.sub_errors;
+            pub_errors += r.pub_errors;
+            if first_error.is_none() {
+                first_error.clone_from(&r.first_error);
+            }
         }
+        let http_stats = self.ctx.http.as_ref().map(|t| HttpStats {
+            form: t.form.name().to_owned(),
+            batch_size: t.form.messages_per_request(),
+            requests: http.requests,
+            responses: http.responses,
+            ok: http.ok(),
+            errors: http.errors(),
+            status: http.status.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+            queued: http.queued,
+            item_errors: http.item_errors,
+            connections_closed: http_closed,
+            unparsable: http.unparsable,
+        });
+        let group_stats = (self.cfg.mode == Mode::Groups).then(|| GroupStats {
+            count: self.members.len(),
+            members_min: self.members.iter().copied().min().unwrap_or(0),
+            members_max: self.members.iter().copied().max().unwrap_or(0),
+            error_replies_subscribers: sub_errors,
+            error_replies_publishers: pub_errors,
+            first_error: first_error.clone(),
+        });
         let us = |ns: u64| (ns + 500) / 1000;
         let q = |x: f64| if hist.is_empty() { 0 } else { us(hist.value_at_quantile(x)) };
         let latency_us = LatencyUs {
@@ -690,10 +713,12 @@ impl Controller {
                 threads: self.threads,
                 saturated: cores_used >= 0.9 * limit,
             },
+            http: http_stats,
+            groups: group_stats,
             extra: report::Extra {
                 max_send_lag_ms: lag as f64 / 1e6,
                 disconnected,
-                http: (self.cfg.publish == Publish::Http).then_some((http_ok, http_bad)),
+                http: self.ctx.http.is_some().then(|| (http.ok(), http.errors())),
                 met_bounds: false,
             },
         })
@@ -747,8 +772,20 @@ fn validate(cfg: &Config) -> Result<()> {
             }
         }
     }
-    if cfg.mode == Mode::Groups && cfg.groups.len() > 65_536 {
+    if cfg.mode == Mode::Groups && cfg.groups.len().max(cfg.group_count) > 65_536 {
         bail!("at most 65536 groups");
+    }
+    if cfg.publishers.saturating_mul(cfg.group_count.max(1)) > u32::MAX as usize {
+        bail!("--publishers x --group-count must fit the 32-bit stream id");
+    }
+    match cfg.publish {
+        Publish::HttpJson | Publish::HttpBatch if cfg.mode != Mode::Groups => {
+            bail!("--publish http-json and http-batch need --mode groups")
+        }
+        Publish::HttpBatch if cfg.batch_size == 0 || cfg.batch_size > http::MAX_BATCH_SIZE => {
+            bail!("--batch-size must be 1..={}", http::MAX_BATCH_SIZE)
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -818,13 +855,61 @@ mod tests {
 
     #[test]
     fn http_request_line() {
-        let t = http_target("http://127.0.0.1:8080/push", &["a b".to_owned()]).unwrap();
-        assert_eq!(t.line_prefix, b"POST /push?content=");
+        let cfg = Config {
+            mode: Mode::Groups,
+            groups: vec!["a b".to_owned()],
+            publish: Publish::Http,
+            http_url: Some("http://127.0.0.1:8080/push".to_owned()),
+            ..Config::default()
+        };
+        let t = http_target(&cfg, &group_names(&cfg)).unwrap().unwrap();
+        let h = codec::MsgHeader { stream: 0, seq: 0, send_ns: 0 };
+        let mut out = Vec::new();
+        t.write_request(&mut out, &[(0, h)], 48);
+        let text = "52434c47".to_owned() + &"0".repeat(40);
         assert_eq!(
-            String::from_utf8(t.line_suffix[0].clone()).unwrap(),
-            "&group_id=a%20b HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 0\r\n\r\n"
+            String::from_utf8(out).unwrap(),
+            format!(
+                "POST /push?content={text}&to_group=a%20b HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
+                 Content-Length: 0\r\n\r\n"
+            )
         );
-        let t = http_target("http://127.0.0.1:8080/?x=1", &[]).unwrap();
-        assert_eq!(t.line_prefix, b"POST /?x=1&content=");
+        let cfg = Config {
+            mode: Mode::Plain,
+            http_url: Some("http://127.0.0.1:8080/?x=1".into()),
+            ..cfg
+        };
+        let t = http_target(&cfg, &group_names(&cfg)).unwrap().unwrap();
+        let mut out = Vec::new();
+        t.write_request(&mut out, &[(0, h)], 48);
+        assert!(out.starts_with(b"POST /?x=1&content=52434c47"));
+        assert!(out.ends_with(b"0 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn group_names_from_count() {
+        let cfg = Config { mode: Mode::Groups, group_count: 3, ..Config::default() };
+        assert_eq!(group_names(&cfg), ["g0", "g1", "g2"]);
+        let cfg = Config { group_prefix: "room-".into(), ..cfg };
+        assert_eq!(group_names(&cfg), ["room-0", "room-1", "room-2"]);
+        let cfg = Config { groups: vec!["x".into()], ..cfg };
+        assert_eq!(group_names(&cfg), ["x"]);
+        let cfg = Config { mode: Mode::Plain, ..cfg };
+        assert!(group_names(&cfg).is_empty());
+        let cfg = Config { mode: Mode::Groups, ..Config::default() };
+        assert_eq!(group_names(&cfg), ["loadgen"]);
+    }
+
+    #[test]
+    fn json_forms_need_groups_mode() {
+        let cfg = Config {
+            url: "ws://127.0.0.1:1/".into(),
+            publish: Publish::HttpBatch,
+            http_url: Some("http://127.0.0.1:2/".into()),
+            ..Config::default()
+        };
+        assert!(validate(&cfg).is_err());
+        assert!(validate(&Config { mode: Mode::Groups, ..cfg.clone() }).is_ok());
+        assert!(validate(&Config { mode: Mode::Groups, batch_size: 0, ..cfg }).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The run report: the `--json` schema of `docs/loadgen-contract.md`, plus a human table.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -63,9 +64,61 @@ pub struct RunStats {
     pub duplicates: u64,
     pub reordered: u64,
     pub cpu: CpuStats,
+    /// HTTP push API responses; present only when publishing over HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpStats>,
+    /// Groups-mode facts; present only in groups mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<GroupStats>,
     /// Diagnostics for the human table only (not part of the JSON contract).
     #[serde(skip)]
     pub extra: Extra,
+}
+
+/// What the HTTP push API answered during one run / step (`"http"` in the JSON).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct HttpStats {
+    /// Request form: `seed`, `json` or `batch`.
+    pub form: String,
+    /// Messages per request (1 except for the batch form).
+    pub batch_size: usize,
+    /// Requests written during the step.
+    pub requests: u64,
+    /// Responses read during the step (pipelined responses to the previous step's last
+    /// requests may land in the next step).
+    pub responses: u64,
+    /// Responses with a 2xx status.
+    pub ok: u64,
+    /// Responses with any other status: refused pushes.
+    pub errors: u64,
+    /// Responses by status code, e.g. `{"200": 950, "503": 50}`.
+    pub status: BTreeMap<String, u64>,
+    /// Sum of the `"queued":N` numbers in 2xx bodies (recipients the server queued for).
+    pub queued: u64,
+    /// `"error"` members inside 2xx bodies (e.g. refused publishes of a batch).
+    pub item_errors: u64,
+    /// HTTP connections the server closed during the step.
+    pub connections_closed: u64,
+    /// Connections whose responses could not be parsed (counting stopped there).
+    pub unparsable: u64,
+}
+
+/// Groups-mode facts (`"groups"` in the JSON).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct GroupStats {
+    /// Number of groups.
+    pub count: usize,
+    /// Fewest / most subscriber connections per group (among those that connected).
+    pub members_min: u64,
+    pub members_max: u64,
+    /// `{"type":"error",..}` frames received by subscribers since connecting (e.g. a refused
+    /// `add_group`): cumulative over the whole run, not per step.
+    pub error_replies_subscribers: u64,
+    /// `{"type":"error",..}` frames received by publisher connections since connecting (e.g.
+    /// a rate-limited `send_to_group`): cumulative.
+    pub error_replies_publishers: u64,
+    /// The first error frame seen (up to 200 bytes).
+    pub first_error: Option<String>,
 }
 
 /// Human-only diagnostics.
@@ -75,7 +128,7 @@ pub struct Extra {
     pub max_send_lag_ms: f64,
     /// Subscriber connections closed during the step.
     pub disconnected: u64,
-    /// HTTP publish responses (2xx, other) when publishing over HTTP.
+    /// HTTP publish responses (2xx, other) when publishing over HTTP (also in `RunStats::http`).
     pub http: Option<(u64, u64)>,
     /// Whether this step met the find-max bounds.
     pub met_bounds: bool,
@@ -206,8 +259,48 @@ fn human_run(r: &RunStats) -> String {
             format!("{} subscriber(s) closed during the run", r.extra.disconnected),
         );
     }
-    if let Some((ok, bad)) = r.extra.http {
-        row("http responses", format!("{ok} 2xx, {bad} other"));
+    if let Some(h) = &r.http {
+        let status: Vec<String> = h.status.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+        row(
+            "http",
+            format!(
+                "{} form x{}: {} requests, {} responses ({} 2xx, {} other{}), queued {}",
+                h.form,
+                h.batch_size,
+                h.requests,
+                h.responses,
+                h.ok,
+                h.errors,
+                if status.is_empty() { String::new() } else { format!("; {}", status.join(", ")) },
+                h.queued
+            ),
+        );
+        if h.item_errors > 0 || h.connections_closed > 0 || h.unparsable > 0 {
+            row(
+                "http problems",
+                format!(
+                    "{} refused items in 2xx bodies, {} connections closed, {} unparsable",
+                    h.item_errors, h.connections_closed, h.unparsable
+                ),
+            );
+        }
+    }
+    if let Some(g) = &r.groups {
+        row(
+            "groups",
+            format!("{} groups of {}..{} subscribers", g.count, g.members_min, g.members_max),
+        );
+        if g.error_replies_subscribers + g.error_replies_publishers > 0 {
+            row(
+                "error replies",
+                format!(
+                    "{} to subscribers, {} to publishers; first: {}",
+                    g.error_replies_subscribers,
+                    g.error_replies_publishers,
+                    g.first_error.as_deref().unwrap_or("?")
+                ),
+            );
+        }
     }
     row("max send lag", format!("{:.3} ms behind schedule", r.extra.max_send_lag_ms));
     let c = &r.cpu;
@@ -231,6 +324,15 @@ fn human_run(r: &RunStats) -> String {
             s,
             "WARNING: publishers fell {:.0} ms behind schedule (sent late, never skipped).",
             r.extra.max_send_lag_ms
+        );
+    }
+    if let Some(h) = r.http.as_ref().filter(|h| h.errors + h.item_errors + h.unparsable > 0) {
+        let _ = writeln!(
+            s,
+            "WARNING: the HTTP push API refused {} request(s) and {} batch item(s){}.",
+            h.errors,
+            h.item_errors,
+            if h.unparsable > 0 { " (some responses could not be parsed)" } else { "" }
         );
     }
     s

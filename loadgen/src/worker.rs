@@ -20,6 +20,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use crate::codec::{self, MsgHeader};
 use crate::frame::{push_masked_bytes, push_masked_frame, FrameEvent, FrameParser, PENDING_CAP};
+use crate::http::{HttpCounts, HttpRx, HttpTarget};
 use crate::seq::{SeqCounts, SeqTracker};
 use crate::sys::{start_connect, TimerFd};
 use crate::Mode;
@@ -68,16 +69,6 @@ pub struct Ctx {
     pub connect_timeout: Duration,
 }
 
-/// Where and how HTTP publishers post.
-#[derive(Debug, Clone)]
-pub struct HttpTarget {
-    pub addr: SocketAddr,
-    /// `POST /path?content=` (or `&content=` when the path already has a query).
-    pub line_prefix: Vec<u8>,
-    /// Per group: `[&group_id=G] HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n`.
-    pub line_suffix: Vec<Vec<u8>>,
-}
-
 /// Live counters a worker publishes for the controller (progress line, drain detection).
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -86,6 +77,8 @@ pub struct WorkerProgress {
     pub failed: AtomicU64,
     pub received: AtomicU64,
     pub unique: AtomicU64,
+    /// HTTP requests written on open connections and not answered yet.
+    pub http_unanswered: AtomicU64,
 }
 
 /// State shared between the controller and the workers.
@@ -124,8 +117,13 @@ pub struct StepResult {
     pub last_rx_ns: u64,
     pub max_send_lag_ns: u64,
     pub disconnected: u64,
-    pub http_ok: u64,
-    pub http_bad: u64,
+    pub http: HttpCounts,
+    /// HTTP publisher connections the server closed during the step.
+    pub http_closed: u64,
+    /// Error frames received by subscribers / publishers since connecting (cumulative).
+    pub sub_errors: u64,
+    pub pub_errors: u64,
+    pub first_error: Option<String>,
 }
 
 /// Result of the connect phase of one worker.
@@ -214,73 +212,17 @@ impl Publisher {
     fn deadline(&self, k: u64) -> u64 {
         self.start_ns + (k as f64 * self.interval_ns) as u64
     }
-}
 
-/// Minimal HTTP/1.1 response drain: counts 2xx vs other statuses of pipelined responses.
-#[derive(Debug, Default)]
-struct HttpRx {
-    buf: Vec<u8>,
-    body_left: usize,
-    ok: u64,
-    bad: u64,
-    broken: bool,
-}
-
-impl HttpRx {
-    fn feed(&mut self, mut data: &[u8]) {
-        if self.broken {
-            return;
+    /// The next request: how many messages it carries (up to `per_request`, fewer at the end
+    /// of the step) and when it is due (the deadline of its last message). `None` once every
+    /// message of the step is sent.
+    #[inline]
+    fn next_request(&self, per_request: usize) -> Option<(usize, u64)> {
+        let mut n = 0;
+        while n < per_request && self.deadline(self.k + n as u64) < self.end_ns {
+            n += 1;
         }
-        if self.body_left > 0 && self.buf.is_empty() {
-            let take = self.body_left.min(data.len());
-            self.body_left -= take;
-            data = &data[take..];
-        }
-        self.buf.extend_from_slice(data);
-        loop {
-            if self.body_left > 0 {
-                let take = self.body_left.min(self.buf.len());
-                self.buf.drain(..take);
-                self.body_left -= take;
-                if self.body_left > 0 {
-                    return;
-                }
-            }
-            let Some(end) = find(&self.buf, b"\r\n\r\n") else {
-                if self.buf.len() > MAX_RESPONSE_HEAD {
-                    self.broken = true;
-                }
-                return;
-            };
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut resp = httparse::Response::new(&mut headers);
-            let code = match resp.parse(&self.buf[..end + 4]) {
-                Ok(httparse::Status::Complete(_)) => resp.code.unwrap_or(0),
-                _ => {
-                    self.broken = true;
-                    return;
-                }
-            };
-            let mut len = None;
-            for h in resp.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    len = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    self.broken = true; // chunked bodies are not parsed: stop counting
-                }
-            }
-            if (200..300).contains(&code) {
-                self.ok += 1;
-            } else {
-                self.bad += 1;
-            }
-            self.buf.drain(..end + 4);
-            self.body_left = len.unwrap_or(0);
-            if self.broken {
-                self.buf.clear();
-                return;
-            }
-        }
+        (n > 0).then(|| (n, self.deadline(self.k + n as u64 - 1)))
     }
 }
 
@@ -309,6 +251,11 @@ struct StepState {
     counts: SeqCounts,
     last_rx_ns: u64,
     disconnected: u64,
+    http_closed: u64,
+    /// Error frames received since connecting (never reset).
+    sub_errors: u64,
+    pub_errors: u64,
+    first_error: Option<String>,
 }
 
 /// Per-read context for frame handling.
@@ -339,6 +286,13 @@ fn process_frames(
     let Conn { parser, out, seqs, .. } = conn;
     let step = &mut *env.step;
     let rng = &mut *env.rng;
+    let mut errors = (0u64, None::<String>);
+    let mut error_reply = |p: &[u8]| {
+        errors.0 += 1;
+        if errors.1.is_none() {
+            errors.1 = Some(String::from_utf8_lossy(&p[..p.len().min(200)]).into_owned());
+        }
+    };
     let mut deliver = |h: MsgHeader| {
         let Role::Sub { group } = role else { return };
         if !step.measuring {
@@ -362,6 +316,8 @@ fn process_frames(
             FrameEvent::Text(p) => {
                 if let Some(h) = MsgHeader::parse_text(p) {
                     deliver(h);
+                } else if is_error_reply(p) {
+                    error_reply(p);
                 }
             }
             FrameEvent::Ping(p) => {
@@ -379,7 +335,32 @@ fn process_frames(
             FrameEvent::Continuation | FrameEvent::Pong => {}
         })
         .map_err(|e| e.to_string())?;
+    if errors.0 > 0 {
+        if matches!(role, Role::Sub { .. }) {
+            step.sub_errors += errors.0;
+        } else {
+            step.pub_errors += errors.0;
+        }
+        if step.first_error.is_none() {
+            eprintln!(
+                "server error reply to a {} connection: {}",
+                if matches!(role, Role::Sub { .. }) { "subscriber" } else { "publisher" },
+                errors.1.as_deref().unwrap_or("")
+            );
+            step.first_error = errors.1;
+        }
+    }
     Ok(outcome)
+}
+
+/// Whether a text frame (prefix) is a command-protocol error reply, `{"type":"error",...}`.
+fn is_error_reply(p: &[u8]) -> bool {
+    let p = p.trim_ascii_start();
+    p.starts_with(b"{")
+        && find(p, b"\"type\"").is_some_and(|i| {
+            let rest = p[i + 6..].trim_ascii_start();
+            rest.strip_prefix(b":").is_some_and(|r| r.trim_ascii_start().starts_with(b"\"error\""))
+        })
 }
 
 /// Writes as much of `out[out_pos..]` as the socket takes.
@@ -414,6 +395,8 @@ pub struct Worker {
     conns: Vec<Conn>,
     pubs: Vec<Publisher>,
     buf: Box<[u8]>,
+    /// Scratch: the messages of the request being built.
+    batch: Vec<(usize, MsgHeader)>,
     rng: Rng,
     timer: TimerFd,
     timer_deadline: Option<u64>,
@@ -509,6 +492,9 @@ impl Worker {
             conns,
             pubs,
             buf: vec![0u8; READ_SIZE + PENDING_CAP].into_boxed_slice(),
+            batch: Vec::with_capacity(
+                ctx.http.as_ref().map_or(1, |h| h.form.messages_per_request()),
+            ),
             rng: Rng(seed),
             timer,
             timer_deadline: None,
@@ -519,6 +505,10 @@ impl Worker {
                 counts: SeqCounts::default(),
                 last_rx_ns: 0,
                 disconnected: 0,
+                http_closed: 0,
+                sub_errors: 0,
+                pub_errors: 0,
+                first_error: None,
             },
             retry: Vec::new(),
             inflight: Vec::new(),
@@ -584,6 +574,17 @@ impl Worker {
         let p = &self.shared.progress[self.id];
         p.received.store(self.step.counts.received, Ordering::Relaxed);
         p.unique.store(self.step.counts.unique(), Ordering::Relaxed);
+        if self.ctx.http.is_some() {
+            let unanswered: u64 = self
+                .pubs
+                .iter()
+                .map(|pb| &self.conns[pb.conn])
+                .filter(|c| c.phase == Phase::Open)
+                .filter_map(|c| c.http_rx.as_ref())
+                .map(|h| h.unanswered())
+                .sum();
+            p.http_unanswered.store(unanswered, Ordering::Relaxed);
+        }
     }
 
     fn handle_cmds(&mut self) {
@@ -598,23 +599,18 @@ impl Worker {
                         last_rx_ns: self.step.last_rx_ns,
                         max_send_lag_ns: self.max_lag_ns,
                         disconnected: self.step.disconnected,
-                        http_ok: self
-                            .conns
-                            .iter()
-                            .filter_map(|c| c.http_rx.as_ref())
-                            .map(|h| h.ok)
-                            .sum(),
-                        http_bad: self
-                            .conns
-                            .iter()
-                            .filter_map(|c| c.http_rx.as_ref())
-                            .map(|h| h.bad)
-                            .sum(),
+                        http: {
+                            let mut all = HttpCounts::default();
+                            for h in self.conns.iter_mut().filter_map(|c| c.http_rx.as_mut()) {
+                                all.add(&h.take());
+                            }
+                            all
+                        },
+                        http_closed: self.step.http_closed,
+                        sub_errors: self.step.sub_errors,
+                        pub_errors: self.step.pub_errors,
+                        first_error: self.step.first_error.clone(),
                     };
-                    for h in self.conns.iter_mut().filter_map(|c| c.http_rx.as_mut()) {
-                        h.ok = 0;
-                        h.bad = 0;
-                    }
                     let _ = self.to_ctl.send(WorkerMsg::Step(self.id, Box::new(res)));
                 }
                 Cmd::Shutdown => self.begin_shutdown(),
@@ -627,6 +623,7 @@ impl Worker {
         self.step.counts = SeqCounts::default();
         self.step.last_rx_ns = 0;
         self.step.disconnected = 0;
+        self.step.http_closed = 0;
         self.step.first_seq = s.first_seq;
         self.step.measuring = true;
         self.max_lag_ns = 0;
@@ -684,7 +681,13 @@ impl Worker {
     }
 
     fn arm_timer(&mut self, now: u64) {
-        let next = self.pubs.iter().filter(|p| p.active).map(|p| p.deadline(p.k)).min();
+        let per_request = self.ctx.http.as_ref().map_or(1, |h| h.form.messages_per_request());
+        let next = self
+            .pubs
+            .iter()
+            .filter(|p| p.active)
+            .filter_map(|p| p.next_request(per_request).map(|(_, due)| due))
+            .min();
         if let Some(d) = next {
             if self.timer_deadline != Some(d) {
                 let _ = self.timer.arm(Duration::from_nanos(d.saturating_sub(now)));
@@ -1009,6 +1012,9 @@ impl Worker {
             if matches!(c.role, Role::WsPub | Role::HttpPub) {
                 eprintln!("worker {}: publisher connection {idx} closed by the server", self.id);
             }
+            if c.role == Role::HttpPub {
+                self.step.http_closed += 1;
+            }
         }
         if let Some(mut s) = c.sock.take() {
             let _ = self.poll.registry().deregister(&mut s);
@@ -1024,6 +1030,9 @@ impl Worker {
         }
         let ctx = &*self.ctx;
         let groups = ctx.groups;
+        let per_request = ctx.http.as_ref().map_or(1, |h| h.form.messages_per_request());
+        let text_len = codec::text_len(ctx.payload);
+        let batch = &mut self.batch;
         for p in &mut self.pubs {
             if !p.active {
                 continue;
@@ -1037,25 +1046,50 @@ impl Worker {
             let mut now = ctx.clock.now_ns();
             let mut built = 0u64;
             loop {
-                let d = p.deadline(p.k);
-                if d >= p.end_ns {
+                let Some((n, due)) = p.next_request(per_request) else {
                     p.active = false;
                     self.shared.pubs_running.fetch_sub(1, Ordering::Relaxed);
                     break;
-                }
-                if d > now || built >= MAX_BATCH {
+                };
+                if due > now || built >= MAX_BATCH {
                     break;
                 }
-                p.max_lag_ns = p.max_lag_ns.max(now - d);
-                let g = p.rr;
-                p.rr = (p.rr + 1) % groups;
-                let stream = p.index * groups + g;
-                let h = MsgHeader { stream: stream as u32, seq: p.next_seq[g], send_ns: now };
-                p.next_seq[g] += 1;
-                build_message(ctx, &mut c.out, &h, g, &mut self.rng);
-                self.shared.sent[stream].store(p.next_seq[g], Ordering::Relaxed);
-                p.k += 1;
-                built += 1;
+                // Lateness against the schedule of the request's last message (a batch waits
+                // for its last message by design; that wait is not lag).
+                p.max_lag_ns = p.max_lag_ns.max(now - due);
+                batch.clear();
+                for _ in 0..n {
+                    let g = p.rr;
+                    p.rr = (p.rr + 1) % groups;
+                    let stream = p.index * groups + g;
+                    batch.push((
+                        g,
+                        MsgHeader { stream: stream as u32, seq: p.next_seq[g], send_ns: now },
+                    ));
+                    p.next_seq[g] += 1;
+                }
+                match (&ctx.http, c.http_rx.as_mut()) {
+                    (Some(http), Some(rx)) => {
+                        http.write_request(&mut c.out, batch, text_len);
+                        rx.sent();
+                        // Visible before this publisher can count as finished (the controller
+                        // waits for every request's response); publish_progress refines it.
+                        self.shared.progress[self.id]
+                            .http_unanswered
+                            .fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {
+                        for (g, h) in batch.iter() {
+                            build_ws_message(ctx, &mut c.out, h, *g, &mut self.rng);
+                        }
+                    }
+                }
+                for (g, _) in batch.iter() {
+                    let stream = p.index * groups + g;
+                    self.shared.sent[stream].store(p.next_seq[*g], Ordering::Relaxed);
+                }
+                p.k += n as u64;
+                built += n as u64;
                 now = ctx.clock.now_ns();
             }
             self.max_lag_ns = self.max_lag_ns.max(p.max_lag_ns);
@@ -1072,18 +1106,9 @@ impl Worker {
     }
 }
 
-/// Appends one message for `h` (sent to group `g`) in the configured framing.
+/// Appends one WebSocket message for `h` (sent to group `g`) in the configured framing.
 #[inline]
-fn build_message(ctx: &Ctx, out: &mut Vec<u8>, h: &MsgHeader, g: usize, rng: &mut Rng) {
-    if let Some(http) = &ctx.http {
-        // POST /path?content=<text form>[&group_id=G] HTTP/1.1 ... (no allocation)
-        out.extend_from_slice(&http.line_prefix);
-        let start = out.len();
-        out.resize(start + codec::text_len(ctx.payload), 0);
-        codec::write_text_message(h, &mut out[start..]);
-        out.extend_from_slice(&http.line_suffix[g]);
-        return;
-    }
+fn build_ws_message(ctx: &Ctx, out: &mut Vec<u8>, h: &MsgHeader, g: usize, rng: &mut Rng) {
     match ctx.mode {
         Mode::Plain => {
             push_masked_frame(out, OpCode::Data(Data::Binary), ctx.payload, rng.mask(), |dst| {
@@ -1139,8 +1164,44 @@ mod tests {
             for part in stream.chunks(chunk) {
                 rx.feed(part);
             }
-            assert_eq!((rx.ok, rx.bad, rx.broken), (2, 1, false), "chunk {chunk}");
+            let c = rx.take();
+            assert_eq!((c.ok(), c.errors(), c.unparsable), (2, 1, 0), "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn error_replies_are_recognised() {
+        assert!(is_error_reply(br#"{"type":"error","reason":"rate limited"}"#));
+        assert!(is_error_reply(br#" { "reason":"x", "type" : "error" }"#));
+        assert!(!is_error_reply(br#"{"type":"ok","cmd":"add_group","id":1}"#));
+        assert!(!is_error_reply(br#"{"type":"welcome","client_id":"0123456789abcdef0123456789ab","worker_id":0,"connection_id":1}"#));
+        assert!(!is_error_reply(b"error"));
+    }
+
+    #[test]
+    fn batch_requests_wait_for_their_last_message() {
+        let p = Publisher {
+            index: 0,
+            conn: 0,
+            next_seq: vec![0],
+            rr: 0,
+            k: 0,
+            start_ns: 0,
+            end_ns: 1_000,
+            interval_ns: 100.0,
+            active: true,
+            max_lag_ns: 0,
+        };
+        // 10 messages at 0, 100, ... 900: batches of 4 are due at 300 and 700, the tail of 2
+        // at 900.
+        assert_eq!(p.next_request(1), Some((1, 0)));
+        assert_eq!(p.next_request(4), Some((4, 300)));
+        let p = Publisher { k: 4, ..p };
+        assert_eq!(p.next_request(4), Some((4, 700)));
+        let p = Publisher { k: 8, ..p };
+        assert_eq!(p.next_request(4), Some((2, 900)));
+        let p = Publisher { k: 10, ..p };
+        assert_eq!(p.next_request(4), None);
     }
 
     #[test]

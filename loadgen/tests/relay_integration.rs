@@ -200,3 +200,172 @@ fn groups_mode_counts_only_own_group() {
     assert_eq!(r.received, 200, "{}", report.human());
     assert_eq!((r.lost, r.duplicates, r.reordered), (0, 0, 0));
 }
+
+fn groups_http_config(relay: &relay::Relay, publish: Publish) -> Config {
+    Config {
+        mode: Mode::Groups,
+        group_count: 4,
+        publish,
+        http_url: Some(format!("http://{}/", relay.http_addr.unwrap())),
+        connections: 12,
+        rate: 200.0,
+        duration_s: 0.5,
+        ..small_config(relay.url())
+    }
+}
+
+fn request_text(relay: &relay::Relay, i: usize) -> String {
+    String::from_utf8(relay.http_requests.lock().unwrap()[i].clone()).unwrap()
+}
+
+#[test]
+fn http_seed_form_uses_to_group_and_the_token() {
+    let relay = relay::start_with(relay::Options {
+        http: true,
+        welcome: true,
+        token: Some("t0k3n".into()),
+        ..Default::default()
+    });
+    let cfg =
+        Config { http_token: Some("t0k3n".into()), ..groups_http_config(&relay, Publish::Http) };
+    let report = run(&cfg).expect("http seed run");
+    let r = &report.run;
+    assert_eq!(r.sent, 100);
+    // 25 messages per group x 3 members per group x 4 groups; the welcome frames (whose
+    // client id contains the hex magic) are ignored.
+    assert_eq!(r.expected, 300);
+    assert_eq!(r.received, 300, "{}", report.human());
+    assert_eq!((r.lost, r.duplicates), (0, 0));
+    let h = r.http.as_ref().expect("http stats");
+    assert_eq!((h.form.as_str(), h.batch_size), ("seed", 1));
+    assert_eq!((h.requests, h.responses, h.ok, h.errors), (100, 100, 100, 0));
+    assert_eq!(h.status.get("200"), Some(&100));
+    // The relay answers {"queued": <every connection>} to each push.
+    assert_eq!(h.queued, 100 * 12);
+    // Byte-exact on the wire: groups g0, g1, ... in rotation.
+    let host = relay.http_addr.unwrap();
+    for (i, g) in ["g0", "g1", "g2", "g3", "g0"].iter().enumerate() {
+        let req = request_text(&relay, i);
+        let content = req.strip_prefix("POST /?content=").expect(&req);
+        let (text, rest) = content.split_once('&').unwrap();
+        assert!(text.starts_with("52434c47") && text.len() == 64, "{req}");
+        assert_eq!(
+            rest,
+            format!(
+                "to_group={g} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer t0k3n\r\n\
+                 Content-Length: 0\r\n\r\n"
+            )
+        );
+    }
+    // The report's JSON carries the http object (groups too), the contract's keys otherwise.
+    let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(v["http"]["requests"], 100);
+    assert_eq!(v["http"]["errors"], 0);
+    assert_eq!(v["http"]["status"]["200"], 100);
+    assert_eq!(v["groups"]["count"], 4);
+    assert_eq!(v["groups"]["members_min"], 3);
+    assert_eq!(v["groups"]["error_replies_subscribers"], 0);
+}
+
+#[test]
+fn http_batch_form_carries_batch_size_messages_per_request() {
+    let relay = relay::start_with(relay::Options { http: true, ..Default::default() });
+    let cfg = Config { batch_size: 8, ..groups_http_config(&relay, Publish::HttpBatch) };
+    let report = run(&cfg).expect("http batch run");
+    let r = &report.run;
+    assert_eq!(r.sent, 100);
+    assert_eq!(r.expected, 300);
+    assert_eq!(r.received, 300, "{}", report.human());
+    let h = r.http.as_ref().expect("http stats");
+    assert_eq!((h.form.as_str(), h.batch_size), ("batch", 8));
+    // 100 messages: 12 full batches of 8 and a tail of 4.
+    assert_eq!((h.requests, h.responses, h.errors), (13, 13, 0));
+    assert_eq!(h.queued, 100 * 12);
+    let req = request_text(&relay, 0);
+    let (head, body) = req.split_once("\r\n\r\n").unwrap();
+    assert_eq!(
+        head,
+        format!(
+            "POST /api/publish/batch HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}",
+            relay.http_addr.unwrap(),
+            body.len()
+        )
+    );
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let items = v["publishes"].as_array().unwrap();
+    assert_eq!(items.len(), 8);
+    for (i, it) in items.iter().enumerate() {
+        assert_eq!(it["to"]["groups"], serde_json::json!([format!("g{}", i % 4)]));
+        assert!(it["data"].as_str().unwrap().starts_with("52434c47"));
+    }
+    let tail = request_text(&relay, 12);
+    let body = tail.split_once("\r\n\r\n").unwrap().1;
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["publishes"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn http_json_form_and_refused_pushes_are_reported() {
+    // Every 5th request is refused with 503: those messages never arrive, and the report says
+    // why instead of showing silent losses.
+    let relay =
+        relay::start_with(relay::Options { http: true, fail_every: Some(5), ..Default::default() });
+    let cfg = Config { drain_s: 1.0, ..groups_http_config(&relay, Publish::HttpJson) };
+    let report = run(&cfg).expect("http json run");
+    let r = &report.run;
+    assert_eq!(r.sent, 100);
+    let h = r.http.as_ref().expect("http stats");
+    assert_eq!(h.form, "json");
+    assert_eq!((h.requests, h.responses, h.ok, h.errors), (100, 100, 80, 20));
+    assert_eq!(h.status.get("503"), Some(&20));
+    assert_eq!(r.lost, 20 * 3, "{}", report.human());
+    assert!(report.human().contains("refused 20 request(s)"), "{}", report.human());
+    let req = request_text(&relay, 0);
+    assert!(req.starts_with("POST /api/publish HTTP/1.1\r\n"), "{req}");
+    let body = req.split_once("\r\n\r\n").unwrap().1;
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["to"], serde_json::json!({"groups": ["g0"]}));
+    let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(v["http"]["status"]["503"], 20);
+    assert_eq!(v["http"]["errors"], 20);
+}
+
+#[test]
+fn wrong_token_is_counted_as_errors() {
+    let relay = relay::start_with(relay::Options {
+        http: true,
+        token: Some("right".into()),
+        ..Default::default()
+    });
+    let cfg = Config {
+        http_token: Some("wrong".into()),
+        drain_s: 1.0,
+        ..groups_http_config(&relay, Publish::Http)
+    };
+    let report = run(&cfg).expect("run");
+    let h = report.run.http.as_ref().unwrap();
+    assert_eq!((h.ok, h.errors), (0, 100));
+    assert_eq!(h.status.get("401"), Some(&100));
+    assert_eq!(report.run.received, 0);
+}
+
+#[test]
+fn refused_joins_are_reported() {
+    let relay = relay::start_with(relay::Options { reject_joins: true, ..Default::default() });
+    let cfg = Config {
+        mode: Mode::Groups,
+        group_count: 2,
+        connections: 6,
+        rate: 100.0,
+        duration_s: 0.3,
+        ..small_config(relay.url())
+    };
+    let report = run(&cfg).expect("run");
+    let g = report.run.groups.as_ref().expect("groups stats");
+    assert_eq!(g.count, 2);
+    assert_eq!(g.error_replies_subscribers, 6);
+    assert_eq!(g.error_replies_publishers, 0);
+    assert_eq!(g.first_error.as_deref(), Some(r#"{"type":"error","reason":"join refused"}"#));
+    assert!(report.human().contains("error replies"), "{}", report.human());
+}

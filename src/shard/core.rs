@@ -30,6 +30,23 @@ use super::IDLE_READ_BYTES;
 
 /// Read buffers kept for reuse.
 const READ_POOL_MAX: usize = 64;
+/// After this many connections were freed (a mass disconnect), the shard asks the allocator to
+/// return free memory to the OS, so resident memory follows the number of connections down.
+const TRIM_AFTER_FREED_CONNECTIONS: usize = 1024;
+/// During a long burst of closes, at most one trim per interval per shard (a trim walks the
+/// allocator's free lists).
+const TRIM_INTERVAL_MIN: Duration = Duration::from_secs(5);
+
+/// Return free heap pages to the OS (glibc keeps freed memory in its arenas otherwise).
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas; it takes
+    // the arena locks itself and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Most groups, clients or uids one client command may address.
 const COMMAND_TARGETS_MAX: usize = 64;
 
@@ -68,6 +85,11 @@ pub(crate) struct Core {
     ping_frame: SharedFrame,
     pub(crate) shutting_down: Option<Instant>,
     pub(crate) log_limiter: LogLimiter,
+    /// Connections freed since memory was last handed back to the OS.
+    freed_since_trim: usize,
+    /// `freed_since_trim` at the previous housekeeping pass (unchanged: the burst is over).
+    freed_at_last_pass: usize,
+    last_trim: Instant,
 }
 
 /// The application's view of its shard inside a callback.
@@ -190,7 +212,22 @@ impl Core {
             ping_frame: SharedFrame::new(proto::frame::ping(b"ringcast")),
             shutting_down: None,
             log_limiter: LogLimiter::default(),
+            freed_since_trim: 0,
+            freed_at_last_pass: 0,
+            last_trim: now,
         }
+    }
+
+    /// Drop capacity kept from a larger past: tables sized for the peak, pooled buffers.
+    fn shrink_to_fit(&mut self) {
+        self.router.shrink_to_fit();
+        self.conns.shrink_to_fit();
+        self.read_pool.clear();
+        self.batch_pool.clear();
+        self.dirty.shrink_to_fit();
+        self.to_read.shrink_to_fit();
+        self.recipients = Vec::new();
+        self.excluded = Vec::new();
     }
 
     /// Read once per loop turn by the event loop.
@@ -901,6 +938,7 @@ impl Core {
             return;
         }
         let conn = self.conns.remove(slot);
+        self.freed_since_trim += 1;
         let released = self.router.close(slot as Slot);
         for g in &released.emptied_groups {
             self.node.groups.remove(g, self.id);
@@ -918,6 +956,19 @@ impl Core {
     /// Pings, idle timeouts, closing deadlines, the shutdown deadline.
     pub(crate) fn housekeeping(&mut self) {
         let now = self.now;
+        // Trim once a burst of closes is over (none freed since the last pass), or during a
+        // long one at most every TRIM_INTERVAL_MIN.
+        let burst_over = self.freed_since_trim == self.freed_at_last_pass;
+        self.freed_at_last_pass = self.freed_since_trim;
+        if self.freed_since_trim >= TRIM_AFTER_FREED_CONNECTIONS
+            && (burst_over || now.duration_since(self.last_trim) >= TRIM_INTERVAL_MIN)
+        {
+            self.freed_at_last_pass = 0;
+            self.freed_since_trim = 0;
+            self.last_trim = now;
+            self.shrink_to_fit();
+            give_memory_back();
+        }
         let ping = match self.next_ping {
             Some(at) if at <= now => {
                 self.next_ping = self.config.ping_interval.map(|p| now + p);

@@ -216,8 +216,15 @@ impl Handle {
         let mut req = Request::new();
         let missed = self.node.send_publish(&outgoing, None, want_reply.then_some(&mut req));
         if missed > 0 {
-            self.node.handle_mesh_dropped.fetch_add(missed as u64, Ordering::Relaxed);
-            tracing::warn!(missed, "publish: shard inbox full, message not delivered there");
+            let dropped = self.node.handle_mesh_dropped.fetch_add(missed as u64, Ordering::Relaxed);
+            if self.node.handle_log_due() {
+                tracing::warn!(
+                    missed,
+                    dropped_total = dropped + missed as u64,
+                    "publish: shard inbox full, message not delivered there (at most one such \
+                     line per second; mesh_dropped counts them all)"
+                );
+            }
             if !want_reply {
                 return Err(RequestError::Busy);
             }

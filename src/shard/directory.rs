@@ -12,7 +12,7 @@
 //! may miss the joining member, as it would in any pub/sub system.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::RwLock;
 
 /// Most shards a node may have (the width of [`ShardSet`]).
@@ -94,9 +94,7 @@ where
     }
 
     fn stripe(&self, name: &str) -> &RwLock<HashMap<K, ShardSet>> {
-        let mut h = self.hasher.build_hasher();
-        name.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        &self.stripes[(self.hasher.hash_one(name) as usize) % STRIPES]
     }
 
     /// Shard `shard` has its first member of `name`.

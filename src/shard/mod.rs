@@ -121,6 +121,8 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         connections_max: config.connections_max,
         handle_frames_encoded: Default::default(),
         handle_mesh_dropped: Default::default(),
+        handle_last_log_sec: Default::default(),
+        started: std::time::Instant::now(),
     });
     let cpus = config.cpus.clone().unwrap_or_else(crate::config::available_cpus);
     let config = Arc::new(config);

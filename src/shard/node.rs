@@ -57,6 +57,9 @@ pub(crate) struct Node {
     pub(crate) handle_frames_encoded: AtomicU64,
     /// Events a handle could not queue because a shard's inbox was full.
     pub(crate) handle_mesh_dropped: AtomicU64,
+    /// Second (since `started`) of the last warning handles logged: at most one per second.
+    pub(crate) handle_last_log_sec: AtomicU64,
+    pub(crate) started: std::time::Instant,
 }
 
 impl Node {
@@ -67,6 +70,17 @@ impl Node {
                 (n < self.connections_max).then_some(n + 1)
             })
             .is_ok()
+    }
+
+    /// Whether a handle may log a warning now (one per second across every handle).
+    pub(crate) fn handle_log_due(&self) -> bool {
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = self.handle_last_log_sec.load(Ordering::Relaxed);
+        last != now
+            && self
+                .handle_last_log_sec
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub(crate) fn release_slot(&self) {

@@ -93,6 +93,8 @@ pub(crate) struct Core {
     freed_since_trim: usize,
     /// `freed_since_trim` at the previous housekeeping pass (unchanged: the burst is over).
     freed_at_last_pass: usize,
+    /// The last trim ran during a burst of closes: trim once more when it ends.
+    trim_tail_due: bool,
     last_trim: Instant,
 }
 
@@ -222,6 +224,7 @@ impl Core {
             log_limiter: LogLimiter::default(),
             freed_since_trim: 0,
             freed_at_last_pass: 0,
+            trim_tail_due: false,
             last_trim: now,
         }
     }
@@ -968,9 +971,14 @@ impl Core {
         // long one at most every TRIM_INTERVAL_MIN.
         let burst_over = self.freed_since_trim == self.freed_at_last_pass;
         self.freed_at_last_pass = self.freed_since_trim;
-        if self.freed_since_trim >= TRIM_AFTER_FREED_CONNECTIONS
-            && (burst_over || now.duration_since(self.last_trim) >= TRIM_INTERVAL_MIN)
+        // A trim taken during a burst is followed by one more when the burst ends, so the
+        // burst's tail (fewer than TRIM_AFTER_FREED_CONNECTIONS frees) is handed back too.
+        let tail = self.trim_tail_due && burst_over && self.freed_since_trim > 0;
+        if tail
+            || self.freed_since_trim >= TRIM_AFTER_FREED_CONNECTIONS
+                && (burst_over || now.duration_since(self.last_trim) >= TRIM_INTERVAL_MIN)
         {
+            self.trim_tail_due = !burst_over;
             self.freed_at_last_pass = 0;
             self.freed_since_trim = 0;
             self.last_trim = now;

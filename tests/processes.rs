@@ -47,16 +47,7 @@ fn spawn(mut cmd: Command, from_stderr: bool) -> (Proc, SocketAddr) {
 }
 
 fn example(name: &str) -> Command {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--example", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build --example");
-    assert!(status.success());
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    Command::new(format!("{target}/debug/examples/{name}"))
+    Command::new(example_binary(name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,9 @@
 //! joining group 123, then the curl pushes (seed form to the group, to one client, to everyone,
 //! and the JSON API), and the group query. Real binary, real example client, real HTTP.
 
+mod common;
+
+use common::example_binary;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -55,19 +58,6 @@ fn curl(addr: SocketAddr, method: &str, path: &str, json: Option<&str>) -> (u16,
         _ => body,
     };
     (status, body)
-}
-
-fn example_binary(name: &str) -> String {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--example", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build --example");
-    assert!(status.success());
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    format!("{target}/debug/examples/{name}")
 }
 
 #[test]

@@ -322,8 +322,8 @@ impl Core {
             Selection::Everyone => {
                 let shared = SharedFrame::new(o.frame.clone());
                 let Core { conns, dirty, config, counters, log_limiter, .. } = self;
-                if excluded.is_empty() {
-                    for (slot, conn) in conns.iter_mut() {
+                for (slot, conn) in conns.iter_mut() {
+                    if excluded.is_empty() || !excluded.contains(&(slot as Slot)) {
                         deliver(
                             conn,
                             slot,
@@ -334,21 +334,6 @@ impl Core {
                             log_limiter,
                             &mut report,
                         );
-                    }
-                } else {
-                    for (slot, conn) in conns.iter_mut() {
-                        if !excluded.contains(&(slot as Slot)) {
-                            deliver(
-                                conn,
-                                slot,
-                                &shared,
-                                config,
-                                dirty,
-                                counters,
-                                log_limiter,
-                                &mut report,
-                            );
-                        }
                     }
                 }
             }

@@ -200,3 +200,17 @@ pub fn frame(first_byte: u8, payload: &[u8], mask: bool) -> Vec<u8> {
     }
     f
 }
+
+/// Build one of the crate's examples (debug) and return the path of its binary.
+pub fn example_binary(name: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build --example");
+    assert!(status.success());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
+    format!("{target}/debug/examples/{name}")
+}

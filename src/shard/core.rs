@@ -677,7 +677,6 @@ impl Core {
                 .map(|s| s.parse::<ConnId>().map_err(|_| format!("bad client id {s:?}")))
                 .collect()
         };
-        let mut queued = None;
         let outcome: Result<(), String> = match cmd {
             Command::Ping => {
                 self.send_control(slot, command::pong(req_id.as_ref()));
@@ -699,21 +698,21 @@ impl Core {
                     exclude: ex,
                     message: Message::text(message),
                 };
-                queued = Some(self.publish(p).queued);
+                self.publish(p);
             }),
             Command::SendToAll { message, exclude } => parse_ids(&exclude).map(|ex| {
                 let p = Publish { to: To::All, exclude: ex, message: Message::text(message) };
-                queued = Some(self.publish(p).queued);
+                self.publish(p);
             }),
             Command::SendToClient { clients, message } => parse_ids(&clients).map(|to| {
-                queued = Some(self.publish(Publish::new(To::Clients(to), message)).queued);
+                self.publish(Publish::new(To::Clients(to), message));
             }),
         };
         match outcome {
             Ok(()) => {
                 if let Some(rid) = req_id {
-                    // `queued` counts this shard only; other shards queue asynchronously.
-                    let _ = queued;
+                    // No `queued` in the reply: this shard knows only its own count; other
+                    // shards queue asynchronously.
                     self.send_control(slot, command::ok(&rid, name, None));
                 }
             }

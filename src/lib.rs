@@ -4,6 +4,7 @@ pub mod api;
 pub mod command;
 pub mod config;
 pub mod fanout;
+pub mod history;
 pub mod ids;
 pub mod limits;
 pub mod metrics;

@@ -1,0 +1,237 @@
+//! Delivery guarantees: per-group history with positions, recovery after reconnect, and
+//! idempotent publish.
+//!
+//! - `stream.rs`: one group's bounded history and the position logic (sans-I/O).
+//! - `idempotency.rs`: the idempotency-key table (sans-I/O).
+//! - `envelope.rs`: the enveloped frame members who opted in receive (pure).
+//! - `memory.rs`: [`MemoryHistory`], the single-node backend (striped locks around the above).
+//! - `config.rs`: [`HistoryConfig`].
+//!
+//! The node talks to a [`HistoryBackend`]; the in-memory one is the only backend so far. How a
+//! Redis backend slots in for clusters is in ARCHITECTURE.md ("History backends").
+
+pub mod config;
+pub mod envelope;
+pub mod idempotency;
+pub mod memory;
+pub mod stream;
+
+use std::fmt;
+use std::time::Instant;
+
+use bytes::Bytes;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+
+use crate::ids::GroupId;
+use crate::proto::Message;
+
+pub use config::{HistoryConfig, HistoryRule};
+pub use idempotency::{Claim, IdempotencyTable};
+pub use memory::MemoryHistory;
+pub use stream::{ReadFrom, Stored, StreamLimits, Unrecoverable};
+
+/// Identifies one continuous run of a group's offsets. A new epoch means continuity was lost
+/// (the process restarted, or the group's history was forgotten): positions of another epoch
+/// cannot be recovered from. Shown as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for Epoch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 16 {
+            return Err(format!("bad epoch {s:?}: expected up to 16 hex digits"));
+        }
+        u64::from_str_radix(s, 16)
+            .map(Epoch)
+            .map_err(|_| format!("bad epoch {s:?}: expected up to 16 hex digits"))
+    }
+}
+
+impl Serialize for Epoch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A message's place in its group: `offset` grows by one per message within `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Position {
+    /// The run of offsets this belongs to.
+    pub epoch: Epoch,
+    /// 1 for the group's first message of the epoch; 0 means "before the first".
+    pub offset: u64,
+}
+
+/// The history rules, compiled once.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    set: GlobSet,
+    limits: Vec<StreamLimits>,
+}
+
+impl Rules {
+    /// Compile the patterns; an invalid one is an error naming it.
+    pub fn new(rules: &[HistoryRule]) -> Result<Self, String> {
+        let mut set = GlobSetBuilder::new();
+        for r in rules {
+            let glob = GlobBuilder::new(&r.pattern)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| format!("bad history pattern {:?}: {}", r.pattern, e.kind()))?;
+            set.add(glob);
+        }
+        Ok(Rules {
+            set: set.build().map_err(|e| format!("bad history patterns: {e}"))?,
+            limits: rules
+                .iter()
+                .map(|r| StreamLimits { messages_max: r.messages_max, age_max: r.age_max })
+                .collect(),
+        })
+    }
+
+    /// The limits of the first rule matching `group`, if any.
+    pub fn limits_for(&self, group: &str) -> Option<StreamLimits> {
+        if self.limits.is_empty() {
+            return None;
+        }
+        self.set.matches(group).first().map(|&i| self.limits[i])
+    }
+
+    /// Whether there is any rule.
+    pub fn is_empty(&self) -> bool {
+        self.limits.is_empty()
+    }
+}
+
+/// One message of an append: the groups with history it goes to and its payload.
+#[derive(Debug)]
+pub struct AppendItem<'a> {
+    /// Groups with history among the publish's target groups, with their limits.
+    pub groups: Vec<(GroupId, StreamLimits)>,
+    /// The payload.
+    pub message: &'a Message,
+}
+
+/// What an append assigned to one message.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// One position per group, in the item's order.
+    pub positions: Vec<(GroupId, Position)>,
+    /// The enveloped frame (positions included), encoded once.
+    pub frame: Bytes,
+}
+
+/// The result of a read.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// The group's newest position (`None`: the group keeps no history).
+    pub position: Option<Position>,
+    /// The messages (oldest first) and whether more follow; or why the position given could
+    /// not be recovered from.
+    pub outcome: Result<(Vec<Stored>, bool), Unrecoverable>,
+}
+
+/// Counters of a history backend (gauges say so).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HistoryCounters {
+    /// Messages stored (one per group with history per publish).
+    pub history_messages_stored: u64,
+    /// Messages evicted by the count, age or byte bounds.
+    pub history_messages_evicted: u64,
+    /// Of those, evicted by the byte bound (`history_bytes_max`).
+    pub history_messages_evicted_bytes: u64,
+    /// Groups forgotten to stay within `history_groups_max` (their next publish starts a
+    /// new epoch).
+    pub history_groups_evicted: u64,
+    /// Bytes held now (gauge).
+    pub history_bytes: u64,
+    /// Groups with a history now (gauge).
+    pub history_groups: u64,
+    /// Reads from a position that returned everything after it.
+    pub history_recovered: u64,
+    /// Reads from a position that could not (`recovered: false`).
+    pub history_unrecovered: u64,
+    /// Keyed publishes acknowledged as duplicates (not delivered again).
+    pub idempotency_duplicates: u64,
+    /// Idempotency keys forgotten before their window passed (count bound).
+    pub idempotency_keys_evicted: u64,
+    /// Idempotency keys held now (gauge).
+    pub idempotency_keys: u64,
+}
+
+impl HistoryCounters {
+    /// `(name, value)` pairs, for logs and exporters.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("history_messages_stored", self.history_messages_stored),
+            ("history_messages_evicted", self.history_messages_evicted),
+            ("history_messages_evicted_bytes", self.history_messages_evicted_bytes),
+            ("history_groups_evicted", self.history_groups_evicted),
+            ("history_bytes", self.history_bytes),
+            ("history_groups", self.history_groups),
+            ("history_recovered", self.history_recovered),
+            ("history_unrecovered", self.history_unrecovered),
+            ("idempotency_duplicates", self.idempotency_duplicates),
+            ("idempotency_keys_evicted", self.idempotency_keys_evicted),
+            ("idempotency_keys", self.idempotency_keys),
+        ]
+    }
+}
+
+/// The seam between the node and where history and idempotency keys live: in this process
+/// ([`MemoryHistory`]) or, for a cluster, in Redis (not built yet; see ARCHITECTURE.md).
+///
+/// The contract that makes recovery exact ("no gap, no duplicate at the seam"):
+/// - `append` assigns each group's next offsets and stores the messages, then calls `fan_out`
+///   **while the groups' order is still held**: the caller queues the publishes to the shards
+///   inside it, so every shard's inbox receives a group's messages in offset order.
+/// - `read` calls `while_held` **while the group's order is held**: a joining shard registers
+///   its new member there, so every message after the read's `position` reaches that shard
+///   through its inbox (and the shard skips, for that member, the ones at or below it).
+pub trait HistoryBackend: Send + Sync {
+    /// Whether `group` keeps a history, and its bounds.
+    fn limits_for(&self, group: &str) -> Option<StreamLimits>;
+
+    /// Assign positions to `items` and store them; `fan_out` gets one [`Appended`] per item,
+    /// in order, while the order is held.
+    fn append(
+        &self,
+        items: &[AppendItem<'_>],
+        now: Instant,
+        fan_out: &mut dyn FnMut(Vec<Appended>),
+    );
+
+    /// Read `group`'s history from `from`, at most `limit` messages; `while_held` runs while
+    /// the group's order is held (see the trait's contract).
+    fn read(
+        &self,
+        group: &GroupId,
+        from: ReadFrom,
+        limit: usize,
+        now: Instant,
+        while_held: &mut dyn FnMut(&Read),
+    ) -> Read;
+
+    /// Check an idempotency key and claim it if new.
+    fn idempotency_claim(&self, key: &str, now: Instant) -> Claim<Bytes>;
+
+    /// Remember the answer of a claimed key for the window.
+    fn idempotency_complete(&self, key: &str, answer: Bytes, now: Instant);
+
+    /// Forget a claimed key whose publish failed.
+    fn idempotency_release(&self, key: &str);
+
+    /// Evict what has aged out (a slice of the store per call; call it every few hundred ms).
+    fn sweep(&self, now: Instant);
+
+    /// Counters.
+    fn counters(&self) -> HistoryCounters;
+}

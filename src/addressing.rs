@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 
+use crate::history::Position;
 use crate::ids::{ConnId, GroupId, Uid};
 use crate::proto::Message;
 
@@ -55,6 +56,17 @@ pub struct PublishReport {
     pub shards_missed: u32,
     /// Recipients skipped or disconnected because their outbox was full.
     pub slow_consumers: u64,
+    /// The position assigned in each target group with history (none for other publishes),
+    /// as `{"group": {"epoch": "..", "offset": N}}`.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "positions_map")]
+    pub positions: Vec<(GroupId, Position)>,
+}
+
+fn positions_map<S: serde::Serializer>(
+    v: &[(GroupId, Position)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(g, p)| (g.as_str(), p)))
 }
 
 /// What an operation on one connection did.

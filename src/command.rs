@@ -18,6 +18,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::config::{GroupPublishPolicy, JoinPolicy, Permissions};
+use crate::history::{Position, Read};
 use crate::ids::GroupId;
 
 /// A request id as the client sent it: kept as its JSON text (a number or a string), echoed
@@ -30,6 +31,13 @@ pub struct RequestId(pub String);
 pub enum Command {
     /// `{"cmd":"add_group","group_id":"g"}`
     AddGroup { group: GroupId },
+    /// `{"cmd":"add_group","group_id":"g","envelope":true}`, optionally with
+    /// `"since":{"epoch":"..","offset":N}` (recovery): the connection receives every message
+    /// in the envelope (with positions), and with `since` first every message after N.
+    AddGroupEnveloped { group: GroupId, since: Option<Position> },
+    /// `{"cmd":"history","group_id":"g"}`: the group's newest `limit` messages, or with
+    /// `since` every message after a position (at most `limit`).
+    History { group: GroupId, since: Option<Position>, limit: usize },
     /// `{"cmd":"leave_group","group_id":"g"}`
     LeaveGroup { group: GroupId },
     /// `{"cmd":"send_to_group","group_id":"g","message":"..."}`; `group_ids: [..]` for several;
@@ -47,7 +55,8 @@ impl Command {
     /// The command's wire name.
     pub fn name(&self) -> &'static str {
         match self {
-            Command::AddGroup { .. } => "add_group",
+            Command::AddGroup { .. } | Command::AddGroupEnveloped { .. } => "add_group",
+            Command::History { .. } => "history",
             Command::LeaveGroup { .. } => "leave_group",
             Command::SendToGroup { .. } => "send_to_group",
             Command::SendToAll { .. } => "send_to_all",
@@ -142,7 +151,33 @@ pub fn parse(text: &str, limits: ParseLimits) -> Result<Request, Rejected> {
 /// The command named `cmd`, from the fields of its object.
 fn parse_command(cmd: &str, obj: &mut Obj<'_>, limits: ParseLimits) -> Result<Command, String> {
     match cmd {
-        "add_group" => Ok(Command::AddGroup { group: group_field(obj, limits)? }),
+        "add_group" => {
+            let group = group_field(obj, limits)?;
+            let since = since_field(obj)?;
+            match (obj.get("envelope"), since) {
+                (None | Some(Json::Bool(false)), None) => Ok(Command::AddGroup { group }),
+                (Some(Json::Bool(false)), Some(_)) => {
+                    Err("\"since\" needs the envelope (positions): drop \"envelope\":false".into())
+                }
+                (None | Some(Json::Bool(_)), since) => {
+                    Ok(Command::AddGroupEnveloped { group, since })
+                }
+                (Some(_), _) => Err(must_be("envelope", "true or false")),
+            }
+        }
+        "history" => {
+            let group = group_field(obj, limits)?;
+            let since = since_field(obj)?;
+            let limit = match obj.get("limit") {
+                None => HISTORY_LIMIT_DEFAULT,
+                Some(Json::Number(n)) => match n.as_u64() {
+                    Some(n @ 1..=HISTORY_LIMIT_MAX_U64) => n as usize,
+                    _ => return Err(must_be("limit", "between 1 and 1000")),
+                },
+                Some(_) => return Err(must_be("limit", "a number")),
+            };
+            Ok(Command::History { group, since, limit })
+        }
         "leave_group" => Ok(Command::LeaveGroup { group: group_field(obj, limits)? }),
         "send_to_group" => {
             let groups = match one_or_many(obj, "group_id", "group_ids", limits)? {
@@ -174,6 +209,33 @@ fn parse_command(cmd: &str, obj: &mut Obj<'_>, limits: ParseLimits) -> Result<Co
         }
         "ping" => Ok(Command::Ping),
         other => Err(format!("unknown command {:?}", clip(other, CMD_ECHO_BYTES_MAX))),
+    }
+}
+
+/// Messages a `history` command returns when it gives no `limit`.
+pub const HISTORY_LIMIT_DEFAULT: usize = 100;
+/// Most messages one `history` command may ask for.
+pub const HISTORY_LIMIT_MAX: usize = 1000;
+const HISTORY_LIMIT_MAX_U64: u64 = HISTORY_LIMIT_MAX as u64;
+
+/// The optional `"since":{"epoch":"<16 hex>","offset":N}`.
+fn since_field(obj: &Obj<'_>) -> Result<Option<Position>, String> {
+    let shape = || must_be("since", r#"{"epoch":"<hex>","offset":<number>}"#);
+    match obj.get("since") {
+        None => Ok(None),
+        Some(Json::Object(fields)) => {
+            let get = |name: &str| fields.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v);
+            let epoch = match get("epoch") {
+                Some(Json::Str(e)) => e.parse().map_err(|e: String| format!("since.{e}"))?,
+                _ => return Err(shape()),
+            };
+            let offset = match get("offset") {
+                Some(Json::Number(n)) => n.as_u64().ok_or_else(shape)?,
+                _ => return Err(shape()),
+            };
+            Ok(Some(Position { epoch, offset }))
+        }
+        Some(_) => Err(shape()),
     }
 }
 
@@ -451,7 +513,15 @@ pub fn check(
 ) -> Result<(), Denied> {
     let deny = |reason: String| Err(Denied(reason));
     match cmd {
-        Command::AddGroup { group } => {
+        Command::History { group, .. } => {
+            // Same as joining: a group open to clients, or one the connection is in.
+            if is_member(group) || join.allows(group) {
+                Ok(())
+            } else {
+                deny(format!("group {:?} is not open to clients", group.as_str()))
+            }
+        }
+        Command::AddGroup { group } | Command::AddGroupEnveloped { group, .. } => {
             match &join.inner {
                 Join::Off => return deny("joining groups is not allowed".to_owned()),
                 Join::Matching(set) if !set.is_match(group.as_str()) => {
@@ -561,6 +631,104 @@ pub fn ok(id: &RequestId, cmd: &str, queued: Option<u64>) -> String {
         out.push_str(&format!(r#","queued":{n}"#));
     }
     out.push('}');
+    out
+}
+
+/// Reply to an enveloped `add_group`:
+/// `{"type":"ok","cmd":"add_group","group_id":"g","epoch":"..","offset":L,"recovered":true,
+/// "replayed":n}` (`id` when given; `epoch`/`offset` only for a group with history: the
+/// newest position, the one to resume from when nothing newer arrives; `recovered` and
+/// `replayed` only when `since` was given, with `reason` when not recovered).
+pub fn joined(id: Option<&RequestId>, group: &str, read: &Read, since: bool) -> String {
+    let mut out = String::with_capacity(128);
+    out.push_str(r#"{"type":"ok","cmd":"add_group""#);
+    if let Some(id) = id {
+        out.push_str(r#","id":"#);
+        out.push_str(&id.0);
+    }
+    out.push_str(r#","group_id":"#);
+    push_json_str(&mut out, group);
+    if let Some(p) = read.position {
+        out.push_str(&format!(r#","epoch":"{}","offset":{}"#, p.epoch, p.offset));
+    }
+    if since {
+        match &read.outcome {
+            Ok((msgs, _)) => {
+                out.push_str(&format!(r#","recovered":true,"replayed":{}"#, msgs.len()))
+            }
+            Err(why) => {
+                out.push_str(r#","recovered":false,"replayed":0,"reason":"#);
+                push_json_str(&mut out, why.as_str());
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// Reply to `history`: `{"type":"history","group_id":"g","epoch":"..","offset":L,
+/// "messages":[{"offset":N,"data":".."}],"more":false}` (`recovered` when `since` was given;
+/// a binary message has `binary_base64` instead of `data`). Messages stop before the reply
+/// passes `bytes_max` (at least one is included); `more` says whether any were left out.
+pub fn history(
+    id: Option<&RequestId>,
+    group: &str,
+    read: &Read,
+    since: bool,
+    bytes_max: usize,
+) -> String {
+    use base64::Engine as _;
+    let mut out = String::with_capacity(256);
+    out.push_str(r#"{"type":"history""#);
+    if let Some(id) = id {
+        out.push_str(r#","id":"#);
+        out.push_str(&id.0);
+    }
+    out.push_str(r#","group_id":"#);
+    push_json_str(&mut out, group);
+    if let Some(p) = read.position {
+        out.push_str(&format!(r#","epoch":"{}","offset":{}"#, p.epoch, p.offset));
+    }
+    let (msgs, mut more) = match &read.outcome {
+        Ok((msgs, more)) => {
+            if since {
+                out.push_str(r#","recovered":true"#);
+            }
+            (&msgs[..], *more)
+        }
+        Err(why) => {
+            if since {
+                out.push_str(r#","recovered":false"#);
+            }
+            out.push_str(r#","reason":"#);
+            push_json_str(&mut out, why.as_str());
+            (&[][..], false)
+        }
+    };
+    out.push_str(r#","messages":["#);
+    for (i, m) in msgs.iter().enumerate() {
+        if i > 0 && out.len() + m.message.as_bytes().len() + 64 > bytes_max {
+            more = true;
+            break;
+        }
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(r#"{{"offset":{},"#, m.offset));
+        match &m.message {
+            crate::proto::Message::Text(t) => {
+                out.push_str(r#""data":"#);
+                push_json_str(&mut out, t.as_str());
+            }
+            crate::proto::Message::Binary(b) => {
+                out.push_str(r#""binary_base64":""#);
+                base64::engine::general_purpose::STANDARD.encode_string(b, &mut out);
+                out.push('"');
+            }
+        }
+        out.push('}');
+    }
+    out.push_str(&format!(r#"],"more":{more}}}"#));
     out
 }
 

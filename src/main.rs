@@ -172,6 +172,26 @@ struct ServeArgs {
     /// Do not start the HTTP API.
     #[arg(long)]
     no_api: bool,
+    // ---- history, recovery, idempotent publish (src/history) ----
+    /// Keep a history for groups matching PATTERN: the newest MESSAGES, each for at most AGE,
+    /// e.g. "chat:*=1000,10m" (repeatable; the first matching rule applies) [default: no
+    /// group keeps history].
+    #[arg(long = "history-rule", value_name = "PATTERN=MESSAGES,AGE")]
+    history_rules: Vec<ringcast::history::HistoryRule>,
+    /// Groups that may keep a history at once; past it the one published to least recently
+    /// is forgotten (its next message starts a new epoch).
+    #[arg(long, default_value_t = 100_000)]
+    history_groups_max: usize,
+    /// Bytes all histories may hold together; past it a group's oldest messages are evicted.
+    #[arg(long, default_value_t = 256 << 20)]
+    history_bytes_max: usize,
+    /// How long the HTTP API remembers an idempotency key after answering its publish.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    idempotency_window: Duration,
+    /// Idempotency keys remembered at once (the oldest is forgotten early past it, counted).
+    #[arg(long, default_value_t = 100_000)]
+    idempotency_keys_max: usize,
+    // ---- end of history flags ----
     /// Log the node's counters at this interval, e.g. "10s"; "0s" disables.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     stats_interval: Duration,
@@ -283,6 +303,14 @@ impl ServeArgs {
         c.close_timeout = self.close_timeout;
         c.shutdown_timeout = self.shutdown_timeout;
         c.inbox_events_max = self.inbox_events_max.max(1);
+        c.history = ringcast::history::HistoryConfig {
+            rules: self.history_rules.clone(),
+            groups_max: self.history_groups_max,
+            bytes_max: self.history_bytes_max,
+            idempotency_window: self.idempotency_window,
+            idempotency_keys_max: self.idempotency_keys_max,
+        };
+        c.history.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }
 }

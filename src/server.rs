@@ -13,12 +13,13 @@ use crate::addressing::{
     UidInfo,
 };
 use crate::config::{Config, OnMessage};
+use crate::history::{Claim, HistoryCounters, Read, ReadFrom};
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
 use crate::metrics::Counters;
 use crate::proto::Message;
-use crate::shard::mesh::{Op, Outgoing, Query, ShardMsg};
+use crate::shard::mesh::{Op, Query, ShardMsg};
 use crate::shard::reply::{Answer, Request};
-use crate::shard::{self, route_of, Callbacks, ConnInfo, Ctx, Node, Pending};
+use crate::shard::{self, Callbacks, ConnInfo, Ctx, Node, Pending};
 
 /// Builds a node. `Server::builder().listen(..).on_message(..).start()`.
 pub struct Builder {
@@ -204,17 +205,10 @@ impl Handle {
         want_reply: bool,
     ) -> Result<Pending<Vec<PublishReport>>, RequestError> {
         let n = batch.len();
-        let outgoing: Arc<[Outgoing]> = batch
-            .into_iter()
-            .map(|p| Outgoing {
-                frame: p.message.encode(),
-                route: route_of(p.to),
-                exclude: p.exclude,
-            })
-            .collect();
         self.node.handle_frames_encoded.fetch_add(n as u64, Ordering::Relaxed);
         let mut req = Request::new();
-        let missed = self.node.send_publish(&outgoing, None, want_reply.then_some(&mut req));
+        let (outgoing, missed) =
+            self.node.publish(batch, None, want_reply.then_some(&mut req));
         if missed > 0 {
             let dropped = self.node.handle_mesh_dropped.fetch_add(missed as u64, Ordering::Relaxed);
             if self.node.handle_log_due() {
@@ -239,8 +233,9 @@ impl Handle {
                     }
                 }
             }
-            for t in &mut total {
+            for (t, o) in total.iter_mut().zip(outgoing.iter()) {
                 t.shards_missed = busy as u32;
+                t.positions = o.positions.to_vec();
             }
             Ok(total)
         }))
@@ -434,6 +429,41 @@ impl Handle {
                 }
             },
         )
+    }
+
+    /// A group's history (no shard is asked: the history store answers), from the newest
+    /// `limit` messages ([`ReadFrom::Last`]) or everything after a position
+    /// ([`ReadFrom::Since`], at most `limit`). `position` is `None` for a group without
+    /// history (no rule matches it).
+    pub fn history(&self, group: &GroupId, from: ReadFrom, limit: usize) -> Read {
+        self.node.history.read(group, from, limit, std::time::Instant::now(), &mut |_| {})
+    }
+
+    /// Whether any group keeps a history.
+    pub fn history_enabled(&self) -> bool {
+        self.node.history_on
+    }
+
+    /// Check an idempotency key and claim it when it is new (see [`Claim`]). A claimed key
+    /// must be completed with [`Handle::idempotency_complete`] or released with
+    /// [`Handle::idempotency_release`].
+    pub fn idempotency_claim(&self, key: &str) -> Claim<bytes::Bytes> {
+        self.node.history.idempotency_claim(key, std::time::Instant::now())
+    }
+
+    /// Remember `answer` for a claimed key for the idempotency window.
+    pub fn idempotency_complete(&self, key: &str, answer: bytes::Bytes) {
+        self.node.history.idempotency_complete(key, answer, std::time::Instant::now());
+    }
+
+    /// Forget a claimed key whose publish delivered nothing (a retry may deliver).
+    pub fn idempotency_release(&self, key: &str) {
+        self.node.history.idempotency_release(key);
+    }
+
+    /// History and idempotency counters.
+    pub fn history_counters(&self) -> HistoryCounters {
+        self.node.history.counters()
     }
 
     /// Counters summed over every shard.

@@ -48,6 +48,22 @@ pub(crate) struct PublishBody<'a> {
     to: Option<ToBody<'a>>,
     #[serde(borrow, default)]
     exclude: Vec<Text<'a>>,
+    /// A repeat with the same key within the idempotency window is acknowledged and not
+    /// delivered again (the `Idempotency-Key` header does the same for a whole request).
+    #[serde(borrow, default)]
+    idempotency_key: Option<Cow<'a, str>>,
+}
+
+/// An idempotency key: 1 to 256 bytes, no control characters.
+pub(crate) fn idempotency_key(s: &str, field: &dyn std::fmt::Display) -> Result<String, String> {
+    use crate::history::config::IDEMPOTENCY_KEY_BYTES_MAX;
+    if s.is_empty() || s.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(format!("{field}: must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(format!("{field}: must not contain control characters"));
+    }
+    Ok(s.to_owned())
 }
 
 /// Exactly one of its fields.
@@ -77,20 +93,27 @@ pub(crate) enum BatchError {
 /// Parse `{"publishes": [ <publish>, ... ]}` straight into [`Publish`]es: each item is
 /// validated as soon as it is read, nothing but the result is kept, and reading stops at the
 /// first invalid item or past [`BATCH_PUBLISHES_MAX`].
-pub(crate) fn parse_batch(body: &Bytes, limits: Limits) -> Result<Vec<Publish>, BatchError> {
+///
+/// Also returns each publish's idempotency key (`None` for most), in order.
+pub(crate) fn parse_batch(body: &Bytes, limits: Limits) -> Result<Parsed, BatchError> {
     use serde::de::DeserializeSeed as _;
     // A publish takes at least ~40 bytes of JSON: a capacity that rarely needs to grow.
     let mut out = Vec::with_capacity((body.len() / 40).min(BATCH_PUBLISHES_MAX));
+    let mut keys = Vec::new();
     let mut invalid = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    let seed = batch::Batch { body, limits, out: &mut out, invalid: &mut invalid };
+    let seed =
+        batch::Batch { body, limits, out: &mut out, keys: &mut keys, invalid: &mut invalid };
     let parsed = seed.deserialize(&mut de).and_then(|()| de.end());
     match (parsed, invalid) {
         (_, Some(msg)) => Err(BatchError::Invalid(msg)),
         (Err(e), None) => Err(BatchError::Json(e)),
-        (Ok(()), None) => Ok(out),
+        (Ok(()), None) => Ok((out, keys)),
     }
 }
+
+/// Publishes and their idempotency keys (`keys` is empty when no item has one).
+pub(crate) type Parsed = (Vec<Publish>, Vec<Option<String>>);
 
 mod batch {
     use std::fmt;
@@ -98,7 +121,7 @@ mod batch {
     use bytes::Bytes;
     use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
-    use super::{Limits, Prefix, PublishBody, BATCH_PUBLISHES_MAX};
+    use super::{idempotency_key, Limits, Prefix, PublishBody, BATCH_PUBLISHES_MAX};
     use crate::addressing::Publish;
 
     /// The top-level object.
@@ -106,6 +129,7 @@ mod batch {
         pub(super) body: &'a Bytes,
         pub(super) limits: Limits,
         pub(super) out: &'a mut Vec<Publish>,
+        pub(super) keys: &'a mut Vec<Option<String>>,
         /// Set when an item is refused (serde's error then only stops the parse).
         pub(super) invalid: &'a mut Option<String>,
     }
@@ -125,7 +149,7 @@ mod batch {
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let Batch { body, limits, out, invalid } = self;
+            let Batch { body, limits, out, keys, invalid } = self;
             let mut seen = false;
             while let Some(key) = map.next_key::<&str>()? {
                 if key != "publishes" {
@@ -139,6 +163,7 @@ mod batch {
                     body,
                     limits,
                     out: &mut *out,
+                    keys: &mut *keys,
                     invalid: &mut *invalid,
                 })?;
             }
@@ -154,6 +179,7 @@ mod batch {
         body: &'a Bytes,
         limits: Limits,
         out: &'a mut Vec<Publish>,
+        keys: &'a mut Vec<Option<String>>,
         invalid: &'a mut Option<String>,
     }
 
@@ -173,11 +199,24 @@ mod batch {
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
             let mut i = 0;
-            while let Some(item) = seq.next_element::<PublishBody<'de>>()? {
+            while let Some(mut item) = seq.next_element::<PublishBody<'de>>()? {
                 if i == BATCH_PUBLISHES_MAX {
                     *self.invalid =
                         Some(format!("publishes: more than {BATCH_PUBLISHES_MAX} entries"));
                     return Err(de::Error::custom("too many publishes"));
+                }
+                if let Some(k) = item.idempotency_key.take() {
+                    let field = format_args!("publishes[{i}].idempotency_key");
+                    match idempotency_key(&k, &field) {
+                        Ok(k) => {
+                            self.keys.resize(i, None);
+                            self.keys.push(Some(k));
+                        }
+                        Err(msg) => {
+                            *self.invalid = Some(msg);
+                            return Err(de::Error::custom("invalid publish"));
+                        }
+                    }
                 }
                 match item.into_publish(Prefix(Some(i)), self.body, self.limits) {
                     Ok(p) => self.out.push(p),
@@ -199,6 +238,39 @@ mod batch {
 pub(crate) struct UidBody<'a> {
     #[serde(borrow)]
     pub(crate) uid: Cow<'a, str>,
+}
+
+/// `since_epoch=&since_offset=&limit=` of a history query: the position (both or neither)
+/// and the limit (default 100, 1 to 1000).
+pub(crate) fn history_params(
+    query: Option<&str>,
+) -> Result<(Option<crate::history::Position>, usize), String> {
+    use crate::command::{HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX};
+    let (mut epoch, mut offset, mut limit) = (None, None, HISTORY_LIMIT_DEFAULT);
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "since_epoch" => epoch = Some(v.parse().map_err(|e| format!("since_epoch: {e}"))?),
+            "since_offset" => {
+                offset = Some(v.parse::<u64>().map_err(|_| {
+                    format!("since_offset: not an offset: {v:?}")
+                })?)
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=HISTORY_LIMIT_MAX).contains(n))
+                    .ok_or_else(|| format!("limit: must be between 1 and {HISTORY_LIMIT_MAX}"))?
+            }
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    let since = match (epoch, offset) {
+        (Some(epoch), Some(offset)) => Some(crate::history::Position { epoch, offset }),
+        (None, None) => None,
+        _ => return Err("since_epoch and since_offset: give both or neither".into()),
+    };
+    Ok((since, limit))
 }
 
 /// A client id from a path, a query or a body; `field` names it in the error.
@@ -262,6 +334,14 @@ fn list<T>(
 }
 
 impl PublishBody<'_> {
+    /// The idempotency key, validated (taken out, so `into_publish` does not see it).
+    pub(crate) fn take_key(&mut self) -> Result<Option<String>, String> {
+        match self.idempotency_key.take() {
+            None => Ok(None),
+            Some(k) => idempotency_key(&k, &"idempotency_key").map(Some),
+        }
+    }
+
     /// Validate and convert. `prefix` is prepended to field names in errors. `body` is the
     /// buffer this was deserialized from.
     pub(crate) fn into_publish(
@@ -536,10 +616,16 @@ mod tests {
         let ok = batch(
             r#"{"publishes":[{"data":"a","to":{"all":true}},{"data":"b","to":{"uids":["u"]}}]}"#,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[1].message, Message::text("b"));
-        assert!(batch(r#"{"publishes":[]}"#).unwrap().is_empty());
+        assert!(batch(r#"{"publishes":[]}"#).unwrap().0.is_empty());
+        let (ps, keys) = batch(
+            r#"{"publishes":[{"data":"a","to":{"all":true}},{"data":"b","to":{"all":true},"idempotency_key":"k"}]}"#,
+        )
+        .unwrap();
+        assert_eq!((ps.len(), keys), (2, vec![None, Some("k".to_owned())]));
         let invalid = |json: &str| match batch(json) {
             Err(BatchError::Invalid(m)) => m,
             other => panic!("{json}: {other:?}"),
@@ -555,6 +641,8 @@ mod tests {
         let many = vec![r#"{"data":"x","to":{"all":true}}"#; BATCH_PUBLISHES_MAX + 1].join(",");
         let m = invalid(&format!(r#"{{"publishes":[{many}]}}"#));
         assert_eq!(m, "publishes: more than 10000 entries");
+        let m = invalid(r#"{"publishes":[{"data":"a","to":{"all":true},"idempotency_key":""}]}"#);
+        assert!(m.starts_with("publishes[0].idempotency_key: must be 1 to 256"), "{m}");
         assert!(json_error(r#"{}"#).contains("missing field `publishes`"));
         assert!(json_error(r#"{"publishes":[],"x":1}"#).contains("unknown field `x`"));
         assert!(json_error(r#"{"publishes":{}}"#).contains("invalid type"));

@@ -21,6 +21,7 @@ use super::coalesce::Coalescer;
 use super::error::ApiError;
 use super::stats::{ApiStats, Counters};
 use crate::addressing::{Applied, Publish, PublishReport, RequestError, Session, Stats};
+use crate::history::{Claim, ReadFrom};
 use crate::ids::ConnId;
 use crate::{Handle, Pending};
 
@@ -68,6 +69,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/publish/batch", axum::routing::post(publish_batch))
         .route("/api/groups", get(groups))
         .route("/api/groups/{group}", get(group).delete(dissolve))
+        .route("/api/groups/{group}/history", get(history))
         .route("/api/groups/{group}/clients/{client_id}", put(join).delete(leave))
         .route("/api/clients/{client_id}", get(client).delete(close))
         .route("/api/clients/{client_id}/uid", put(bind_uid).delete(unbind_uid))
@@ -166,18 +168,40 @@ fn publish_answer(reports: &[PublishReport], batch: bool) -> Answer {
     Ok(reports_json(reports, batch))
 }
 
-/// `{"queued":N,"shards_missed":K,"slow_consumers":S}`, or `{"results":[..]}` of those for a
-/// batch. Written by hand: a batch answer holds up to 10,000 of them.
+/// `{"queued":N,"shards_missed":K,"slow_consumers":S}` (plus `"positions":{..}` for groups
+/// with history), or `{"results":[..]}` of those for a batch. Written by hand: a batch answer
+/// holds up to 10,000 of them.
 fn reports_json(reports: &[PublishReport], batch: bool) -> Response {
-    fn one(out: &mut Vec<u8>, r: &PublishReport, n: &mut itoa::Buffer) {
-        out.extend_from_slice(br#"{"queued":"#);
-        out.extend_from_slice(n.format(r.queued).as_bytes());
-        out.extend_from_slice(br#","shards_missed":"#);
-        out.extend_from_slice(n.format(r.shards_missed).as_bytes());
-        out.extend_from_slice(br#","slow_consumers":"#);
-        out.extend_from_slice(n.format(r.slow_consumers).as_bytes());
+    json_bytes(reports_body(reports, batch))
+}
+
+fn one_report(out: &mut Vec<u8>, r: &PublishReport, n: &mut itoa::Buffer) {
+    out.extend_from_slice(br#"{"queued":"#);
+    out.extend_from_slice(n.format(r.queued).as_bytes());
+    out.extend_from_slice(br#","shards_missed":"#);
+    out.extend_from_slice(n.format(r.shards_missed).as_bytes());
+    out.extend_from_slice(br#","slow_consumers":"#);
+    out.extend_from_slice(n.format(r.slow_consumers).as_bytes());
+    if !r.positions.is_empty() {
+        out.extend_from_slice(br#","positions":{"#);
+        for (i, (g, p)) in r.positions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Serialising a `str` cannot fail.
+            out.extend_from_slice(serde_json::to_string(g.as_str()).unwrap_or_default().as_bytes());
+            out.extend_from_slice(br#":{"epoch":""#);
+            out.extend_from_slice(p.epoch.to_string().as_bytes());
+            out.extend_from_slice(br#"","offset":"#);
+            out.extend_from_slice(n.format(p.offset).as_bytes());
+            out.push(b'}');
+        }
         out.push(b'}');
     }
+    out.push(b'}');
+}
+
+fn reports_body(reports: &[PublishReport], batch: bool) -> Vec<u8> {
     let mut n = itoa::Buffer::new();
     let mut out = Vec::with_capacity(16 + 64 * reports.len());
     if batch {
@@ -186,15 +210,77 @@ fn reports_json(reports: &[PublishReport], batch: bool) -> Response {
             if i > 0 {
                 out.push(b',');
             }
-            one(&mut out, r, &mut n);
+            one_report(&mut out, r, &mut n);
         }
         out.extend_from_slice(b"]}");
     } else if let Some(r) = reports.first() {
-        one(&mut out, r, &mut n);
+        one_report(&mut out, r, &mut n);
     }
-    let mut r = Response::new(Body::from(out));
+    out
+}
+
+fn json_bytes(body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+/// A remembered answer, flagged: `{..,"duplicate":true}`.
+fn duplicate_of(answer: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(answer.len() + 20);
+    out.extend_from_slice(answer.strip_suffix(b"}").unwrap_or(answer));
+    out.extend_from_slice(br#","duplicate":true}"#);
+    out
+}
+
+// ---- idempotency ----------------------------------------------------------------------------
+
+/// The `Idempotency-Key` header, validated.
+fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key: must be visible ASCII"))?;
+            body::idempotency_key(v, &"Idempotency-Key").map(Some).map_err(ApiError::bad_request)
+        }
+    }
+}
+
+/// A claimed idempotency key: released when dropped (the publish failed, or the request was
+/// abandoned) unless completed with the answer.
+struct KeyGuard {
+    handle: crate::Handle,
+    key: Option<String>,
+}
+
+impl KeyGuard {
+    /// Claim `key`. A duplicate is answered (`Err`) with the remembered answer, flagged; a key
+    /// in flight with 409.
+    fn claim(handle: &crate::Handle, key: String) -> Result<KeyGuard, Answer> {
+        match handle.idempotency_claim(&key) {
+            Claim::New => Ok(KeyGuard { handle: handle.clone(), key: Some(key) }),
+            Claim::Duplicate(answer) => Err(Ok(json_bytes(duplicate_of(&answer)))),
+            Claim::InProgress => Err(Err(ApiError::conflict(
+                "a publish with this idempotency key is in progress; retry once it is answered",
+            ))),
+        }
+    }
+
+    fn complete(mut self, answer: &[u8]) {
+        if let Some(key) = self.key.take() {
+            self.handle.idempotency_complete(&key, Bytes::copy_from_slice(answer));
+        }
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.handle.idempotency_release(&key);
+        }
+    }
 }
 
 // ---- seed 003 -------------------------------------------------------------------------------
@@ -238,30 +324,144 @@ async fn not_found() -> ApiError {
 
 // ---- publish --------------------------------------------------------------------------------
 
-/// `POST /api/publish`
+/// `POST /api/publish`; with an idempotency key (header or `idempotency_key`), a repeat
+/// within the window gets the first answer flagged `"duplicate":true` and delivers nothing.
 async fn publish(State(s): St, req: Request) -> Answer {
+    let header = header_key(req.headers())?;
     let body = json_body(req, s.body_bytes_max).await?;
-    let parsed: PublishBody<'_> = parse(&body)?;
+    let mut parsed: PublishBody<'_> = parse(&body)?;
+    let key = match (header, parsed.take_key().map_err(ApiError::bad_request)?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request(
+                "idempotency_key: differs from the Idempotency-Key header",
+            ))
+        }
+        (a, b) => a.or(b),
+    };
     let p = parsed.into_publish(Prefix(None), &body, s.limits).map_err(ApiError::bad_request)?;
+    let guard = match key.map(|k| KeyGuard::claim(&s.handle, k)).transpose() {
+        Ok(g) => g,
+        Err(answer) => return answer,
+    };
     let report = s.publish_one(p).await?;
     s.counters.published(1);
-    publish_answer(std::slice::from_ref(&report), false)
+    let answer = publish_answer(std::slice::from_ref(&report), false)?;
+    match guard {
+        None => Ok(answer),
+        Some(guard) => {
+            let body = reports_body(std::slice::from_ref(&report), false);
+            guard.complete(&body);
+            Ok(json_bytes(body))
+        }
+    }
 }
 
-/// `POST /api/publish/batch`
+/// `POST /api/publish/batch`. The `Idempotency-Key` header covers the whole request; an
+/// item's `idempotency_key` covers that item (a repeated item gets its first answer, flagged
+/// `"duplicate":true`, and is not delivered again).
 async fn publish_batch(State(s): St, req: Request) -> Answer {
+    let header = header_key(req.headers())?;
     let body = json_body(req, s.body_bytes_max).await?;
-    let batch = body::parse_batch(&body, s.limits).map_err(|e| match e {
+    let (batch, keys) = body::parse_batch(&body, s.limits).map_err(|e| match e {
         BatchError::Json(e) => ApiError::bad_json(&e),
         BatchError::Invalid(msg) => ApiError::bad_request(msg),
     })?;
-    let n = batch.len();
-    if n == 0 {
+    let whole = match header.map(|k| KeyGuard::claim(&s.handle, k)).transpose() {
+        Ok(g) => g,
+        Err(answer) => return answer,
+    };
+    if batch.is_empty() {
         return Ok(reports_json(&[], true));
     }
-    let reports = s.ask(s.handle.publish_batch(batch)).await?;
-    s.counters.published(n);
-    publish_answer(&reports, true)
+    if keys.iter().all(Option::is_none) {
+        let n = batch.len();
+        let reports = s.ask(s.handle.publish_batch(batch)).await?;
+        s.counters.published(n);
+        let answer = publish_answer(&reports, true)?;
+        return Ok(match whole {
+            None => answer,
+            Some(guard) => {
+                let body = reports_body(&reports, true);
+                guard.complete(&body);
+                json_bytes(body)
+            }
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, k) in keys.iter().enumerate() {
+        if let Some(k) = k {
+            if !seen.insert(k.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "publishes[{i}].idempotency_key: given twice in one batch"
+                )));
+            }
+        }
+    }
+    // Items already answered within the window are not sent again.
+    let n = batch.len();
+    let mut remembered: Vec<Option<Vec<u8>>> = vec![None; n];
+    let mut guards: Vec<(usize, KeyGuard)> = Vec::new();
+    let mut send = Vec::with_capacity(n);
+    let mut sent_at = Vec::with_capacity(n);
+    for (i, (p, k)) in
+        batch.into_iter().zip(keys.into_iter().chain(std::iter::repeat(None))).enumerate()
+    {
+        if let Some(k) = k {
+            match s.handle.idempotency_claim(&k) {
+                Claim::New => guards.push((i, KeyGuard { handle: s.handle.clone(), key: Some(k) })),
+                Claim::Duplicate(answer) => {
+                    remembered[i] = Some(duplicate_of(&answer));
+                    continue;
+                }
+                Claim::InProgress => {
+                    return Err(ApiError::conflict(format!(
+                        "publishes[{i}]: a publish with this idempotency key is in progress; \
+                         retry once it is answered"
+                    )))
+                }
+            }
+        }
+        sent_at.push(i);
+        send.push(p);
+    }
+    let reports = if send.is_empty() {
+        Vec::new()
+    } else {
+        let k = send.len();
+        let reports = s.ask(s.handle.publish_batch(send)).await?;
+        s.counters.published(k);
+        publish_answer(&reports, true)?;
+        reports
+    };
+    let mut fresh: Vec<Option<&PublishReport>> = vec![None; n];
+    for (&i, r) in sent_at.iter().zip(&reports) {
+        fresh[i] = Some(r);
+    }
+    let mut num = itoa::Buffer::new();
+    let mut out = Vec::with_capacity(16 + 64 * n);
+    out.extend_from_slice(br#"{"results":["#);
+    let mut guards = guards.into_iter().peekable();
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        if let Some(answer) = &remembered[i] {
+            out.extend_from_slice(answer);
+        } else if let Some(r) = fresh[i] {
+            let start = out.len();
+            one_report(&mut out, r, &mut num);
+            if guards.peek().is_some_and(|(j, _)| *j == i) {
+                if let Some((_, guard)) = guards.next() {
+                    guard.complete(&out[start..]);
+                }
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+    if let Some(guard) = whole {
+        guard.complete(&out);
+    }
+    Ok(json_bytes(out))
 }
 
 // ---- groups ---------------------------------------------------------------------------------
@@ -315,6 +515,79 @@ async fn dissolve(State(s): St, Params(g): Params<String>) -> Answer {
     }
     let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
     ok(&Removed { removed: s.ask(s.handle.dissolve(group)).await? })
+}
+
+/// Most bytes of messages one history answer carries (`more: true` past it).
+const HISTORY_ANSWER_BYTES_MAX: usize = 8 << 20;
+
+/// `GET /api/groups/{group}/history?since_epoch=&since_offset=&limit=`: the newest `limit`
+/// messages (default 100, at most 1000), or those after a position; 404 for a group that
+/// keeps no history.
+async fn history(State(s): St, Params(g): Params<String>, req: Request) -> Answer {
+    use base64::Engine as _;
+    #[derive(Serialize)]
+    struct Msg<'a> {
+        offset: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        binary_base64: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct HistoryAnswer<'a> {
+        group_id: &'a str,
+        epoch: String,
+        offset: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+        messages: Vec<Msg<'a>>,
+        more: bool,
+    }
+    let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
+    let (since, limit) =
+        body::history_params(req.uri().query()).map_err(ApiError::bad_request)?;
+    let from = since.map_or(ReadFrom::Last(limit), ReadFrom::Since);
+    let read = s.handle.history(&group, from, limit);
+    let Some(position) = read.position else {
+        return Err(ApiError::not_found(format!(
+            "group {:?} keeps no history (no history rule matches it)",
+            group.as_str()
+        )));
+    };
+    let (stored, mut more, reason) = match &read.outcome {
+        Ok((m, more)) => (&m[..], *more, None),
+        Err(why) => (&[][..], false, Some(why.as_str())),
+    };
+    let mut messages = Vec::with_capacity(stored.len());
+    let mut bytes = 0;
+    for m in stored {
+        bytes += m.message.as_bytes().len();
+        if !messages.is_empty() && bytes > HISTORY_ANSWER_BYTES_MAX {
+            more = true;
+            break;
+        }
+        messages.push(match &m.message {
+            crate::proto::Message::Text(t) => {
+                Msg { offset: m.offset, data: Some(t.as_str()), binary_base64: None }
+            }
+            crate::proto::Message::Binary(b) => Msg {
+                offset: m.offset,
+                data: None,
+                binary_base64: Some(base64::engine::general_purpose::STANDARD.encode(b)),
+            },
+        });
+    }
+    ok(&HistoryAnswer {
+        group_id: group.as_str(),
+        epoch: position.epoch.to_string(),
+        offset: position.offset,
+        recovered: since.map(|_| read.outcome.is_ok()),
+        reason,
+        messages,
+        more,
+    })
 }
 
 /// `GET /api/groups`
@@ -404,8 +677,13 @@ async fn stats(State(s): St) -> Answer {
 /// `GET /api/metrics`: the node's counters, summed over its shards.
 async fn metrics(State(s): St) -> Answer {
     let m = s.handle.metrics();
-    let map: serde_json::Map<String, serde_json::Value> =
-        m.fields().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+    let h = s.handle.history_counters();
+    let map: serde_json::Map<String, serde_json::Value> = m
+        .fields()
+        .into_iter()
+        .chain(h.fields())
+        .map(|(k, v)| (k.to_owned(), v.into()))
+        .collect();
     ok(&map)
 }
 
@@ -420,7 +698,14 @@ mod tests {
 
     #[tokio::test]
     async fn reports_are_the_same_json_serde_would_write() {
-        let a = PublishReport { queued: 12, shards_missed: 1, slow_consumers: u64::MAX };
+        let g = crate::GroupId::new("g\"1", 64).unwrap();
+        let p = crate::history::Position { epoch: crate::history::Epoch(0xfe), offset: 9 };
+        let a = PublishReport {
+            queued: 12,
+            shards_missed: 1,
+            slow_consumers: u64::MAX,
+            positions: vec![(g, p)],
+        };
         let b = PublishReport::default();
         assert_eq!(
             text(reports_json(std::slice::from_ref(&a), false)).await,
@@ -436,12 +721,16 @@ mod tests {
             serde_json::to_string(&Results { results: &both }).unwrap()
         );
         assert_eq!(text(reports_json(&[], true)).await, r#"{"results":[]}"#);
+        assert_eq!(
+            duplicate_of(br#"{"queued":1}"#),
+            br#"{"queued":1,"duplicate":true}"#.to_vec()
+        );
     }
 
     #[test]
     fn nothing_delivered_and_a_shard_missed_is_503() {
-        let missed = PublishReport { queued: 0, shards_missed: 1, slow_consumers: 0 };
-        let partly = PublishReport { queued: 3, shards_missed: 1, slow_consumers: 0 };
+        let missed = PublishReport { shards_missed: 1, ..Default::default() };
+        let partly = PublishReport { queued: 3, shards_missed: 1, ..Default::default() };
         let e = publish_answer(std::slice::from_ref(&missed), false).unwrap_err();
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(publish_answer(std::slice::from_ref(&partly), false).is_ok());

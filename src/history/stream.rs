@@ -84,6 +84,9 @@ pub enum Unrecoverable {
     Ahead,
     /// The group keeps no history.
     NoHistory,
+    /// The connection is already a member: it has been receiving the group's messages live
+    /// (leave the group first to recover from a position).
+    AlreadyMember,
 }
 
 impl Unrecoverable {
@@ -94,6 +97,7 @@ impl Unrecoverable {
             Unrecoverable::TooOld => "position older than the history keeps",
             Unrecoverable::Ahead => "position ahead of the history",
             Unrecoverable::NoHistory => "group keeps no history",
+            Unrecoverable::AlreadyMember => "already a member of the group",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One WebSocket connection as its shard sees it: socket, protocol state, outbox, lifecycle.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use tokio_uring::net::TcpStream;
 
 use crate::addressing::Session;
 use crate::command::RateLimiter;
-use crate::fanout::Outbox;
+use crate::fanout::{Outbox, SharedFrame};
 use crate::ids::ConnId;
 use crate::proto::CloseCode;
 use crate::proto::Codec;
@@ -45,6 +46,12 @@ pub(crate) struct Conn {
     pub(crate) dirty: bool,
     /// The last read filled its buffer: read with the large buffer next.
     pub(crate) big_read: bool,
+    /// The client opted into enveloped messages (`"envelope":true`): it gets every data
+    /// message as `{"type":"message",..}` with positions.
+    pub(crate) envelope: bool,
+    /// A recovery replay is being fed into the outbox: live messages wait behind it in
+    /// `ext.backlog`.
+    pub(crate) replaying: bool,
     /// Anything received counts as liveness.
     pub(crate) last_rx: Tick,
     /// When `Closing` gives up waiting for the peer; set by the first housekeeping pass after
@@ -62,6 +69,12 @@ pub(crate) struct ConnExt {
     pub(crate) session: Option<Session>,
     /// Created on the first command in command mode.
     pub(crate) limiter: Option<RateLimiter>,
+    /// While `replaying`: frames waiting for room in the outbox, in delivery order; `true`
+    /// marks live messages (bounded by `outbox_bytes_max` through `backlog_live_bytes`; the
+    /// replayed ones are bounded by the group's history).
+    pub(crate) backlog: VecDeque<(SharedFrame, bool)>,
+    /// Bytes of live messages in `backlog`.
+    pub(crate) backlog_live_bytes: usize,
 }
 
 impl Conn {
@@ -78,6 +91,8 @@ impl Conn {
             writing: false,
             dirty: false,
             big_read: false,
+            envelope: false,
+            replaying: false,
             last_rx: now,
             deadline: None,
             ext: None,
@@ -86,7 +101,9 @@ impl Conn {
 
     /// Free the extension when nothing is left in it.
     pub(crate) fn trim_ext(&mut self) {
-        if self.ext.as_ref().is_some_and(|e| e.session.is_none() && e.limiter.is_none()) {
+        if self.ext.as_ref().is_some_and(|e| {
+            e.session.is_none() && e.limiter.is_none() && e.backlog.is_empty()
+        }) {
             self.ext = None;
         }
     }
@@ -133,6 +150,40 @@ impl Conn {
             self.phase = Phase::Dead;
             let _ = self.stream.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Move backlog frames into the outbox while they fit in `bytes_max` (at least one into
+    /// an empty outbox); when the backlog is empty the replay is over. Returns whether any
+    /// frame moved.
+    pub(crate) fn refill(&mut self, bytes_max: usize) -> bool {
+        let mut moved = false;
+        let Some(ext) = self.ext.as_mut() else {
+            self.replaying = false;
+            return false;
+        };
+        if self.phase == Phase::Open {
+            while let Some((f, _)) = ext.backlog.front() {
+                let queued = self.outbox.queued_bytes();
+                if queued > 0 && queued + f.len() > bytes_max {
+                    break;
+                }
+                let Some((f, live)) = ext.backlog.pop_front() else { break };
+                if live {
+                    ext.backlog_live_bytes -= f.len();
+                }
+                self.outbox.push_unbounded(f);
+                moved = true;
+            }
+        } else {
+            ext.backlog.clear();
+            ext.backlog_live_bytes = 0;
+        }
+        if ext.backlog.is_empty() {
+            ext.backlog = VecDeque::new();
+            self.replaying = false;
+            self.trim_ext();
+        }
+        moved
     }
 
     /// Whether the slot can be freed.

@@ -17,6 +17,7 @@ use crate::addressing::{Applied, ClientInfo, Publish, PublishReport, Session, Sh
 use crate::command::{self, Command, JoinMatcher, ParseLimits, RateDecision, Request};
 use crate::config::{Config, OnMessage, SlowConsumerPolicy};
 use crate::fanout::{SendStatus, SharedFrame};
+use crate::history::{Position, ReadFrom, Unrecoverable};
 use crate::ids::{ConnId, GroupId, NodeId, Slot, Uid};
 use crate::metrics::Counters;
 use crate::proto::{self, CloseCode, Inbound, Message};
@@ -66,6 +67,11 @@ pub(crate) struct Core {
     join_matcher: JoinMatcher,
     /// Whether new connections get the welcome frame.
     welcome: bool,
+    /// Recovering members and the offset of their group their replay ended at: a live
+    /// message of that group at or below it was replayed (or seen before) and is skipped for
+    /// them. Removed once a later message of the group arrives (the shard's inbox holds a
+    /// group's messages in offset order), or when the member leaves or closes. Usually empty.
+    seams: Vec<Seam>,
     /// Scratch buffers for recipient selection (kept to avoid allocating per publish).
     recipients: Vec<Slot>,
     excluded: Vec<Slot>,
@@ -208,6 +214,7 @@ impl Core {
             router: Router::new(),
             join_matcher,
             welcome,
+            seams: Vec::new(),
             recipients: Vec::new(),
             excluded: Vec::new(),
             dirty: Vec::new(),
@@ -266,15 +273,8 @@ impl Core {
     /// Publish from this shard (a callback, a timer, a client command): encode once, queue
     /// locally now, and send the same bytes to every other shard that may have recipients.
     fn publish(&mut self, p: Publish) -> PublishReport {
-        let frame = p.message.encode();
         self.counters.frames_encoded += 1;
-        let batch: Arc<[Outgoing]> =
-            Arc::from(vec![Outgoing { route: route_of(p.to), exclude: p.exclude, frame }]);
-        self.publish_batch(batch)
-    }
-
-    fn publish_batch(&mut self, batch: Arc<[Outgoing]>) -> PublishReport {
-        let missed = self.node.send_publish(&batch, Some(self.id), None);
+        let (batch, missed) = self.node.publish(vec![p], Some(self.id), None);
         if missed > 0 {
             self.counters.mesh_dropped += missed as u64;
             self.log_limiter.warn("mesh", || {
@@ -286,6 +286,7 @@ impl Core {
             let r = self.publish_local(o);
             total.queued += r.queued;
             total.slow_consumers += r.slow_consumers;
+            total.positions.extend(o.positions.iter().cloned());
         }
         total
     }
@@ -301,6 +302,10 @@ impl Core {
                 excluded.push(slot);
             }
         }
+        if !self.seams.is_empty() && !o.positions.is_empty() {
+            self.apply_seams(o, &mut excluded);
+        }
+        let mut frames = Frames::new(o);
         let target = match &o.route {
             Route::All => Target::All,
             Route::Groups(g) => Target::Groups(g),
@@ -312,7 +317,7 @@ impl Core {
                 let slots = std::mem::take(&mut recipients);
                 let sel = self.router.recipients(Target::Slots(&slots), &excluded, &mut recipients);
                 debug_assert_eq!(sel, Selection::Listed);
-                self.deliver_listed(&o.frame, &recipients, &mut report);
+                self.deliver_listed(&mut frames, &recipients, &mut report);
                 self.recipients = recipients;
                 self.excluded = excluded;
                 return report;
@@ -320,14 +325,13 @@ impl Core {
         };
         match self.router.recipients(target, &excluded, &mut recipients) {
             Selection::Everyone => {
-                let shared = SharedFrame::new(o.frame.clone());
                 let Core { conns, dirty, config, counters, log_limiter, .. } = self;
                 for (slot, conn) in conns.iter_mut() {
                     if excluded.is_empty() || !excluded.contains(&(slot as Slot)) {
                         deliver(
                             conn,
                             slot,
-                            &shared,
+                            &mut frames,
                             config,
                             dirty,
                             counters,
@@ -337,24 +341,100 @@ impl Core {
                     }
                 }
             }
-            Selection::Listed => self.deliver_listed(&o.frame, &recipients, &mut report),
+            Selection::Listed => self.deliver_listed(&mut frames, &recipients, &mut report),
         }
         self.recipients = recipients;
         self.excluded = excluded;
         report
     }
 
-    fn deliver_listed(&mut self, frame: &Bytes, slots: &[Slot], report: &mut PublishReport) {
-        if slots.is_empty() {
-            return;
-        }
-        let shared = SharedFrame::new(frame.clone());
+    fn deliver_listed(&mut self, frames: &mut Frames<'_>, slots: &[Slot], report: &mut PublishReport) {
         let Core { conns, dirty, config, counters, log_limiter, .. } = self;
         for &slot in slots {
             if let Some(conn) = conns.get_mut(slot as usize) {
-                deliver(conn, slot as usize, &shared, config, dirty, counters, log_limiter, report);
+                deliver(conn, slot as usize, frames, config, dirty, counters, log_limiter, report);
             }
         }
+    }
+
+    /// Exclude recovering members from a message their replay covered; forget seams the
+    /// group's messages have passed.
+    fn apply_seams(&mut self, o: &Outgoing, excluded: &mut Vec<Slot>) {
+        let (conns, node_id, shard) = (&self.conns, self.node_id, self.id);
+        self.seams.retain(|seam| {
+            let Some((_, p)) = o.positions.iter().find(|(g, _)| *g == seam.group) else {
+                return true;
+            };
+            if p.offset > seam.offset {
+                return false;
+            }
+            let id = seam.conn;
+            let live = id.node() == node_id
+                && id.shard() == shard
+                && conns.get(id.slot() as usize).is_some_and(|c| c.id == id);
+            if live && !excluded.contains(&id.slot()) {
+                excluded.push(id.slot());
+            }
+            live
+        });
+    }
+
+    /// Forget the seams of `conn` (of one group, or all).
+    fn drop_seams(&mut self, conn: ConnId, group: Option<&str>) {
+        if !self.seams.is_empty() {
+            self.seams.retain(|s| s.conn != conn || group.is_some_and(|g| s.group.as_str() != g));
+        }
+    }
+
+    /// `add_group` with `envelope` (and maybe `since`): join, reply with the position, and
+    /// with `since` replay what the member missed, exactly up to the seam.
+    fn join_enveloped(
+        &mut self,
+        slot: Slot,
+        id: ConnId,
+        req_id: Option<&command::RequestId>,
+        group: GroupId,
+        since: Option<Position>,
+    ) {
+        let already = self.router.is_member(slot, &group);
+        let from = match since {
+            Some(p) if !already => ReadFrom::Since(p),
+            _ => ReadFrom::Last(0),
+        };
+        let history = self.node.history.clone();
+        let mut joined = None;
+        let mut read = history.read(&group, from, usize::MAX, self.now, &mut |_| {
+            // While the group's order is held: from here on every message of the group
+            // reaches this shard, after any still in its inbox.
+            joined = Some(self.join_slot(slot, &group));
+        });
+        if let Some(Applied::Refused(reason)) = joined {
+            self.counters.commands_rejected += 1;
+            self.send_control(slot, command::error(req_id, Some("add_group"), &reason));
+            return;
+        }
+        if already && since.is_some() {
+            read.outcome = Err(Unrecoverable::AlreadyMember);
+        }
+        if let Some(conn) = self.conns.get_mut(slot as usize) {
+            conn.envelope = true;
+        }
+        self.send_control(slot, command::joined(req_id, &group, &read, since.is_some()));
+        let (Some(_), Some(top), Ok((msgs, _))) = (since, read.position, &read.outcome) else {
+            return;
+        };
+        self.seams.push(Seam { conn: id, group, offset: top.offset });
+        if msgs.is_empty() {
+            return;
+        }
+        let max = self.config.outbox_bytes_max;
+        let Core { conns, dirty, .. } = self;
+        let Some(conn) = conns.get_mut(slot as usize) else { return };
+        let ext = conn.ext.get_or_insert_with(Default::default);
+        ext.backlog.extend(msgs.iter().map(|m| (SharedFrame::new(m.frame.clone()), false)));
+        conn.replaying = true;
+        conn.refill(max);
+        mark_dirty(conn, slot as usize, dirty);
     }
 
     /// Queue a frame of ours (a reply, the welcome) for one connection, within its budget but
@@ -440,6 +520,9 @@ impl Core {
     fn apply_op(&mut self, op: Op) -> Answer {
         if let Op::Dissolve(g) = &op {
             let removed = self.router.dissolve(g);
+            if !self.seams.is_empty() {
+                self.seams.retain(|s| s.group != *g);
+            }
             if !removed.is_empty() {
                 self.node.groups.remove(g, self.id);
             }
@@ -465,6 +548,7 @@ impl Core {
                     if last {
                         self.node.groups.remove(&g, self.id);
                     }
+                    self.drop_seams(id, Some(&g));
                     Applied::Done
                 }
             },
@@ -682,6 +766,24 @@ impl Core {
                 self.send_control(slot, command::pong(req_id.as_ref()));
                 return;
             }
+            Command::AddGroupEnveloped { group, since } => {
+                self.join_enveloped(slot, id, req_id.as_ref(), group, since);
+                return;
+            }
+            Command::History { group, since, limit } => {
+                let from = since.map_or(ReadFrom::Last(limit), ReadFrom::Since);
+                let read = self.node.history.read(&group, from, limit, self.now, &mut |_| {});
+                let bytes_max = (self.config.outbox_bytes_max / 2).max(4096);
+                let text = command::history(
+                    req_id.as_ref(),
+                    &group,
+                    &read,
+                    since.is_some(),
+                    bytes_max,
+                );
+                self.send_control(slot, text);
+                return;
+            }
             Command::AddGroup { group } => match self.join_slot(slot, &group) {
                 Applied::Refused(r) => Err(r),
                 _ => Ok(()),
@@ -690,6 +792,7 @@ impl Core {
                 if let Left::Removed { last: true } = self.router.leave(slot, &group) {
                     self.node.groups.remove(&group, self.id);
                 }
+                self.drop_seams(id, Some(&group));
                 Ok(())
             }
             Command::SendToGroup { groups, message, exclude } => parse_ids(&exclude).map(|ex| {
@@ -895,6 +998,9 @@ impl Core {
                     if n == 0 {
                         conn.kill();
                     }
+                    if conn.replaying {
+                        conn.refill(self.config.outbox_bytes_max);
+                    }
                 }
                 Err(_) => {
                     conn.outbox.abandon(&mut batch);
@@ -933,6 +1039,7 @@ impl Core {
             return;
         }
         let conn = self.conns.remove(slot);
+        self.drop_seams(conn.id, None);
         self.freed_since_trim += 1;
         let released = self.router.close(slot as Slot);
         for g in &released.emptied_groups {
@@ -968,6 +1075,10 @@ impl Core {
             self.last_trim = now;
             self.shrink_to_fit();
             give_memory_back();
+        }
+        if self.id == 0 {
+            // History and idempotency keys past their age (a slice of the store per pass).
+            self.node.history.sweep(now);
         }
         self.housekeeping_passes += 1;
         let pinging = self.config.ping_interval.is_some();
@@ -1017,6 +1128,45 @@ impl Core {
     }
 }
 
+/// A recovering member's seam: see `Core::seams`.
+struct Seam {
+    conn: ConnId,
+    group: GroupId,
+    /// The group's newest offset when the member's replay was read.
+    offset: u64,
+}
+
+/// The frames of one publish on this shard, each wrapped once and cloned per recipient: the
+/// plain one, and the enveloped one (encoded once per publish node-wide; see `Outgoing`).
+struct Frames<'o> {
+    out: &'o Outgoing,
+    plain: Option<SharedFrame>,
+    enveloped: Option<SharedFrame>,
+}
+
+impl<'o> Frames<'o> {
+    fn new(out: &'o Outgoing) -> Self {
+        Frames { out, plain: None, enveloped: None }
+    }
+
+    fn get(&mut self, envelope: bool, counters: &mut Counters) -> SharedFrame {
+        let out = self.out;
+        if envelope {
+            self.enveloped
+                .get_or_insert_with(|| {
+                    let (bytes, built) = out.enveloped();
+                    if built {
+                        counters.frames_encoded += 1;
+                    }
+                    SharedFrame::new(bytes)
+                })
+                .clone()
+        } else {
+            self.plain.get_or_insert_with(|| SharedFrame::new(out.frame.clone())).clone()
+        }
+    }
+}
+
 fn mark_dirty(conn: &mut Conn, slot: usize, dirty: &mut Vec<usize>) {
     if !conn.dirty {
         conn.dirty = true;
@@ -1030,7 +1180,7 @@ fn mark_dirty(conn: &mut Conn, slot: usize, dirty: &mut Vec<usize>) {
 fn deliver(
     conn: &mut Conn,
     slot: usize,
-    frame: &SharedFrame,
+    frames: &mut Frames<'_>,
     config: &Config,
     dirty: &mut Vec<usize>,
     counters: &mut Counters,
@@ -1040,7 +1190,24 @@ fn deliver(
     if conn.phase != Phase::Open {
         return;
     }
-    match conn.outbox.push(frame.clone(), config.outbox_bytes_max) {
+    let frame = frames.get(conn.envelope, counters);
+    if conn.replaying {
+        // Behind the replay, within the same budget as the outbox.
+        let ext = conn.ext.get_or_insert_with(Default::default);
+        let live = ext.backlog_live_bytes;
+        if live > 0 && live + frame.len() > config.outbox_bytes_max {
+            report.slow_consumers += 1;
+            over_budget(conn, config, counters, log_limiter);
+            mark_dirty(conn, slot, dirty);
+        } else {
+            ext.backlog_live_bytes += frame.len();
+            ext.backlog.push_back((frame, true));
+            counters.deliveries += 1;
+            report.queued += 1;
+        }
+        return;
+    }
+    match conn.outbox.push(frame, config.outbox_bytes_max) {
         SendStatus::Queued => {
             counters.deliveries += 1;
             report.queued += 1;

@@ -8,12 +8,14 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::addressing::Session;
+use crate::history::Position;
+use crate::proto::Message;
 use crate::ids::{ConnId, GroupId, Uid};
 
 use super::reply::Reply;
@@ -27,12 +29,47 @@ pub(crate) enum Route {
     Uids(Vec<Uid>),
 }
 
-/// One publish, encoded once: every shard that receives it queues the same `frame`.
+/// One publish, encoded once: every shard that receives it queues the same `frame`; members
+/// who opted into envelopes get `enveloped`, also encoded once per publish (eagerly when the
+/// publish has positions, since the history stores it; otherwise by the first shard that
+/// needs it).
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) route: Route,
     pub(crate) exclude: Vec<ConnId>,
     pub(crate) frame: Bytes,
+    /// The payload, to build the envelope from.
+    pub(crate) message: Message,
+    /// Its position in each target group with history (empty for most publishes).
+    pub(crate) positions: Box<[(GroupId, Position)]>,
+    pub(crate) enveloped: OnceLock<Bytes>,
+}
+
+impl Outgoing {
+    /// A publish without positions.
+    pub(crate) fn new(route: Route, exclude: Vec<ConnId>, message: Message) -> Self {
+        Outgoing {
+            route,
+            exclude,
+            frame: message.encode(),
+            message,
+            positions: Box::default(),
+            enveloped: OnceLock::new(),
+        }
+    }
+
+    /// The enveloped frame, and whether this call encoded it.
+    pub(crate) fn enveloped(&self) -> (Bytes, bool) {
+        if let Some(b) = self.enveloped.get() {
+            return (b.clone(), false);
+        }
+        let mut built = false;
+        let b = self.enveloped.get_or_init(|| {
+            built = true;
+            crate::history::envelope::frame(&self.message, &self.positions)
+        });
+        (b.clone(), built)
+    }
 }
 
 /// A change to one connection, or to a group, on the shard that owns it.

@@ -42,7 +42,7 @@ use conn::Phase;
 use mesh::ShardMsg;
 
 pub use self::core::Ctx;
-pub(crate) use self::core::{route_of, Core};
+pub(crate) use self::core::Core;
 pub(crate) use node::Node;
 pub use node::{Callbacks, ConnInfo};
 pub use reply::Pending;
@@ -96,6 +96,9 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     }
     let join_matcher = JoinMatcher::new(&config.permissions.join)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    config.history.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let history = crate::history::MemoryHistory::new(&config.history)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let first = bind_reuseport(config.listen).map_err(|e| {
         io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
@@ -123,6 +126,8 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         handle_mesh_dropped: Default::default(),
         handle_last_log_sec: Default::default(),
         started: std::time::Instant::now(),
+        history_on: config.history.enabled(),
+        history: Arc::new(history),
     });
     let cpus = config.cpus.clone().unwrap_or_else(crate::config::available_cpus);
     let config = Arc::new(config);

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::addressing::Publish;
+use crate::history::{AppendItem, HistoryBackend};
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
 use crate::metrics::SharedCounters;
 
@@ -60,6 +62,10 @@ pub(crate) struct Node {
     /// Second (since `started`) of the last warning handles logged: at most one per second.
     pub(crate) handle_last_log_sec: AtomicU64,
     pub(crate) started: std::time::Instant,
+    /// Whether any group keeps a history (no rule: publishes skip the history entirely).
+    pub(crate) history_on: bool,
+    /// Where histories and idempotency keys live (in memory on a single node).
+    pub(crate) history: Arc<dyn HistoryBackend>,
 }
 
 impl Node {
@@ -115,6 +121,67 @@ impl Node {
                 set
             }
         }
+    }
+
+    /// Encode a batch of publishes (once each), give those addressed to groups with history
+    /// their positions, and send the batch to every shard that may hold recipients except
+    /// `skip` (see [`Node::send_publish`]). Returns the batch, for the calling shard to apply
+    /// itself, and the number of shards whose inbox was full.
+    ///
+    /// With history, the positions are assigned and the batch queued to the shards under the
+    /// history's per-group order (`HistoryBackend::append`), so every inbox holds a group's
+    /// messages in offset order: the seam of a recovering join relies on it.
+    pub(crate) fn publish(
+        &self,
+        batch: Vec<Publish>,
+        skip: Option<usize>,
+        mut request: Option<&mut Request>,
+    ) -> (Arc<[Outgoing]>, usize) {
+        let outgoing: Vec<Outgoing> = batch
+            .into_iter()
+            .map(|p| Outgoing::new(super::core::route_of(p.to), p.exclude, p.message))
+            .collect();
+        if self.history_on {
+            let mut at = Vec::new();
+            let mut messages = Vec::new();
+            let mut groups = Vec::new();
+            for (i, o) in outgoing.iter().enumerate() {
+                if let Route::Groups(gs) = &o.route {
+                    let with: Vec<_> = gs
+                        .iter()
+                        .filter_map(|g| self.history.limits_for(g).map(|l| (g.clone(), l)))
+                        .collect();
+                    if !with.is_empty() {
+                        at.push(i);
+                        messages.push(o.message.clone());
+                        groups.push(with);
+                    }
+                }
+            }
+            if !at.is_empty() {
+                let items: Vec<AppendItem<'_>> = groups
+                    .into_iter()
+                    .zip(&messages)
+                    .map(|(groups, message)| AppendItem { groups, message })
+                    .collect();
+                let mut done = None;
+                let mut pending = Some(outgoing);
+                self.history.append(&items, std::time::Instant::now(), &mut |appended| {
+                    let Some(mut outgoing) = pending.take() else { return };
+                    for (&i, a) in at.iter().zip(appended) {
+                        outgoing[i].positions = a.positions.into_boxed_slice();
+                        let _ = outgoing[i].enveloped.set(a.frame);
+                    }
+                    let batch: Arc<[Outgoing]> = outgoing.into();
+                    let missed = self.send_publish(&batch, skip, request.take());
+                    done = Some((batch, missed));
+                });
+                return done.unwrap_or_else(|| unreachable!("append calls fan_out once"));
+            }
+        }
+        let batch: Arc<[Outgoing]> = outgoing.into();
+        let missed = self.send_publish(&batch, skip, request);
+        (batch, missed)
     }
 
     /// Send a batch of publishes to every shard that may hold recipients, except `skip` (the

@@ -4,6 +4,7 @@
 //! - `stream.rs`: one group's bounded history and the position logic (sans-I/O).
 //! - `idempotency.rs`: the idempotency-key table (sans-I/O).
 //! - `envelope.rs`: the enveloped frame members who opted in receive (pure).
+//! - `seam.rs`: which recovering members skip which live messages (sans-I/O).
 //! - `memory.rs`: [`MemoryHistory`], the single-node backend (striped locks around the above).
 //! - `config.rs`: [`HistoryConfig`].
 //!
@@ -14,6 +15,7 @@ pub mod config;
 pub mod envelope;
 pub mod idempotency;
 pub mod memory;
+pub mod seam;
 pub mod stream;
 
 use std::fmt;
@@ -29,6 +31,7 @@ use crate::proto::Message;
 pub use config::{HistoryConfig, HistoryRule};
 pub use idempotency::{Claim, IdempotencyTable};
 pub use memory::MemoryHistory;
+pub use seam::Seams;
 pub use stream::{ReadFrom, Stored, StreamLimits, Unrecoverable};
 
 /// Identifies one continuous run of a group's offsets. A new epoch means continuity was lost

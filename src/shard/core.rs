@@ -17,7 +17,7 @@ use crate::addressing::{Applied, ClientInfo, Publish, PublishReport, Session, Sh
 use crate::command::{self, Command, JoinMatcher, ParseLimits, RateDecision, Request};
 use crate::config::{Config, OnMessage, SlowConsumerPolicy};
 use crate::fanout::{SendStatus, SharedFrame};
-use crate::history::{Position, ReadFrom, Unrecoverable};
+use crate::history::{Position, ReadFrom, Seams, Unrecoverable};
 use crate::ids::{ConnId, GroupId, NodeId, Slot, Uid};
 use crate::metrics::Counters;
 use crate::proto::{self, CloseCode, Inbound, Message};
@@ -71,7 +71,7 @@ pub(crate) struct Core {
     /// message of that group at or below it was replayed (or seen before) and is skipped for
     /// them. Removed once a later message of the group arrives (the shard's inbox holds a
     /// group's messages in offset order), or when the member leaves or closes. Usually empty.
-    seams: Vec<Seam>,
+    seams: Seams<ConnId>,
     /// Scratch buffers for recipient selection (kept to avoid allocating per publish).
     recipients: Vec<Slot>,
     excluded: Vec<Slot>,
@@ -128,7 +128,10 @@ impl Ctx<'_> {
 
     /// Publish to any target of the node (all, groups, clients, uids, with exclusions). The
     /// frame is encoded once here; this shard's recipients are queued before this returns,
-    /// other shards' when they next run. Returns what was queued on this shard.
+    /// other shards' when they next run. Returns what was queued on this shard. A publish to
+    /// groups with history reaches this shard's members through its inbox too (so they get
+    /// the group's messages in offset order): then nothing is queued here yet, and the report
+    /// carries the positions.
     pub fn publish(&mut self, p: Publish) -> PublishReport {
         self.core.publish(p)
     }
@@ -214,7 +217,7 @@ impl Core {
             router: Router::new(),
             join_matcher,
             welcome,
-            seams: Vec::new(),
+            seams: Seams::default(),
             recipients: Vec::new(),
             excluded: Vec::new(),
             dirty: Vec::new(),
@@ -274,7 +277,7 @@ impl Core {
     /// locally now, and send the same bytes to every other shard that may have recipients.
     fn publish(&mut self, p: Publish) -> PublishReport {
         self.counters.frames_encoded += 1;
-        let (batch, missed) = self.node.publish(vec![p], Some(self.id), None);
+        let (batch, missed, local) = self.node.publish(vec![p], Some(self.id), None);
         if missed > 0 {
             self.counters.mesh_dropped += missed as u64;
             self.log_limiter.warn("mesh", || {
@@ -283,6 +286,10 @@ impl Core {
         }
         let mut total = PublishReport { shards_missed: missed as u32, ..Default::default() };
         for o in batch.iter() {
+            if !local {
+                total.positions.extend(o.positions.iter().cloned());
+                continue;
+            }
             let r = self.publish_local(o);
             total.queued += r.queued;
             total.slow_consumers += r.slow_consumers;
@@ -357,32 +364,28 @@ impl Core {
         }
     }
 
-    /// Exclude recovering members from a message their replay covered; forget seams the
-    /// group's messages have passed.
+    /// Exclude recovering members from a message their replay covered (see `Seams`).
     fn apply_seams(&mut self, o: &Outgoing, excluded: &mut Vec<Slot>) {
         let (conns, node_id, shard) = (&self.conns, self.node_id, self.id);
-        self.seams.retain(|seam| {
-            let Some((_, p)) = o.positions.iter().find(|(g, _)| *g == seam.group) else {
-                return true;
-            };
-            if p.offset > seam.offset {
-                return false;
-            }
-            let id = seam.conn;
-            let live = id.node() == node_id
-                && id.shard() == shard
-                && conns.get(id.slot() as usize).is_some_and(|c| c.id == id);
-            if live && !excluded.contains(&id.slot()) {
-                excluded.push(id.slot());
-            }
-            live
-        });
+        self.seams.covered(
+            &o.positions,
+            |id| {
+                id.node() == node_id
+                    && id.shard() == shard
+                    && conns.get(id.slot() as usize).is_some_and(|c| c.id == id)
+            },
+            |id| {
+                if !excluded.contains(&id.slot()) {
+                    excluded.push(id.slot());
+                }
+            },
+        );
     }
 
     /// Forget the seams of `conn` (of one group, or all).
     fn drop_seams(&mut self, conn: ConnId, group: Option<&str>) {
         if !self.seams.is_empty() {
-            self.seams.retain(|s| s.conn != conn || group.is_some_and(|g| s.group.as_str() != g));
+            self.seams.forget(conn, group);
         }
     }
 
@@ -423,7 +426,7 @@ impl Core {
         let (Some(_), Some(top), Ok((msgs, _))) = (since, read.position, &read.outcome) else {
             return;
         };
-        self.seams.push(Seam { conn: id, group, offset: top.offset });
+        self.seams.add(id, group, top.offset);
         if msgs.is_empty() {
             return;
         }
@@ -521,7 +524,7 @@ impl Core {
         if let Op::Dissolve(g) = &op {
             let removed = self.router.dissolve(g);
             if !self.seams.is_empty() {
-                self.seams.retain(|s| s.group != *g);
+                self.seams.forget_group(g);
             }
             if !removed.is_empty() {
                 self.node.groups.remove(g, self.id);
@@ -1126,14 +1129,6 @@ impl Core {
     pub(crate) fn done(&self) -> bool {
         self.shutting_down.is_some() && self.conns.is_empty()
     }
-}
-
-/// A recovering member's seam: see `Core::seams`.
-struct Seam {
-    conn: ConnId,
-    group: GroupId,
-    /// The group's newest offset when the member's replay was read.
-    offset: u64,
 }
 
 /// The frames of one publish on this shard, each wrapped once and cloned per recipient: the

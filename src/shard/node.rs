@@ -125,18 +125,20 @@ impl Node {
 
     /// Encode a batch of publishes (once each), give those addressed to groups with history
     /// their positions, and send the batch to every shard that may hold recipients except
-    /// `skip` (see [`Node::send_publish`]). Returns the batch, for the calling shard to apply
-    /// itself, and the number of shards whose inbox was full.
+    /// `skip` (see [`Node::send_publish`]). Returns the batch, the number of shards whose inbox
+    /// was full, and whether the calling shard (`skip`) must apply the batch itself.
     ///
     /// With history, the positions are assigned and the batch queued to the shards under the
     /// history's per-group order (`HistoryBackend::append`), so every inbox holds a group's
-    /// messages in offset order: the seam of a recovering join relies on it.
+    /// messages in offset order: the seam of a recovering join relies on it. A positioned
+    /// batch from a shard goes through that shard's own inbox too (not applied at once), so
+    /// it cannot overtake older messages of the group still waiting there.
     pub(crate) fn publish(
         &self,
         batch: Vec<Publish>,
         skip: Option<usize>,
         mut request: Option<&mut Request>,
-    ) -> (Arc<[Outgoing]>, usize) {
+    ) -> (Arc<[Outgoing]>, usize, bool) {
         let outgoing: Vec<Outgoing> = batch
             .into_iter()
             .map(|p| Outgoing::new(super::core::route_of(p.to), p.exclude, p.message))
@@ -173,15 +175,15 @@ impl Node {
                         let _ = outgoing[i].enveloped.set(a.frame);
                     }
                     let batch: Arc<[Outgoing]> = outgoing.into();
-                    let missed = self.send_publish(&batch, skip, request.take());
-                    done = Some((batch, missed));
+                    let missed = self.send_publish(&batch, None, request.take());
+                    done = Some((batch, missed, false));
                 });
                 return done.unwrap_or_else(|| unreachable!("append calls fan_out once"));
             }
         }
         let batch: Arc<[Outgoing]> = outgoing.into();
         let missed = self.send_publish(&batch, skip, request);
-        (batch, missed)
+        (batch, missed, skip.is_some())
     }
 
     /// Send a batch of publishes to every shard that may hold recipients, except `skip` (the

@@ -62,10 +62,7 @@ pub struct PublishReport {
     pub positions: Vec<(GroupId, Position)>,
 }
 
-fn positions_map<S: serde::Serializer>(
-    v: &[(GroupId, Position)],
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn positions_map<S: serde::Serializer>(v: &[(GroupId, Position)], s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(v.iter().map(|(g, p)| (g.as_str(), p)))
 }
 

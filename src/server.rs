@@ -207,8 +207,7 @@ impl Handle {
         let n = batch.len();
         self.node.handle_frames_encoded.fetch_add(n as u64, Ordering::Relaxed);
         let mut req = Request::new();
-        let (outgoing, missed, _) =
-            self.node.publish(batch, None, want_reply.then_some(&mut req));
+        let (outgoing, missed, _) = self.node.publish(batch, None, want_reply.then_some(&mut req));
         if missed > 0 {
             let dropped = self.node.handle_mesh_dropped.fetch_add(missed as u64, Ordering::Relaxed);
             if self.node.handle_log_due() {

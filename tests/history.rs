@@ -70,7 +70,9 @@ fn http() -> reqwest::Client {
 
 async fn json_of(ws: &mut Ws) -> Value {
     match next_data(ws, 10).await {
-        WsMessage::Text(t) => serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("{t}: {e}")),
+        WsMessage::Text(t) => {
+            serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("{t}: {e}"))
+        }
         other => panic!("expected a text frame, got {other:?}"),
     }
 }
@@ -184,8 +186,11 @@ async fn reconnect_recovers_exactly_the_missed_messages_then_live_while_publishe
     drop(rc);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut rc = client_on(ws_addr, 1).await;
-    send(&mut rc, json!({"cmd":"add_group","group_id":group,
-        "since":{"epoch":epoch,"offset":last},"id":"r"}))
+    send(
+        &mut rc,
+        json!({"cmd":"add_group","group_id":group,
+        "since":{"epoch":epoch,"offset":last},"id":"r"}),
+    )
     .await;
     let reply = json_of(&mut rc).await;
     assert_eq!(reply["recovered"], true, "{reply}");
@@ -232,7 +237,8 @@ async fn reconnect_recovers_exactly_the_missed_messages_then_live_while_publishe
     }
     assert!(sent_http > 0);
     let _ = publisher.close(None).await;
-    let m: Value = http().get(format!("http://{api}/api/metrics")).send().await.unwrap().json().await.unwrap();
+    let m: Value =
+        http().get(format!("http://{api}/api/metrics")).send().await.unwrap().json().await.unwrap();
     assert_eq!(m["history_recovered"], 1, "{m}");
     assert_eq!(m["mesh_dropped"], 0, "{m}");
 }
@@ -245,7 +251,8 @@ async fn overflow_and_epoch_change_say_recovered_false() {
     send(&mut ws, json!({"cmd":"add_group","group_id":"small:1","envelope":true})).await;
     let epoch = json_of(&mut ws).await["epoch"].as_str().unwrap().to_owned();
     for i in 0..10 {
-        let (s, r) = publish(d.api, json!({"data":format!("m{i}"),"to":{"groups":["small:1"]}}), None).await;
+        let (s, r) =
+            publish(d.api, json!({"data":format!("m{i}"),"to":{"groups":["small:1"]}}), None).await;
         assert_eq!(s, 200, "{r}");
     }
     for want in 1..=10 {
@@ -253,14 +260,22 @@ async fn overflow_and_epoch_change_say_recovered_false() {
     }
     let (mut late, _) = client(d.ws).await;
     // Kept: offsets 6..=10. From 5: recovered (exactly five). From 4: offset 5 is gone.
-    send(&mut late, json!({"cmd":"add_group","group_id":"small:1","since":{"epoch":epoch,"offset":5}})).await;
+    send(
+        &mut late,
+        json!({"cmd":"add_group","group_id":"small:1","since":{"epoch":epoch,"offset":5}}),
+    )
+    .await;
     let r = json_of(&mut late).await;
     assert_eq!((r["recovered"].clone(), r["replayed"].clone()), (json!(true), json!(5)), "{r}");
     for want in 6..=10 {
         assert_eq!(message(&mut late, "small:1").await.0, want);
     }
     let (mut old, _) = client(d.ws).await;
-    send(&mut old, json!({"cmd":"add_group","group_id":"small:1","since":{"epoch":epoch,"offset":4}})).await;
+    send(
+        &mut old,
+        json!({"cmd":"add_group","group_id":"small:1","since":{"epoch":epoch,"offset":4}}),
+    )
+    .await;
     let r = json_of(&mut old).await;
     assert_eq!(r["recovered"], false, "{r}");
     assert_eq!(r["reason"], "position older than the history keeps");
@@ -274,15 +289,31 @@ async fn overflow_and_epoch_change_say_recovered_false() {
     drop(d);
     let d = daemon(&rule);
     let (mut ws, _) = client(d.ws).await;
-    send(&mut ws, json!({"cmd":"add_group","group_id":"small:1","since":{"epoch":epoch,"offset":10}})).await;
+    send(
+        &mut ws,
+        json!({"cmd":"add_group","group_id":"small:1","since":{"epoch":epoch,"offset":10}}),
+    )
+    .await;
     let r = json_of(&mut ws).await;
-    assert_eq!((r["recovered"].clone(), r["reason"].clone()), (json!(false), json!("epoch changed")), "{r}");
+    assert_eq!(
+        (r["recovered"].clone(), r["reason"].clone()),
+        (json!(false), json!("epoch changed")),
+        "{r}"
+    );
     assert_ne!(r["epoch"], json!(epoch));
     assert_eq!(r["offset"], 0);
     // A group without history cannot recover either, and says why.
-    send(&mut ws, json!({"cmd":"add_group","group_id":"chat:x","since":{"epoch":epoch,"offset":1}})).await;
+    send(
+        &mut ws,
+        json!({"cmd":"add_group","group_id":"chat:x","since":{"epoch":epoch,"offset":1}}),
+    )
+    .await;
     let r = json_of(&mut ws).await;
-    assert_eq!((r["recovered"].clone(), r["reason"].clone()), (json!(false), json!("group keeps no history")), "{r}");
+    assert_eq!(
+        (r["recovered"].clone(), r["reason"].clone()),
+        (json!(false), json!("group keeps no history")),
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +321,8 @@ async fn history_by_command_and_by_http() {
     let d = daemon(&["--history-rule", "chat:*=3,10m"]);
     let mut epoch = String::new();
     for i in 1..=4 {
-        let (_, r) = publish(d.api, json!({"data":format!("m{i}"),"to":{"groups":["chat:h"]}}), None).await;
+        let (_, r) =
+            publish(d.api, json!({"data":format!("m{i}"),"to":{"groups":["chat:h"]}}), None).await;
         assert_eq!(r["positions"]["chat:h"]["offset"], i, "{r}");
         epoch = r["positions"]["chat:h"]["epoch"].as_str().unwrap().to_owned();
     }
@@ -301,11 +333,13 @@ async fn history_by_command_and_by_http() {
     assert_eq!(r["id"], 7);
     assert_eq!(r["messages"], json!([{"offset":3,"data":"m3"},{"offset":4,"data":"m4"}]), "{r}");
     assert_eq!((r["offset"].clone(), r["more"].clone()), (json!(4), json!(false)));
-    send(&mut ws, json!({"cmd":"history","group_id":"chat:h","since":{"epoch":epoch,"offset":2}})).await;
+    send(&mut ws, json!({"cmd":"history","group_id":"chat:h","since":{"epoch":epoch,"offset":2}}))
+        .await;
     let r = json_of(&mut ws).await;
     assert_eq!(r["recovered"], true);
     assert_eq!(r["messages"].as_array().unwrap().len(), 2);
-    send(&mut ws, json!({"cmd":"history","group_id":"chat:h","since":{"epoch":epoch,"offset":0}})).await;
+    send(&mut ws, json!({"cmd":"history","group_id":"chat:h","since":{"epoch":epoch,"offset":0}}))
+        .await;
     let r = json_of(&mut ws).await;
     assert_eq!((r["recovered"].clone(), r["messages"].clone()), (json!(false), json!([])), "{r}");
     // Same permissions as joining: a group not open to clients is refused.
@@ -360,14 +394,22 @@ async fn the_same_idempotency_key_twice_delivers_once() {
     let keyed = json!({"data":"once","to":{"groups":["chat:i"]},"idempotency_key":"order-42"});
     let (_, third) = publish(d.api, keyed, None).await;
     assert_eq!(third["duplicate"], true);
-    let (_, r) = publish(d.api, json!({"data":"two","to":{"groups":["chat:i"]}}), Some("order-43")).await;
+    let (_, r) =
+        publish(d.api, json!({"data":"two","to":{"groups":["chat:i"]}}), Some("order-43")).await;
     assert!(r.get("duplicate").is_none(), "{r}");
     // Batch items: the repeated item is answered from memory and not sent again.
     let batch = json!({"publishes":[
         {"data":"three","to":{"groups":["chat:i"]},"idempotency_key":"b-1"},
         {"data":"two","to":{"groups":["chat:i"]},"idempotency_key":"order-43"}]});
-    let r: Value = http().post(format!("http://{}/api/publish/batch", d.api)).json(&batch)
-        .send().await.unwrap().json().await.unwrap();
+    let r: Value = http()
+        .post(format!("http://{}/api/publish/batch", d.api))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(r["results"][0].get("duplicate").is_none(), "{r}");
     assert_eq!(r["results"][1]["duplicate"], true, "{r}");
     // A bad key is a 400.
@@ -383,6 +425,13 @@ async fn the_same_idempotency_key_twice_delivers_once() {
         seen.push(data);
     }
     assert_eq!(seen, ["once", "two", "three"], "each keyed message delivered once");
-    let m: Value = http().get(format!("http://{}/api/metrics", d.api)).send().await.unwrap().json().await.unwrap();
+    let m: Value = http()
+        .get(format!("http://{}/api/metrics", d.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(m["idempotency_duplicates"], 3, "{m}");
 }

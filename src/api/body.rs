@@ -102,8 +102,7 @@ pub(crate) fn parse_batch(body: &Bytes, limits: Limits) -> Result<Parsed, BatchE
     let mut keys = Vec::new();
     let mut invalid = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    let seed =
-        batch::Batch { body, limits, out: &mut out, keys: &mut keys, invalid: &mut invalid };
+    let seed = batch::Batch { body, limits, out: &mut out, keys: &mut keys, invalid: &mut invalid };
     let parsed = seed.deserialize(&mut de).and_then(|()| de.end());
     match (parsed, invalid) {
         (_, Some(msg)) => Err(BatchError::Invalid(msg)),
@@ -251,9 +250,9 @@ pub(crate) fn history_params(
         match &*k {
             "since_epoch" => epoch = Some(v.parse().map_err(|e| format!("since_epoch: {e}"))?),
             "since_offset" => {
-                offset = Some(v.parse::<u64>().map_err(|_| {
-                    format!("since_offset: not an offset: {v:?}")
-                })?)
+                offset = Some(
+                    v.parse::<u64>().map_err(|_| format!("since_offset: not an offset: {v:?}"))?,
+                )
             }
             "limit" => {
                 limit = v

@@ -258,13 +258,13 @@ struct KeyGuard {
 impl KeyGuard {
     /// Claim `key`. A duplicate is answered (`Err`) with the remembered answer, flagged; a key
     /// in flight with 409.
-    fn claim(handle: &crate::Handle, key: String) -> Result<KeyGuard, Answer> {
+    fn claim(handle: &crate::Handle, key: String) -> Result<KeyGuard, Box<Answer>> {
         match handle.idempotency_claim(&key) {
             Claim::New => Ok(KeyGuard { handle: handle.clone(), key: Some(key) }),
-            Claim::Duplicate(answer) => Err(Ok(json_bytes(duplicate_of(&answer)))),
-            Claim::InProgress => Err(Err(ApiError::conflict(
+            Claim::Duplicate(answer) => Err(Box::new(Ok(json_bytes(duplicate_of(&answer))))),
+            Claim::InProgress => Err(Box::new(Err(ApiError::conflict(
                 "a publish with this idempotency key is in progress; retry once it is answered",
-            ))),
+            )))),
         }
     }
 
@@ -341,7 +341,7 @@ async fn publish(State(s): St, req: Request) -> Answer {
     let p = parsed.into_publish(Prefix(None), &body, s.limits).map_err(ApiError::bad_request)?;
     let guard = match key.map(|k| KeyGuard::claim(&s.handle, k)).transpose() {
         Ok(g) => g,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let report = s.publish_one(p).await?;
     s.counters.published(1);
@@ -368,7 +368,7 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
     })?;
     let whole = match header.map(|k| KeyGuard::claim(&s.handle, k)).transpose() {
         Ok(g) => g,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if batch.is_empty() {
         return Ok(reports_json(&[], true));
@@ -546,8 +546,7 @@ async fn history(State(s): St, Params(g): Params<String>, req: Request) -> Answe
         more: bool,
     }
     let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
-    let (since, limit) =
-        body::history_params(req.uri().query()).map_err(ApiError::bad_request)?;
+    let (since, limit) = body::history_params(req.uri().query()).map_err(ApiError::bad_request)?;
     let from = since.map_or(ReadFrom::Last(limit), ReadFrom::Since);
     let read = s.handle.history(&group, from, limit);
     let Some(position) = read.position else {
@@ -678,12 +677,8 @@ async fn stats(State(s): St) -> Answer {
 async fn metrics(State(s): St) -> Answer {
     let m = s.handle.metrics();
     let h = s.handle.history_counters();
-    let map: serde_json::Map<String, serde_json::Value> = m
-        .fields()
-        .into_iter()
-        .chain(h.fields())
-        .map(|(k, v)| (k.to_owned(), v.into()))
-        .collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        m.fields().into_iter().chain(h.fields()).map(|(k, v)| (k.to_owned(), v.into())).collect();
     ok(&map)
 }
 
@@ -721,10 +716,7 @@ mod tests {
             serde_json::to_string(&Results { results: &both }).unwrap()
         );
         assert_eq!(text(reports_json(&[], true)).await, r#"{"results":[]}"#);
-        assert_eq!(
-            duplicate_of(br#"{"queued":1}"#),
-            br#"{"queued":1,"duplicate":true}"#.to_vec()
-        );
+        assert_eq!(duplicate_of(br#"{"queued":1}"#), br#"{"queued":1,"duplicate":true}"#.to_vec());
     }
 
     #[test]

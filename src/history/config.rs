@@ -102,7 +102,8 @@ impl std::str::FromStr for HistoryRule {
     /// `PATTERN=MESSAGES,AGE`, e.g. `chat:*=1000,10m` (split at the last `=`, so a pattern
     /// may contain `=`).
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad history rule {s:?}: expected PATTERN=MESSAGES,AGE (chat:*=1000,10m)");
+        let bad =
+            || format!("bad history rule {s:?}: expected PATTERN=MESSAGES,AGE (chat:*=1000,10m)");
         let (pattern, limits) = s.rsplit_once('=').ok_or_else(bad)?;
         let (messages, age) = limits.split_once(',').ok_or_else(bad)?;
         if pattern.is_empty() {

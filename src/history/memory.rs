@@ -24,8 +24,8 @@ use crate::ids::GroupId;
 
 use super::stream::{Evicted, Stream};
 use super::{
-    envelope, AppendItem, Appended, Claim, Epoch, HistoryBackend, HistoryConfig,
-    HistoryCounters, IdempotencyTable, Read, ReadFrom, Rules, Stored, StreamLimits, Unrecoverable,
+    envelope, AppendItem, Appended, Claim, Epoch, HistoryBackend, HistoryConfig, HistoryCounters,
+    IdempotencyTable, Read, ReadFrom, Rules, Stored, StreamLimits, Unrecoverable,
 };
 
 const STRIPES_MAX: usize = 64;
@@ -191,18 +191,18 @@ impl HistoryBackend for MemoryHistory {
             let mut positions = Vec::with_capacity(item.groups.len());
             for (g, limits) in &item.groups {
                 let i = self.stripe_of(g);
-                let k = guards.binary_search_by_key(&i, |(j, _)| *j).unwrap_or_else(|_| {
-                    unreachable!("every stripe of the batch is locked")
-                });
+                let k = guards
+                    .binary_search_by_key(&i, |(j, _)| *j)
+                    .unwrap_or_else(|_| unreachable!("every stripe of the batch is locked"));
                 let stream = self.stream(&mut guards[k].1, g, *limits, now);
                 positions.push((g.clone(), stream.assign(now)));
             }
             let frame = envelope::frame(item.message, &positions);
             for (g, p) in &positions {
                 let i = self.stripe_of(g);
-                let k = guards.binary_search_by_key(&i, |(j, _)| *j).unwrap_or_else(|_| {
-                    unreachable!("every stripe of the batch is locked")
-                });
+                let k = guards
+                    .binary_search_by_key(&i, |(j, _)| *j)
+                    .unwrap_or_else(|_| unreachable!("every stripe of the batch is locked"));
                 if let Some(stream) = guards[k].1.get_mut(g.as_str()) {
                     let stored = Stored {
                         offset: p.offset,

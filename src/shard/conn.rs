@@ -1,7 +1,7 @@
 //! One WebSocket connection as its shard sees it: socket, protocol state, outbox, lifecycle.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -101,9 +101,11 @@ impl Conn {
 
     /// Free the extension when nothing is left in it.
     pub(crate) fn trim_ext(&mut self) {
-        if self.ext.as_ref().is_some_and(|e| {
-            e.session.is_none() && e.limiter.is_none() && e.backlog.is_empty()
-        }) {
+        if self
+            .ext
+            .as_ref()
+            .is_some_and(|e| e.session.is_none() && e.limiter.is_none() && e.backlog.is_empty())
+        {
             self.ext = None;
         }
     }

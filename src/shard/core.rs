@@ -355,7 +355,12 @@ impl Core {
         report
     }
 
-    fn deliver_listed(&mut self, frames: &mut Frames<'_>, slots: &[Slot], report: &mut PublishReport) {
+    fn deliver_listed(
+        &mut self,
+        frames: &mut Frames<'_>,
+        slots: &[Slot],
+        report: &mut PublishReport,
+    ) {
         let Core { conns, dirty, config, counters, log_limiter, .. } = self;
         for &slot in slots {
             if let Some(conn) = conns.get_mut(slot as usize) {
@@ -777,13 +782,8 @@ impl Core {
                 let from = since.map_or(ReadFrom::Last(limit), ReadFrom::Since);
                 let read = self.node.history.read(&group, from, limit, self.now, &mut |_| {});
                 let bytes_max = (self.config.outbox_bytes_max / 2).max(4096);
-                let text = command::history(
-                    req_id.as_ref(),
-                    &group,
-                    &read,
-                    since.is_some(),
-                    bytes_max,
-                );
+                let text =
+                    command::history(req_id.as_ref(), &group, &read, since.is_some(), bytes_max);
                 self.send_control(slot, text);
                 return;
             }

@@ -15,8 +15,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::addressing::Session;
 use crate::history::Position;
-use crate::proto::Message;
 use crate::ids::{ConnId, GroupId, Uid};
+use crate::proto::Message;
 
 use super::reply::Reply;
 

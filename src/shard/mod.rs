@@ -41,8 +41,8 @@ use crate::proto::handshake;
 use conn::Phase;
 use mesh::ShardMsg;
 
-pub use self::core::Ctx;
 pub(crate) use self::core::Core;
+pub use self::core::Ctx;
 pub(crate) use node::Node;
 pub use node::{Callbacks, ConnInfo};
 pub use reply::Pending;

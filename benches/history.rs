@@ -42,6 +42,17 @@ use groups_report::{PublishPath, Scenario};
 use procs::{Proc, Spec};
 
 const HISTORY_RULE: &str = "g*=1000,10m";
+/// The recovery client's groups: room for the 10,000 messages it misses.
+const RECOVERY_RULE: &str = "r*=20000,10m";
+
+/// How one cost run loads the server.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// Step the rate up until p99 > 50 ms (or loss): the best step's deliveries/s.
+    FindMax,
+    /// A fixed publish rate: server CPU per delivery.
+    Fixed(f64),
+}
 const RECOVERY_MESSAGES: usize = 10_000;
 const RECOVERY_REPEATS: usize = 5;
 
@@ -92,12 +103,28 @@ fn run() -> Result<()> {
         loadgen_bin: bins.loadgen_bin,
     };
     let started = Instant::now();
-    let scenarios: Vec<Scenario> = groups_report::all(quick)
-        .into_iter()
-        .filter(|s| matches!(s.publish, PublishPath::Ws | PublishPath::HttpBatch(_)))
-        .collect();
+    let all = groups_report::all(quick);
+    let ws = all.iter().find(|s| s.publish == PublishPath::Ws).context("groups-ws")?.clone();
+    let batch = all
+        .iter()
+        .find(|s| matches!(s.publish, PublishPath::HttpBatch(_)))
+        .context("groups-http-batch")?
+        .clone();
+    let mut find_max = ws.clone();
+    if !quick {
+        // Start near ringcast's known maximum (results/groups.md) so 6 steps bracket it
+        // (5k .. 15k publishes/s), 2 s per step: the whole run stays under 10 minutes.
+        (find_max.start_rate, find_max.max_steps, find_max.duration_s) = (5_000.0, 6, 2.0);
+    }
+    let fixed = |sc: &Scenario, rate: f64| {
+        let mut sc = sc.clone();
+        sc.duration_s = if quick { 3.0 } else { 10.0 };
+        sc.timeout = Duration::from_secs(120);
+        (sc, Mode::Fixed(if quick { rate / 4.0 } else { rate }))
+    };
+    let scenarios = vec![(find_max, Mode::FindMax), fixed(&ws, 5_000.0), fixed(&batch, 8_000.0)];
     let mut cost = Vec::new();
-    for sc in &scenarios {
+    for (sc, mode) in &scenarios {
         let mut rounds = Vec::new();
         for round in 0..cfg.rounds {
             let order = if round % 2 == 0 { [false, true] } else { [true, false] };
@@ -105,20 +132,35 @@ fn run() -> Result<()> {
             for history in order {
                 let key = if history { "on" } else { "off" };
                 eprintln!("history: {} round {} history {key}", sc.name, round + 1);
-                let run = run_load(&cfg, sc, history)
+                let run = run_load(&cfg, sc, *mode, history)
                     .unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
                 eprintln!("history:   {}", one_line(&run));
                 r.insert(key.into(), run);
             }
-            let dps = |k: &str| r[k]["best"]["deliveries_per_sec"].as_f64();
-            let ratio = match (dps("on"), dps("off")) {
+            let key = match mode {
+                Mode::FindMax => "/best/deliveries_per_sec",
+                Mode::Fixed(_) => "/cpu_us_per_delivery",
+            };
+            let v = |k: &str| r[k].pointer(key).and_then(Value::as_f64);
+            let ratio = match (v("on"), v("off")) {
                 (Some(on), Some(off)) if off > 0.0 => json!(on / off),
                 _ => Value::Null,
             };
             r.insert("ratio_on_off".into(), ratio);
             rounds.push(Value::Object(r));
         }
-        cost.push(json!({ "scenario": sc.name, "title": sc.title(), "rounds": rounds }));
+        let (mode_name, rate) = match mode {
+            Mode::FindMax => ("find-max", Value::Null),
+            Mode::Fixed(rate) => ("fixed", json!(rate)),
+        };
+        cost.push(json!({
+            "scenario": sc.name,
+            "title": sc.title(),
+            "mode": mode_name,
+            "publishes_per_sec": rate,
+            "duration_s": sc.duration_s,
+            "rounds": rounds,
+        }));
     }
     eprintln!("history: recovery of {RECOVERY_MESSAGES} missed messages");
     let recovery = recovery(&cfg).unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
@@ -148,6 +190,13 @@ fn run() -> Result<()> {
 fn one_line(run: &Value) -> String {
     if let Some(e) = run.get("error") {
         return format!("ERROR {e}");
+    }
+    if let Some(c) = run["cpu_us_per_delivery"].as_f64() {
+        return format!(
+            "{:.0} deliveries/s, p99 {:.1} ms, {c:.3} µs server CPU per delivery",
+            run["report"]["deliveries_per_sec"].as_f64().unwrap_or(f64::NAN),
+            run["report"]["latency_us"]["p99"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+        );
     }
     let b = &run["best"];
     format!(
@@ -182,6 +231,7 @@ fn server_args(ws: SocketAddr, http: SocketAddr, cpu: usize, history: bool) -> V
     .collect();
     if history {
         a.extend(["--history-rule".into(), HISTORY_RULE.into()]);
+        a.extend(["--history-rule".into(), RECOVERY_RULE.into()]);
     }
     a
 }
@@ -209,7 +259,7 @@ fn start_server(cfg: &Cfg, name: &str, history: bool) -> Result<(Proc, SocketAdd
     Ok((p, ws, http))
 }
 
-fn loadgen_args(sc: &Scenario, ws: SocketAddr, http: SocketAddr) -> Vec<String> {
+fn loadgen_args(sc: &Scenario, mode: Mode, ws: SocketAddr, http: SocketAddr) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--url".into(),
         format!("ws://{ws}/"),
@@ -231,18 +281,23 @@ fn loadgen_args(sc: &Scenario, ws: SocketAddr, http: SocketAddr) -> Vec<String> 
         sc.warmup_s.to_string(),
         "--drain-secs".into(),
         sc.drain_s.to_string(),
-        "--find-max".into(),
-        "--p99-bound-ms".into(),
-        sc.p99_bound_ms.to_string(),
-        "--start-rate".into(),
-        sc.start_rate.to_string(),
-        "--rate-step-factor".into(),
-        sc.factor.to_string(),
-        "--max-steps".into(),
-        sc.max_steps.to_string(),
         "--no-progress".into(),
         "--json".into(),
     ];
+    match mode {
+        Mode::FindMax => a.extend([
+            "--find-max".into(),
+            "--p99-bound-ms".into(),
+            sc.p99_bound_ms.to_string(),
+            "--start-rate".into(),
+            sc.start_rate.to_string(),
+            "--rate-step-factor".into(),
+            sc.factor.to_string(),
+            "--max-steps".into(),
+            sc.max_steps.to_string(),
+        ]),
+        Mode::Fixed(rate) => a.extend(["--rate".into(), rate.to_string()]),
+    }
     if sc.publish != PublishPath::Ws {
         a.extend(["--http-url".into(), format!("http://{http}/")]);
     }
@@ -252,7 +307,7 @@ fn loadgen_args(sc: &Scenario, ws: SocketAddr, http: SocketAddr) -> Vec<String> 
     a
 }
 
-fn run_load(cfg: &Cfg, sc: &Scenario, history: bool) -> Result<Value> {
+fn run_load(cfg: &Cfg, sc: &Scenario, mode: Mode, history: bool) -> Result<Value> {
     let name = format!("{}-{}", sc.name, if history { "on" } else { "off" });
     let (mut srv, ws, http) = start_server(cfg, &name, history)?;
     std::thread::sleep(Duration::from_millis(200));
@@ -261,7 +316,7 @@ fn run_load(cfg: &Cfg, sc: &Scenario, history: bool) -> Result<Value> {
     let spec = Spec {
         name: format!("loadgen ({name})"),
         program: &cfg.loadgen_bin,
-        args: loadgen_args(sc, ws, http),
+        args: loadgen_args(sc, mode, ws, http),
         envs: vec![],
         cpus: &cfg.loadgen_cpus,
         stdout_piped: true,
@@ -307,7 +362,15 @@ fn run_load(cfg: &Cfg, sc: &Scenario, history: bool) -> Result<Value> {
             "mesh_dropped": metrics["mesh_dropped"],
         },
     });
-    run["best"] = groups_report::summary(&run, sc.max_steps);
+    match mode {
+        Mode::FindMax => run["best"] = groups_report::summary(&run, sc.max_steps),
+        Mode::Fixed(_) => {
+            let deliveries = metrics["deliveries"].as_f64().unwrap_or(0.0);
+            let cpu = run["server_cpu_s"].as_f64().unwrap_or(f64::NAN);
+            run["cpu_us_per_delivery"] =
+                if deliveries > 0.0 { json!(cpu * 1e6 / deliveries) } else { Value::Null };
+        }
+    }
     Ok(run)
 }
 
@@ -335,7 +398,7 @@ fn recovery(cfg: &Cfg) -> Result<Value> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut times_ms = Vec::new();
     for i in 0..RECOVERY_REPEATS {
-        let ms = rt.block_on(recover_once(ws, http, &format!("g-recovery-{i}")))?;
+        let ms = rt.block_on(recover_once(ws, http, &format!("r-recovery-{i}")))?;
         eprintln!("history:   recovery {}: {ms:.1} ms", i + 1);
         times_ms.push(ms);
     }
@@ -422,40 +485,78 @@ fn markdown(doc: &Value) -> String {
          {}. Server: one shard pinned to CPU 0; load generator and recovery client on CPU 1. \
          History on means `--history-rule '{}'`: every group keeps its last 1,000 messages, \
          each publish gets a position and its enveloped frame is encoded and stored. \
-         Subscribers are plain (no envelope).\n\n",
+         Subscribers are plain (no envelope). Fixed-rate runs: server CPU seconds over the \
+         whole run (connection set-up and joins included, the same for off and on) ÷ the \
+         deliveries the server made.\n\n",
         doc["bench_command"].as_str().unwrap_or(""),
         doc["git_commit"].as_str().unwrap_or(""),
         doc["date"].as_str().unwrap_or(""),
         doc["history_rule"].as_str().unwrap_or("")
     ));
-    s.push_str("## Cost: deliveries/s at the best find-max step (p99 ≤ 50 ms), off vs on\n\n");
-    s.push_str("| scenario | round | off: deliveries/s | on: deliveries/s | on/off | off p99 ms | on p99 ms |\n|---|---|---|---|---|---|---|\n");
     for c in doc["cost"].as_array().into_iter().flatten() {
+        let fixed = c["mode"] == "fixed";
+        if fixed {
+            s.push_str(&format!(
+                "## {}: {}, fixed {} publishes/s for {} s: server CPU per delivery\n\n\
+                 | round | off: µs/delivery | on: µs/delivery | on/off | off: deliveries/s | on: \
+                 deliveries/s | off p99 ms | on p99 ms |\n|---|---|---|---|---|---|---|---|\n",
+                c["scenario"].as_str().unwrap_or(""),
+                c["title"].as_str().unwrap_or(""),
+                c["publishes_per_sec"],
+                c["duration_s"]
+            ));
+        } else {
+            s.push_str(&format!(
+                "## {}: {}, find-max (p99 ≤ 50 ms): best step\n\n| round | off: \
+                 deliveries/s | on: deliveries/s | on/off | off p99 ms | on p99 ms |\n\
+                 |---|---|---|---|---|---|\n",
+                c["scenario"].as_str().unwrap_or(""),
+                c["title"].as_str().unwrap_or("")
+            ));
+        }
         let mut ratios = Vec::new();
         for (i, r) in c["rounds"].as_array().into_iter().flatten().enumerate() {
-            let d = |k: &str| r[k]["best"]["deliveries_per_sec"].as_f64();
-            let p = |k: &str| r[k]["best"]["latency_us"]["p99"].as_f64().map(|v| v / 1000.0);
-            let fmt = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.0}"));
-            let fmt1 = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1}"));
-            if let Some(x) = r["ratio_on_off"].as_f64() {
+            let f0 = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.0}"));
+            let f1 = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1}"));
+            let f3 = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
+            let ratio = r["ratio_on_off"].as_f64();
+            if let Some(x) = ratio {
                 ratios.push(x);
             }
-            s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
-                c["scenario"].as_str().unwrap_or(""),
-                i + 1,
-                fmt(d("off")),
-                fmt(d("on")),
-                r["ratio_on_off"].as_f64().map_or("—".into(), |x| format!("{x:.3}")),
-                fmt1(p("off")),
-                fmt1(p("on"))
-            ));
+            if fixed {
+                let cpu = |k: &str| r[k]["cpu_us_per_delivery"].as_f64();
+                let d = |k: &str| r[k]["report"]["deliveries_per_sec"].as_f64();
+                let p = |k: &str| r[k]["report"]["latency_us"]["p99"].as_f64().map(|v| v / 1000.0);
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    i + 1,
+                    f3(cpu("off")),
+                    f3(cpu("on")),
+                    f3(ratio),
+                    f0(d("off")),
+                    f0(d("on")),
+                    f1(p("off")),
+                    f1(p("on"))
+                ));
+            } else {
+                let d = |k: &str| r[k]["best"]["deliveries_per_sec"].as_f64();
+                let p = |k: &str| r[k]["best"]["latency_us"]["p99"].as_f64().map(|v| v / 1000.0);
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    i + 1,
+                    f0(d("off")),
+                    f0(d("on")),
+                    f3(ratio),
+                    f1(p("off")),
+                    f1(p("on"))
+                ));
+            }
         }
         if !ratios.is_empty() {
             ratios.sort_by(f64::total_cmp);
             s.push_str(&format!(
-                "| {} | **spread** | | | **{:.3} … {:.3}** (median {:.3}) | | |\n",
-                c["scenario"].as_str().unwrap_or(""),
+                "\non/off over {} round(s): {:.3} … {:.3} (median {:.3}).\n\n",
+                ratios.len(),
                 ratios[0],
                 ratios[ratios.len() - 1],
                 ratios[ratios.len() / 2]

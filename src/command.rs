@@ -732,6 +732,25 @@ pub fn history(
     out
 }
 
+/// `reply` (a JSON object) with `"positions":{"g":{"epoch":"..","offset":N}}` added: the
+/// positions a `send_to_group` got in groups with history.
+pub fn with_positions(reply: String, positions: &[(GroupId, Position)]) -> String {
+    let mut out = reply;
+    if out.ends_with('}') {
+        out.pop();
+        out.push_str(r#","positions":{"#);
+        for (i, (g, p)) in positions.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, g.as_str());
+            out.push_str(&format!(r#":{{"epoch":"{}","offset":{}}}"#, p.epoch, p.offset));
+        }
+        out.push_str("}}");
+    }
+    out
+}
+
 /// `{"type":"pong"}` (with `"id"` when given).
 pub fn pong(id: Option<&RequestId>) -> String {
     match id {
@@ -883,6 +902,43 @@ mod tests {
 
     fn json_of(text: &str) -> Value {
         serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn history_commands_parse() {
+        use crate::history::Epoch;
+        let p = Position { epoch: Epoch(0xab), offset: 3 };
+        assert_eq!(
+            cmd(r#"{"cmd":"add_group","group_id":"g","envelope":true}"#),
+            Command::AddGroupEnveloped { group: g("g"), since: None }
+        );
+        assert_eq!(
+            cmd(r#"{"cmd":"add_group","group_id":"g","since":{"epoch":"ab","offset":3}}"#),
+            Command::AddGroupEnveloped { group: g("g"), since: Some(p) }
+        );
+        assert_eq!(
+            cmd(r#"{"cmd":"add_group","group_id":"g","envelope":false}"#),
+            Command::AddGroup { group: g("g") }
+        );
+        assert_eq!(
+            cmd(r#"{"cmd":"history","group_id":"g"}"#),
+            Command::History { group: g("g"), since: None, limit: HISTORY_LIMIT_DEFAULT }
+        );
+        assert!(reason(r#"{"cmd":"add_group","group_id":"g","since":{"epoch":"zz","offset":1}}"#)
+            .contains("epoch"));
+        assert!(
+            reason(r#"{"cmd":"add_group","group_id":"g","since":{"offset":1}}"#).contains("since")
+        );
+        assert!(reason(r#"{"cmd":"add_group","group_id":"g","envelope":false,"since":{"epoch":"a","offset":1}}"#)
+            .contains("envelope"));
+        assert!(reason(r#"{"cmd":"history","group_id":"g","limit":0}"#).contains("limit"));
+        assert!(reason(r#"{"cmd":"history","group_id":"g","limit":1001}"#).contains("limit"));
+        let with = with_positions(ok(&id("1"), "send_to_group", None), &[(g("g"), p)]);
+        assert_eq!(
+            json_of(&with),
+            json!({"type":"ok","cmd":"send_to_group","id":1,
+                "positions":{"g":{"epoch":"00000000000000ab","offset":3}}})
+        );
     }
 
     // ---- parse: every command ----

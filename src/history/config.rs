@@ -57,6 +57,9 @@ impl Default for HistoryConfig {
 
 /// Longest idempotency key accepted, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+/// Bytes of idempotency keys and remembered answers held at once (a batch's answer can be
+/// large); past it the oldest keys are forgotten early (counted).
+pub const IDEMPOTENCY_BYTES_MAX: usize = 64 << 20;
 /// Most messages one group may keep.
 pub const HISTORY_MESSAGES_MAX: usize = 1_000_000;
 

@@ -15,40 +15,45 @@ use crate::proto::Message;
 use super::Position;
 
 /// Append `s` as a JSON string.
-fn push_str(out: &mut String, s: &str) {
-    // Serialising a `str` cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a `str` into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// The envelope's JSON text.
 pub fn text(message: &Message, positions: &[(GroupId, Position)]) -> String {
+    use std::io::Write as _;
     let payload = message.as_bytes().len();
-    let mut out = String::with_capacity(48 + payload + payload / 8 + 64 * positions.len());
-    out.push_str(r#"{"type":"message","#);
+    let mut out = Vec::with_capacity(48 + payload + payload / 8 + 64 * positions.len());
+    out.extend_from_slice(br#"{"type":"message","#);
     match message {
         Message::Text(t) => {
-            out.push_str(r#""data":"#);
+            out.extend_from_slice(br#""data":"#);
             push_str(&mut out, t.as_str());
         }
         Message::Binary(b) => {
-            out.push_str(r#""binary_base64":""#);
-            base64::engine::general_purpose::STANDARD.encode_string(b, &mut out);
-            out.push('"');
+            out.extend_from_slice(br#""binary_base64":""#);
+            let mut s = String::new();
+            base64::engine::general_purpose::STANDARD.encode_string(b, &mut s);
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
         }
     }
     if !positions.is_empty() {
-        out.push_str(r#","positions":{"#);
+        out.extend_from_slice(br#","positions":{"#);
         for (i, (g, p)) in positions.iter().enumerate() {
             if i > 0 {
-                out.push(',');
+                out.push(b',');
             }
             push_str(&mut out, g.as_str());
-            out.push_str(&format!(r#":{{"epoch":"{}","offset":{}}}"#, p.epoch, p.offset));
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, r#":{{"epoch":"{}","offset":{}}}"#, p.epoch, p.offset);
         }
-        out.push('}');
+        out.push(b'}');
     }
-    out.push('}');
-    out
+    out.push(b'}');
+    // Only valid UTF-8 was written (JSON text of `str`s, ASCII otherwise).
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The envelope as one encoded server frame.

@@ -5,7 +5,9 @@
 //! A key is claimed before its publish is sent (`Pending`), then completed with the answer
 //! (`Done`, remembered for `window` from then) or released when the publish failed so that a
 //! retry may deliver. The table holds at most `keys_max` keys: past it the oldest is forgotten
-//! early and counted, so memory stays bounded even under a flood of distinct keys.
+//! early and counted, so memory stays bounded even under a flood of distinct keys; the same
+//! happens past `bytes_max` bytes of keys and remembered answers (a batch's answer can be
+//! large).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,6 +33,8 @@ enum State<V> {
 #[derive(Debug)]
 struct Entry<V> {
     state: State<V>,
+    /// Bytes counted for this key (its text plus its answer).
+    cost: usize,
     expires: Instant,
     /// Matches the newest `order` record of this key (older records are stale).
     generation: u64,
@@ -46,21 +50,25 @@ pub struct IdempotencyTable<V> {
     next_generation: u64,
     window: Duration,
     keys_max: usize,
-    /// Keys forgotten before their window passed (count bound).
+    bytes_max: usize,
+    bytes: usize,
+    /// Keys forgotten before their window passed (count or byte bound).
     pub evicted_early: u64,
     /// Keys that expired normally.
     pub expired: u64,
 }
 
 impl<V: Clone> IdempotencyTable<V> {
-    /// An empty table.
-    pub fn new(window: Duration, keys_max: usize) -> Self {
+    /// An empty table holding at most `keys_max` keys and `bytes_max` bytes.
+    pub fn new(window: Duration, keys_max: usize, bytes_max: usize) -> Self {
         IdempotencyTable {
             map: HashMap::new(),
             order: VecDeque::new(),
             next_generation: 0,
             window,
             keys_max: keys_max.max(1),
+            bytes_max,
+            bytes: 0,
             evicted_early: 0,
             expired: 0,
         }
@@ -88,14 +96,34 @@ impl<V: Clone> IdempotencyTable<V> {
         while self.map.len() >= self.keys_max {
             self.evict_oldest();
         }
-        self.insert(key.to_owned(), State::Pending, now);
+        self.insert(key.to_owned(), State::Pending, key.len(), now);
+        self.keep_bytes(key);
         Claim::New
     }
 
-    /// The publish of a claimed key was answered: remember `answer` for the window.
-    pub fn complete(&mut self, key: &str, answer: V, now: Instant) {
+    /// The publish of a claimed key was answered: remember `answer` (counted as
+    /// `answer_bytes`) for the window.
+    pub fn complete(&mut self, key: &str, answer: V, answer_bytes: usize, now: Instant) {
         if self.map.contains_key(key) {
-            self.insert(key.to_owned(), State::Done(answer), now);
+            self.insert(key.to_owned(), State::Done(answer), key.len() + answer_bytes, now);
+            self.keep_bytes(key);
+        }
+    }
+
+    /// Bytes held (keys and answers).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Forget the oldest keys other than `keep` while over the byte bound.
+    fn keep_bytes(&mut self, keep: &str) {
+        while self.bytes > self.bytes_max && self.map.len() > 1 {
+            let Some((_, oldest, _)) = self.order.front() else { break };
+            if oldest == keep {
+                // The newest key is the oldest record left: nothing else to free.
+                break;
+            }
+            self.evict_oldest();
         }
     }
 
@@ -103,16 +131,25 @@ impl<V: Clone> IdempotencyTable<V> {
     /// deliver.
     pub fn release(&mut self, key: &str) {
         if matches!(self.map.get(key), Some(Entry { state: State::Pending, .. })) {
-            self.map.remove(key);
+            self.remove(key);
         }
     }
 
-    fn insert(&mut self, key: String, state: State<V>, now: Instant) {
+    fn insert(&mut self, key: String, state: State<V>, cost: usize, now: Instant) {
         let generation = self.next_generation;
         self.next_generation += 1;
         let expires = now + self.window;
         self.order.push_back((expires, key.clone(), generation));
-        self.map.insert(key, Entry { state, expires, generation });
+        self.bytes += cost;
+        if let Some(old) = self.map.insert(key, Entry { state, cost, expires, generation }) {
+            self.bytes -= old.cost;
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(e) = self.map.remove(key) {
+            self.bytes -= e.cost;
+        }
     }
 
     /// Forget every key whose window has passed.
@@ -123,7 +160,7 @@ impl<V: Clone> IdempotencyTable<V> {
             }
             let (_, key, generation) = self.order.pop_front().unwrap_or_else(|| unreachable!());
             if self.map.get(&key).is_some_and(|e| e.generation == generation) {
-                self.map.remove(&key);
+                self.remove(&key);
                 self.expired += 1;
             }
         }
@@ -132,13 +169,14 @@ impl<V: Clone> IdempotencyTable<V> {
     fn evict_oldest(&mut self) {
         while let Some((_, key, generation)) = self.order.pop_front() {
             if self.map.get(&key).is_some_and(|e| e.generation == generation) {
-                self.map.remove(&key);
+                self.remove(&key);
                 self.evicted_early += 1;
                 return;
             }
         }
         // Unreachable while map and order agree; never loop forever if they do not.
         self.map.clear();
+        self.bytes = 0;
     }
 
     /// When `key` will be forgotten, if it is held.
@@ -157,10 +195,10 @@ mod tests {
     #[test]
     fn claim_complete_repeat_expire() {
         let t = Instant::now();
-        let mut tab = IdempotencyTable::new(W, 10);
+        let mut tab = IdempotencyTable::new(W, 10, 1 << 20);
         assert_eq!(tab.claim("k", t), Claim::New);
         assert_eq!(tab.claim("k", t), Claim::InProgress);
-        tab.complete("k", 5u32, t);
+        tab.complete("k", 5u32, 4, t);
         assert_eq!(tab.claim("k", t + Duration::from_secs(9)), Claim::Duplicate(5));
         assert_eq!(tab.claim("k", t + W), Claim::New, "window passed");
         tab.release("k");
@@ -171,9 +209,9 @@ mod tests {
     #[test]
     fn release_never_forgets_an_answer() {
         let t = Instant::now();
-        let mut tab = IdempotencyTable::new(W, 10);
+        let mut tab = IdempotencyTable::new(W, 10, 1 << 20);
         assert_eq!(tab.claim("k", t), Claim::New);
-        tab.complete("k", 1u8, t);
+        tab.complete("k", 1u8, 1, t);
         tab.release("k");
         assert_eq!(tab.claim("k", t), Claim::Duplicate(1));
     }
@@ -181,15 +219,33 @@ mod tests {
     #[test]
     fn count_bound_forgets_the_oldest_and_counts_it() {
         let t = Instant::now();
-        let mut tab = IdempotencyTable::new(W, 2);
+        let mut tab = IdempotencyTable::new(W, 2, 1 << 20);
         for k in ["a", "b", "c"] {
             assert_eq!(tab.claim(k, t), Claim::New);
-            tab.complete(k, (), t);
+            tab.complete(k, (), 0, t);
         }
         assert_eq!(tab.len(), 2);
         assert_eq!(tab.evicted_early, 1);
         assert_eq!(tab.claim("a", t), Claim::New, "a was forgotten early");
         assert_eq!(tab.claim("c", t), Claim::Duplicate(()));
+    }
+
+    #[test]
+    fn byte_bound_forgets_the_oldest_answers() {
+        let t = Instant::now();
+        let mut tab = IdempotencyTable::new(W, 100, 100);
+        for k in ["a", "b", "c"] {
+            assert_eq!(tab.claim(k, t), Claim::New);
+            tab.complete(k, (), 40, t);
+        }
+        assert!(tab.bytes() <= 100, "{}", tab.bytes());
+        assert_eq!(tab.evicted_early, 1);
+        assert_eq!(tab.claim("a", t), Claim::New);
+        // One answer larger than the bound is still remembered (alone).
+        let mut tab = IdempotencyTable::new(W, 100, 10);
+        assert_eq!(tab.claim("big", t), Claim::New);
+        tab.complete("big", (), 500, t);
+        assert_eq!(tab.claim("big", t), Claim::Duplicate(()));
     }
 
     proptest! {
@@ -199,7 +255,7 @@ mod tests {
         fn matches_a_model(ops in proptest::collection::vec((0u8..6, 0u8..3, 0u64..30), 1..200)) {
             let t0 = Instant::now();
             let keys_max = 4;
-            let mut tab = IdempotencyTable::new(W, keys_max);
+            let mut tab = IdempotencyTable::new(W, keys_max, 1 << 20);
             let mut now = t0;
             // key -> (done, expires, insertion sequence)
             let mut model: HashMap<String, (bool, Instant, u64)> = HashMap::new();
@@ -235,7 +291,7 @@ mod tests {
                             seq += 1;
                             model.insert(key.clone(), (true, now + W, seq));
                         }
-                        tab.complete(&key, (), now);
+                        tab.complete(&key, (), 0, now);
                     }
                     _ => {
                         if matches!(model.get(&key), Some((false, _, _))) {

@@ -91,6 +91,7 @@ impl MemoryHistory {
             idempotency: Mutex::new(IdempotencyTable::new(
                 config.idempotency_window,
                 config.idempotency_keys_max,
+                super::config::IDEMPOTENCY_BYTES_MAX,
             )),
             stored: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -258,7 +259,8 @@ impl HistoryBackend for MemoryHistory {
     }
 
     fn idempotency_complete(&self, key: &str, answer: Bytes, now: Instant) {
-        self.idempotency.lock().unwrap_or_else(|e| e.into_inner()).complete(key, answer, now);
+        let cost = answer.len();
+        self.idempotency.lock().unwrap_or_else(|e| e.into_inner()).complete(key, answer, cost, now);
     }
 
     fn idempotency_release(&self, key: &str) {

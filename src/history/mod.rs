@@ -22,7 +22,7 @@ use std::fmt;
 use std::time::Instant;
 
 use bytes::Bytes;
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobMatcher};
 use serde::Serialize;
 
 use crate::ids::GroupId;
@@ -73,44 +73,36 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// The history rules, compiled once.
+/// The history rules, compiled once. Matched in order, one glob at a time (no allocation per
+/// lookup: it runs once per publish to a group).
 #[derive(Debug, Clone)]
 pub struct Rules {
-    set: GlobSet,
-    limits: Vec<StreamLimits>,
+    rules: Vec<(GlobMatcher, StreamLimits)>,
 }
 
 impl Rules {
     /// Compile the patterns; an invalid one is an error naming it.
     pub fn new(rules: &[HistoryRule]) -> Result<Self, String> {
-        let mut set = GlobSetBuilder::new();
+        let mut out = Vec::with_capacity(rules.len());
         for r in rules {
             let glob = GlobBuilder::new(&r.pattern)
                 .literal_separator(false)
                 .build()
                 .map_err(|e| format!("bad history pattern {:?}: {}", r.pattern, e.kind()))?;
-            set.add(glob);
+            let limits = StreamLimits { messages_max: r.messages_max, age_max: r.age_max };
+            out.push((glob.compile_matcher(), limits));
         }
-        Ok(Rules {
-            set: set.build().map_err(|e| format!("bad history patterns: {e}"))?,
-            limits: rules
-                .iter()
-                .map(|r| StreamLimits { messages_max: r.messages_max, age_max: r.age_max })
-                .collect(),
-        })
+        Ok(Rules { rules: out })
     }
 
     /// The limits of the first rule matching `group`, if any.
     pub fn limits_for(&self, group: &str) -> Option<StreamLimits> {
-        if self.limits.is_empty() {
-            return None;
-        }
-        self.set.matches(group).first().map(|&i| self.limits[i])
+        self.rules.iter().find(|(m, _)| m.is_match(group)).map(|(_, l)| *l)
     }
 
     /// Whether there is any rule.
     pub fn is_empty(&self) -> bool {
-        self.limits.is_empty()
+        self.rules.is_empty()
     }
 }
 

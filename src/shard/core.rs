@@ -72,6 +72,9 @@ pub(crate) struct Core {
     /// them. Removed once a later message of the group arrives (the shard's inbox holds a
     /// group's messages in offset order), or when the member leaves or closes. Usually empty.
     seams: Seams<ConnId>,
+    /// This shard queued a publish to its own inbox (a positioned publish, which must not
+    /// overtake older messages of its groups there): the loop drains the inbox before parking.
+    pub(crate) own_inbox: bool,
     /// Scratch buffers for recipient selection (kept to avoid allocating per publish).
     recipients: Vec<Slot>,
     excluded: Vec<Slot>,
@@ -218,6 +221,7 @@ impl Core {
             join_matcher,
             welcome,
             seams: Seams::default(),
+            own_inbox: false,
             recipients: Vec::new(),
             excluded: Vec::new(),
             dirty: Vec::new(),
@@ -278,6 +282,7 @@ impl Core {
     fn publish(&mut self, p: Publish) -> PublishReport {
         self.counters.frames_encoded += 1;
         let (batch, missed, local) = self.node.publish(vec![p], Some(self.id), None);
+        self.own_inbox |= !local;
         if missed > 0 {
             self.counters.mesh_dropped += missed as u64;
             self.log_limiter.warn("mesh", || {
@@ -769,6 +774,7 @@ impl Core {
                 .map(|s| s.parse::<ConnId>().map_err(|_| format!("bad client id {s:?}")))
                 .collect()
         };
+        let mut positions = Vec::new();
         let outcome: Result<(), String> = match cmd {
             Command::Ping => {
                 self.send_control(slot, command::pong(req_id.as_ref()));
@@ -804,7 +810,7 @@ impl Core {
                     exclude: ex,
                     message: Message::text(message),
                 };
-                self.publish(p);
+                positions = self.publish(p).positions;
             }),
             Command::SendToAll { message, exclude } => parse_ids(&exclude).map(|ex| {
                 let p = Publish { to: To::All, exclude: ex, message: Message::text(message) };
@@ -819,7 +825,11 @@ impl Core {
                 if let Some(rid) = req_id {
                     // No `queued` in the reply: this shard knows only its own count; other
                     // shards queue asynchronously.
-                    self.send_control(slot, command::ok(&rid, name, None));
+                    let mut text = command::ok(&rid, name, None);
+                    if !positions.is_empty() {
+                        text = command::with_positions(text, &positions);
+                    }
+                    self.send_control(slot, text);
                 }
             }
             Err(reason) => {

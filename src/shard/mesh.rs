@@ -137,6 +137,12 @@ impl Link {
         }
     }
 
+    /// Queue an event from the owning shard itself, without a wake-up: the shard drains its
+    /// inbox again before it parks (see `Core::own_inbox`).
+    pub(crate) fn try_send_quiet(&self, msg: ShardMsg) -> Result<(), ShardMsg> {
+        self.tx.try_send(msg).map_err(|e| e.into_inner())
+    }
+
     fn wake(&self) {
         if !self.signalled.swap(true, Ordering::AcqRel) {
             let one: u64 = 1;

@@ -360,6 +360,15 @@ async fn run(
                 }
                 wake_fut.set(wake_read(buf));
                 progress = true;
+            } else if std::mem::take(&mut core.own_inbox) {
+                // Our own positioned publishes, queued without a wake-up.
+                for msg in inbox.try_iter().take(MESH_BATCH) {
+                    core.apply(msg);
+                }
+                if !inbox.is_empty() {
+                    core.node.links[shard].force_wake();
+                }
+                progress = true;
             }
 
             // Accepts: keep a few in flight unless paused, full of handshakes, or shutting down.

@@ -175,24 +175,27 @@ impl Node {
                         let _ = outgoing[i].enveloped.set(a.frame);
                     }
                     let batch: Arc<[Outgoing]> = outgoing.into();
-                    let missed = self.send_publish(&batch, None, request.take());
+                    let missed = self.send_publish(&batch, None, skip, request.take());
                     done = Some((batch, missed, false));
                 });
                 return done.unwrap_or_else(|| unreachable!("append calls fan_out once"));
             }
         }
         let batch: Arc<[Outgoing]> = outgoing.into();
-        let missed = self.send_publish(&batch, skip, request);
+        let missed = self.send_publish(&batch, skip, None, request);
         (batch, missed, skip.is_some())
     }
 
     /// Send a batch of publishes to every shard that may hold recipients, except `skip` (the
     /// calling shard, which applies it itself). With `request`, each shard answers through it.
     /// Returns the shards whose inbox was full.
+    /// `own` is the calling shard when it takes the batch through its own inbox: queued
+    /// without a wake-up (the caller sets `Core::own_inbox`, so it drains before parking).
     pub(crate) fn send_publish(
         &self,
         batch: &Arc<[Outgoing]>,
         skip: Option<usize>,
+        own: Option<usize>,
         mut request: Option<&mut Request>,
     ) -> usize {
         let mut shards = ShardSet::default();
@@ -205,7 +208,13 @@ impl Node {
                 continue;
             }
             let reply = request.as_deref_mut().map(Request::reply);
-            if let Err(msg) = self.links[i].try_send(ShardMsg::Publish(batch.clone(), reply)) {
+            let msg = ShardMsg::Publish(batch.clone(), reply);
+            let sent = if Some(i) == own {
+                self.links[i].try_send_quiet(msg)
+            } else {
+                self.links[i].try_send(msg)
+            };
+            if let Err(msg) = sent {
                 missed += 1;
                 if let (Some(req), ShardMsg::Publish(_, Some(reply))) =
                     (request.as_deref_mut(), msg)

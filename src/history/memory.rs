@@ -24,7 +24,7 @@ use crate::ids::GroupId;
 
 use super::stream::{Evicted, Stream};
 use super::{
-    envelope, AppendItem, Appended, Claim, Epoch, HistoryBackend, HistoryConfig, HistoryCounters,
+    AppendItem, Appended, Claim, Epoch, HistoryBackend, HistoryConfig, HistoryCounters,
     IdempotencyTable, Read, ReadFrom, Rules, Stored, StreamLimits, Unrecoverable,
 };
 
@@ -198,23 +198,18 @@ impl HistoryBackend for MemoryHistory {
                 let stream = self.stream(&mut guards[k].1, g, *limits, now);
                 positions.push((g.clone(), stream.assign(now)));
             }
-            let frame = envelope::frame(item.message, &positions);
             for (g, p) in &positions {
                 let i = self.stripe_of(g);
                 let k = guards
                     .binary_search_by_key(&i, |(j, _)| *j)
                     .unwrap_or_else(|_| unreachable!("every stripe of the batch is locked"));
                 if let Some(stream) = guards[k].1.get_mut(g.as_str()) {
-                    let stored = Stored {
-                        offset: p.offset,
-                        message: item.message.clone(),
-                        frame: frame.clone(),
-                        at: now,
-                    };
+                    let stored =
+                        Stored { offset: p.offset, message: item.message.clone(), at: now };
                     self.store(stream, stored, now);
                 }
             }
-            out.push(Appended { positions, frame });
+            out.push(Appended { positions });
         }
         fan_out(out);
         drop(guards);

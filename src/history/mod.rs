@@ -120,8 +120,6 @@ pub struct AppendItem<'a> {
 pub struct Appended {
     /// One position per group, in the item's order.
     pub positions: Vec<(GroupId, Position)>,
-    /// The enveloped frame (positions included), encoded once.
-    pub frame: Bytes,
 }
 
 /// The result of a read.

@@ -10,8 +10,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use crate::proto::Message;
 
 use super::{Epoch, Position};
@@ -33,10 +31,9 @@ pub struct StreamLimits {
 pub struct Stored {
     /// Its offset in the group.
     pub offset: u64,
-    /// The message as published.
+    /// The message as published (its enveloped frame is built only when it is replayed, so
+    /// a publish with no enveloped reader never pays for one).
     pub message: Message,
-    /// The enveloped frame (encoded once at publish, replayed as is).
-    pub frame: Bytes,
     /// When it was stored.
     pub at: Instant,
 }
@@ -44,7 +41,7 @@ pub struct Stored {
 impl Stored {
     /// Bytes counted against the store's budget.
     pub fn cost(&self) -> usize {
-        self.message.as_bytes().len() + self.frame.len() + ENTRY_OVERHEAD_BYTES
+        self.message.as_bytes().len() + ENTRY_OVERHEAD_BYTES
     }
 }
 
@@ -222,12 +219,7 @@ mod tests {
 
     fn stored(offset: u64, at: Instant) -> Stored {
         let text = format!("m{offset}");
-        Stored {
-            offset,
-            frame: Message::text(text.clone()).encode(),
-            message: Message::text(text),
-            at,
-        }
+        Stored { offset, message: Message::text(text), at }
     }
 
     fn append(s: &mut Stream, now: Instant) -> Evicted {

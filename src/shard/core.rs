@@ -436,15 +436,21 @@ impl Core {
         let (Some(_), Some(top), Ok((msgs, _))) = (since, read.position, &read.outcome) else {
             return;
         };
-        self.seams.add(id, group, top.offset);
+        self.seams.add(id, group.clone(), top.offset);
         if msgs.is_empty() {
             return;
         }
         let max = self.config.outbox_bytes_max;
         let Core { conns, dirty, .. } = self;
         let Some(conn) = conns.get_mut(slot as usize) else { return };
+        // Replayed messages carry their position in the recovered group (encoded here, once
+        // per replayed message: recovery is rare, publishes are not).
+        let epoch = top.epoch;
         let ext = conn.ext.get_or_insert_with(Default::default);
-        ext.backlog.extend(msgs.iter().map(|m| (SharedFrame::new(m.frame.clone()), false)));
+        ext.backlog.extend(msgs.iter().map(|m| {
+            let at = [(group.clone(), Position { epoch, offset: m.offset })];
+            (SharedFrame::new(crate::history::envelope::frame(&m.message, &at)), false)
+        }));
         conn.replaying = true;
         conn.refill(max);
         mark_dirty(conn, slot as usize, dirty);

@@ -30,9 +30,8 @@ pub(crate) enum Route {
 }
 
 /// One publish, encoded once: every shard that receives it queues the same `frame`; members
-/// who opted into envelopes get `enveloped`, also encoded once per publish (eagerly when the
-/// publish has positions, since the history stores it; otherwise by the first shard that
-/// needs it).
+/// who opted into envelopes get `enveloped`, also encoded once per publish, by the first shard
+/// that needs it (a publish no enveloped member receives never builds one).
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) route: Route,

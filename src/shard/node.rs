@@ -172,7 +172,6 @@ impl Node {
                     let Some(mut outgoing) = pending.take() else { return };
                     for (&i, a) in at.iter().zip(appended) {
                         outgoing[i].positions = a.positions.into_boxed_slice();
-                        let _ = outgoing[i].enveloped.set(a.frame);
                     }
                     let batch: Arc<[Outgoing]> = outgoing.into();
                     let missed = self.send_publish(&batch, None, skip, request.take());

@@ -185,6 +185,11 @@ fn run() -> Result<()> {
         started.elapsed().as_secs_f64(),
         cfg.out_dir.display()
     );
+    // A run that failed is recorded above, then fails the bench (CI runs the quick version).
+    let failed = doc.to_string().matches("\"error\":").count();
+    if failed > 0 {
+        bail!("{failed} run(s) failed; see {}", cfg.out_dir.join("history.json").display());
+    }
     Ok(())
 }
 

@@ -349,6 +349,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         match ringcast::api::spawn(handle.clone(), api_config) {
             Ok(api) => {
                 tracing::info!("HTTP API listening on {}", api.local_addr());
+                if args.demo {
+                    let a = api.local_addr();
+                    let host = if a.ip().is_unspecified() {
+                        "<this host>".to_owned()
+                    } else {
+                        a.ip().to_canonical().to_string()
+                    };
+                    let host = if host.contains(':') { format!("[{host}]") } else { host };
+                    tracing::info!("demo page: open http://{host}:{}/ in a browser", a.port());
+                }
                 Some(api)
             }
             Err(e) => {

@@ -10,8 +10,11 @@
 //!   `scripts/install-test-deps.sh` installs (chromium, node, tests/browser/node_modules) and
 //!   fails, saying so, when they are missing.
 //!
-//! `RINGCAST_DEMO_SCREENSHOT=$PWD/docs/demo.png cargo test --test browser` refreshes the
-//! README's screenshot.
+//! The README's screenshot, `docs/demo.png`, is the script's, taken against a daemon on the
+//! default ports (`ringcast serve --demo`, plus a token one on other ports):
+//! `RINGCAST_DEMO_URL=http://127.0.0.1:2021/ RINGCAST_DEMO_TOKEN_URL=http://127.0.0.1:24031/
+//! RINGCAST_DEMO_TOKEN=T RINGCAST_DEMO_SCREENSHOT=$PWD/docs/demo.png node
+//! tests/browser/demo.test.mjs` (`RINGCAST_DEMO_SCREENSHOT` also works through this test).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -79,16 +79,21 @@ async function waitText(page, selector, re, what) {
 }
 
 /** Wait until the message log holds a received line whose text is exactly `message`. */
-async function waitMessage(page, message, what) {
+function waitMessage(page, message, what) {
+  return waitMessageLine(page, 'in', message, what);
+}
+
+/** Wait until the log holds a line of `kind` whose text is exactly `line`. */
+async function waitMessageLine(page, kind, line, what) {
   try {
     await page.waitForFunction(
-      (m) => [...document.querySelectorAll('#log li.in .text')].some((e) => e.textContent === m),
-      message,
+      ([k, l]) => [...document.querySelectorAll(`#log li.${k} .text`)].some((e) => e.textContent === l),
+      [kind, line],
       { timeout: WAIT_MS, polling: 50 },
     );
   } catch {
     const lines = await page.locator('#log li').allTextContents();
-    assert.fail(`${what}: ${JSON.stringify(message)} never arrived; the log: ${JSON.stringify(lines)}`);
+    assert.fail(`${what}: no ${kind} line ${JSON.stringify(line)}; the log: ${JSON.stringify(lines)}`);
   }
 }
 
@@ -225,6 +230,21 @@ async function twoClients(context) {
   await b.close();
   await waitText(a, '#stat-connections', /^1$/, 'A: node connections after B closed');
   step('send_to_all reaches B; counts drop when B leaves the group and closes');
+
+  // The application closes A's connection: the page says why, reconnects with a new id and
+  // joins its groups again.
+  const kick = await fetch(new URL(`/api/clients/${idA}?code=4001&reason=kicked`, baseUrl), {
+    method: 'DELETE',
+  });
+  assert.equal(kick.status, 200);
+  await waitMessageLine(a, 'sys', 'WebSocket closed 4001 kicked', 'A: the close is shown');
+  await waitText(a, '#client-id', /^[0-9a-f]{28}$/, 'A: a new welcome');
+  assert.notEqual(await text(a, '#client-id'), idA, 'a new connection has a new id');
+  await waitText(a, '#stat-connections', /^1$/, 'A: node connections after reconnecting');
+  await waitText(a, '#group-list li[data-group="lobby"] .count', /^1$/, 'A: lobby rejoined');
+  const rejoined = await (await fetch(new URL('/api/groups/lobby', baseUrl))).json();
+  assert.deepEqual(rejoined.clients, [await text(a, '#client-id')]);
+  step('closed by the API (4001), the page reconnects with a new id and rejoins its group');
 
   check();
   await a.close();

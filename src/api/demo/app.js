@@ -105,6 +105,7 @@ function connect() {
     if (state.ws !== ws) return;
     state.ws = null;
     state.clientId = null;
+    for (const id of ['client-id', 'worker-id', 'connection-id']) $(id).textContent = '…';
     for (const resolve of state.pending.values()) resolve({ type: 'error', reason: 'disconnected' });
     state.pending.clear();
     const why = e.code === 1006 ? 'connection lost' : `closed ${e.code}${e.reason ? ' ' + e.reason : ''}`;

@@ -250,6 +250,13 @@ async function twoClients(context) {
   await a.close();
 }
 
+/** The API's request counter, read with the token. */
+async function apiRequests(url) {
+  const r = await fetch(new URL('/api/stats', url), { headers: { Authorization: `Bearer ${token}` } });
+  assert.equal(r.status, 200);
+  return (await r.json()).api.requests;
+}
+
 async function withToken(context) {
   const page = await context.newPage();
   // The API answers 401 until the token is given: the browser logs those loads.
@@ -263,6 +270,11 @@ async function withToken(context) {
   await waitText(page, '#push-result', /^401: missing bearer token/, 'push without a token');
   step('with --api-token: the page loads, the API answers 401, the page asks for the token');
 
+  // After a 401 the page stops polling until it gets a token: no request (and no daemon log
+  // line) every second.
+  const before = await apiRequests(tokenUrl);
+  await page.waitForTimeout(2500);
+  assert.ok(await apiRequests(tokenUrl) - before <= 2, 'the page kept polling after a 401');
   await page.fill('#token-input', 'wrong-token');
   await page.click('#token-form button');
   await waitText(page, '#stats-status', /invalid bearer token/, 'stats with a wrong token');

@@ -21,6 +21,9 @@ const state = {
   pending: new Map(),    // request id -> resolve
   groups: new Map(),     // group id -> {li, count}
   token: sessionStorage.getItem('ringcast-demo-token') || '',
+  // The token the API last refused (401): polling waits for another one rather than adding
+  // a refused request (and a daemon log line) every second.
+  refusedToken: null,
   reconnectDelayMs: 500,
   reconnectTimer: null,
 };
@@ -268,7 +271,10 @@ async function api(method, path, body) {
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
   let parsed = null;
   try { parsed = await r.json(); } catch { parsed = null; }
-  if (r.status === 401) needToken(parsed && parsed.error);
+  if (r.status === 401) {
+    state.refusedToken = state.token;
+    needToken(parsed && parsed.error);
+  }
   return { status: r.status, body: parsed };
 }
 
@@ -279,7 +285,7 @@ function errorText(r) {
 function needToken(reason) {
   $('token-form').hidden = false;
   $('token-hint').hidden = false;
-  if (reason) setStatus('stats-status', `API: ${reason}`, true);
+  if (reason) setStatus('stats-status', `API: ${reason}; enter the token`, true);
 }
 
 /** A shell-quoted word for the curl line. */
@@ -322,7 +328,7 @@ async function push(target, message) {
 let polling = false;
 
 async function poll() {
-  if (polling) return;
+  if (polling || state.refusedToken === state.token) return;
   polling = true;
   try {
     const s = await api('GET', '/api/stats');
@@ -380,6 +386,7 @@ async function start() {
   onSubmit('token-form', () => {
     state.token = $('token-input').value.trim();
     $('token-input').value = '';
+    state.refusedToken = null;
     if (state.token) sessionStorage.setItem('ringcast-demo-token', state.token);
     else sessionStorage.removeItem('ringcast-demo-token');
     setStatus('stats-status', state.token ? 'token set' : 'token cleared');

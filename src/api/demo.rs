@@ -71,7 +71,7 @@ impl Page {
     }
 
     pub(crate) fn index(&self) -> Response {
-        let mut r = asset(INDEX_HTML, "text/html; charset=utf-8");
+        let mut r = asset(Body::from(INDEX_HTML), "text/html; charset=utf-8");
         r.headers_mut().insert(
             HeaderName::from_static("content-security-policy"),
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -81,20 +81,21 @@ impl Page {
     }
 
     pub(crate) fn app_js(&self) -> Response {
-        asset(APP_JS, "text/javascript; charset=utf-8")
+        asset(Body::from(APP_JS), "text/javascript; charset=utf-8")
     }
 
     pub(crate) fn style_css(&self) -> Response {
-        asset(STYLE_CSS, "text/css; charset=utf-8")
+        asset(Body::from(STYLE_CSS), "text/css; charset=utf-8")
     }
 
     pub(crate) fn config(&self) -> Response {
-        asset(&self.config_json, "application/json")
+        asset(Body::from(self.config_json.clone()), "application/json")
     }
 }
 
-fn asset(body: &str, content_type: &'static str) -> Response {
-    let mut r = Response::new(Body::from(body.to_owned()));
+/// A static answer (the embedded files are served from the binary's memory, not copied).
+fn asset(body: Body, content_type: &'static str) -> Response {
+    let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     // Small, and it changes with the binary: always fetch it again.

@@ -120,8 +120,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 64 * 1024, alias = "mesh-capacity")]
     inbox_events_max: usize,
     /// Allow what Workerman's seeds do: commands mode (unless --on-message is given), clients
-    /// may join any group and publish to any group, to all and to any client. For trying
-    /// ringcast out, never for production.
+    /// may join any group and publish to any group, to all and to any client; and serve the
+    /// demo page at / on the HTTP API's address. For trying ringcast out, never for production.
     #[arg(long)]
     demo: bool,
     /// Send each new connection {"type":"welcome","client_id":..} [default: on in commands
@@ -343,11 +343,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             token: args.api_token.clone().filter(|t| !t.is_empty()),
             body_bytes_max: args.api_body_bytes_max,
             group_id_bytes_max: args.group_id_bytes_max,
+            demo_page: args.demo,
             ..Default::default()
         };
         match ringcast::api::spawn(handle.clone(), api_config) {
             Ok(api) => {
                 tracing::info!("HTTP API listening on {}", api.local_addr());
+                if args.demo {
+                    let a = api.local_addr();
+                    let host = if a.ip().is_unspecified() {
+                        "<this host>".to_owned()
+                    } else {
+                        a.ip().to_canonical().to_string()
+                    };
+                    let host = if host.contains(':') { format!("[{host}]") } else { host };
+                    tracing::info!("demo page: open http://{host}:{}/ in a browser", a.port());
+                }
                 Some(api)
             }
             Err(e) => {

@@ -10,11 +10,13 @@
 //! - `coalesce.rs`: the single publishes of one scheduler tick go to the node as one batch.
 //! - `error.rs`: every error as `{"error":"..."}` with its status.
 //! - `stats.rs`: the API's own counters and log budget.
+//! - `demo.rs`: the demo page (`--demo`), embedded from `demo/`.
 //!
 //! See `docs/api.md` for every endpoint.
 
 mod body;
 mod coalesce;
+mod demo;
 mod error;
 mod routes;
 mod service;
@@ -60,6 +62,11 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
     /// Time [`ApiServer::shutdown`] lets in-flight requests finish before dropping them.
     pub shutdown_timeout: Duration,
+    /// Serve the demo page at `/` (the daemon's `--demo`): a page that connects to the node's
+    /// WebSocket listener, joins groups, chats and pushes through this API. The page and its
+    /// assets need no token (they hold no node data); the page asks for the token when one is
+    /// set. Off: `/` is only seed 003's pusher.
+    pub demo_page: bool,
 }
 
 impl Default for ApiConfig {
@@ -73,6 +80,7 @@ impl Default for ApiConfig {
             connections_max: 1024,
             header_read_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
+            demo_page: false,
         }
     }
 }
@@ -153,8 +161,11 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
     };
+    let demo =
+        config.demo_page.then(|| demo::Page::new(handle.local_addr(), config.token.is_some()));
     let shared = Arc::new(routes::Shared {
         handle,
+        demo,
         limits: body::Limits { name_bytes_max: config.group_id_bytes_max },
         shard_timeout: config.shard_timeout,
         body_bytes_max: config.body_bytes_max,
@@ -164,7 +175,7 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
     let service = service::ApiService {
         app: routes::router(shared.clone()),
         shared: shared.clone(),
-        auth: Arc::new(service::Auth::new(config.token.as_deref())),
+        auth: Arc::new(service::Auth::new(config.token.as_deref(), config.demo_page)),
         log: Arc::new(stats::LogLimiter::new(1000)),
     };
     let (stop, stop_rx) = watch::channel(false);

@@ -30,18 +30,20 @@ pub(crate) struct ApiService {
 pub(crate) struct Auth {
     /// `None`: no token configured (loopback only), every request passes.
     token: Option<Box<[u8]>>,
+    /// The demo page is on: it and its assets need no token (see `demo.rs`).
+    demo_page: bool,
 }
 
 impl Auth {
-    pub(crate) fn new(token: Option<&str>) -> Self {
-        Auth { token: token.map(|t| t.as_bytes().into()) }
+    pub(crate) fn new(token: Option<&str>, demo_page: bool) -> Self {
+        Auth { token: token.map(|t| t.as_bytes().into()), demo_page }
     }
 
-    /// Check `Authorization: Bearer <token>`. `/healthz` needs none. The token is compared in
-    /// constant time (its length is not secret).
+    /// Check `Authorization: Bearer <token>`. `/healthz` needs none, nor, when it is on, the
+    /// demo page. The token is compared in constant time (its length is not secret).
     pub(crate) fn check<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
         let Some(token) = &self.token else { return Ok(()) };
-        if req.uri().path() == "/healthz" {
+        if req.uri().path() == "/healthz" || (self.demo_page && super::demo::is_public(req)) {
             return Ok(());
         }
         let Some(value) = req.headers().get(AUTHORIZATION) else {
@@ -154,9 +156,9 @@ mod tests {
 
     #[test]
     fn the_token_rule() {
-        let open = Auth::new(None);
+        let open = Auth::new(None, false);
         assert!(open.check(&req(None, "/api/stats")).is_ok());
-        let auth = Auth::new(Some("s3cret"));
+        let auth = Auth::new(Some("s3cret"), false);
         assert!(auth.check(&req(Some("Bearer s3cret"), "/api/stats")).is_ok());
         assert!(auth.check(&req(Some("bearer s3cret"), "/")).is_ok());
         assert!(auth.check(&req(None, "/healthz")).is_ok());
@@ -176,5 +178,20 @@ mod tests {
             auth.check(&req(None, "/api/stats")).unwrap_err().message(),
             "missing bearer token"
         );
+        // Without the demo page, `/` is the seed pusher and needs the token.
+        assert!(auth.check(&req(None, "/")).is_err());
+        assert!(auth.check(&req(None, "/demo/config.json")).is_err());
+    }
+
+    #[test]
+    fn the_demo_page_needs_no_token_but_the_api_still_does() {
+        let auth = Auth::new(Some("s3cret"), true);
+        for path in ["/", "/demo/app.js", "/demo/style.css", "/demo/config.json"] {
+            assert!(auth.check(&req(None, path)).is_ok(), "{path}");
+        }
+        for path in ["/?content=x", "/api/stats", "/api/groups/g", "/demo/other"] {
+            let e = auth.check(&req(None, path)).unwrap_err();
+            assert_eq!(e.status(), http::StatusCode::UNAUTHORIZED, "{path}");
+        }
     }
 }

@@ -16,6 +16,7 @@
 mod body;
 mod coalesce;
 mod error;
+mod observe;
 mod routes;
 mod service;
 mod stats;
@@ -60,6 +61,10 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
     /// Time [`ApiServer::shutdown`] lets in-flight requests finish before dropping them.
     pub shutdown_timeout: Duration,
+    /// Extra metrics collectors and readiness checks (see [`crate::observe`]).
+    pub observability: crate::observe::Observability,
+    /// The node's configured bounds, exported beside their gauges in `/metrics`.
+    pub node_limits: crate::observe::NodeLimits,
 }
 
 impl Default for ApiConfig {
@@ -73,6 +78,8 @@ impl Default for ApiConfig {
             connections_max: 1024,
             header_read_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
+            observability: Default::default(),
+            node_limits: Default::default(),
         }
     }
 }
@@ -160,7 +167,12 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
         body_bytes_max: config.body_bytes_max,
         counters: Default::default(),
         coalescer: Default::default(),
+        registry: Default::default(),
+        observability: config.observability.clone(),
     });
+    let mut registry = config.observability.registry(&shared.handle, config.node_limits);
+    registry.register_collector(Box::new(observe::ApiCollector(Arc::downgrade(&shared))));
+    let _ = shared.registry.set(registry);
     let service = service::ApiService {
         app: routes::router(shared.clone()),
         shared: shared.clone(),

@@ -37,11 +37,11 @@ impl Auth {
         Auth { token: token.map(|t| t.as_bytes().into()) }
     }
 
-    /// Check `Authorization: Bearer <token>`. `/healthz` needs none. The token is compared in
+    /// Check `Authorization: Bearer <token>`. `/healthz` and `/readyz` need none (probes). The token is compared in
     /// constant time (its length is not secret).
     pub(crate) fn check<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
         let Some(token) = &self.token else { return Ok(()) };
-        if req.uri().path() == "/healthz" {
+        if matches!(req.uri().path(), "/healthz" | "/readyz") {
             return Ok(());
         }
         let Some(value) = req.headers().get(AUTHORIZATION) else {

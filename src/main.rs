@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ringcast::config::file::{self as config_file, Resolved};
 use ringcast::config::LogFormat;
 use ringcast::Server;
@@ -356,9 +356,49 @@ impl Overrides {
         Ok(t)
     }
 
-    fn resolve(&self, file: Option<&std::path::Path>) -> anyhow::Result<Resolved> {
-        Ok(config_file::load(file, self.overlay()?)?)
+    fn resolve(
+        &self,
+        file: Option<&std::path::Path>,
+        matches: &clap::ArgMatches,
+    ) -> anyhow::Result<Resolved> {
+        Ok(config_file::load_with(file, self.overlay()?, |key| origin(matches, key))?)
     }
+}
+
+/// The flag or environment variable that set the overlay `key` ("timeouts.idle_timeout"):
+/// argument ids are the key, or the key with its section's flag prefix.
+fn origin(matches: &clap::ArgMatches, key: &str) -> Option<String> {
+    use clap::parser::ValueSource;
+    let (section, name) = key.split_once('.')?;
+    let special = match key {
+        "server.pin" => Some("no_pin"),
+        "api.enabled" => Some("no_api"),
+        _ => None,
+    };
+    let candidates = [
+        special.map(str::to_owned),
+        Some(name.to_owned()),
+        Some(format!("{section}_{name}")),
+        Some(format!("client_{name}")),
+        Some(format!("commands_{name}")),
+        Some(format!("log_{name}")),
+    ];
+    let cmd = Cli::command();
+    let (sub, _) = matches.subcommand()?;
+    let sub_cmd = cmd.find_subcommand(sub)?;
+    let sub_matches = matches.subcommand_matches(sub)?;
+    for id in candidates.into_iter().flatten() {
+        let Some(arg) = sub_cmd.get_arguments().find(|a| a.get_id() == id.as_str()) else {
+            continue;
+        };
+        let Some(source) = sub_matches.value_source(&id) else { continue };
+        return match source {
+            ValueSource::CommandLine => arg.get_long().map(|l| format!("--{l}")),
+            ValueSource::EnvVariable => arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+            _ => None,
+        };
+    }
+    None
 }
 
 fn init_logging(log: &ringcast::config::file::LogSection) {
@@ -374,9 +414,13 @@ fn init_logging(log: &ringcast::config::file::LogSection) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
-        Command::CheckConfig(args) => match args.overrides.resolve(Some(&args.file)) {
+        Command::CheckConfig(args) => match args.overrides.resolve(Some(&args.file), &matches) {
             Ok(resolved) => {
                 print!("{}", resolved.effective_toml());
                 eprintln!("ringcast: {} is valid", args.file.display());
@@ -389,7 +433,7 @@ fn main() -> ExitCode {
         },
         Command::Serve(args) => {
             // Configuration errors come before logging exists: plain stderr, exit 2.
-            let resolved = match args.overrides.resolve(args.config.as_deref()) {
+            let resolved = match args.overrides.resolve(args.config.as_deref(), &matches) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("ringcast: {e:#}");
@@ -492,6 +536,16 @@ static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn errors_name_the_flag_or_variable_that_set_a_value() {
+        let m = super::Cli::command()
+            .try_get_matches_from(["ringcast", "serve", "--idle-timeout", "1s", "--no-api"])
+            .unwrap();
+        assert_eq!(super::origin(&m, "timeouts.idle_timeout").as_deref(), Some("--idle-timeout"));
+        assert_eq!(super::origin(&m, "api.enabled").as_deref(), Some("--no-api"));
+        assert_eq!(super::origin(&m, "limits.outbox_bytes_max"), None);
+    }
 
     #[test]
     fn every_serve_flag_is_documented_and_has_an_env_var() {

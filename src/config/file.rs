@@ -485,7 +485,7 @@ impl fmt::Display for ConfigError {
             ConfigError::Invalid { key, message, origin } => {
                 write!(f, "invalid configuration: {key}: {message}")?;
                 if let Some(o) = origin {
-                    write!(f, " (set at {o})")?;
+                    write!(f, " (from {o})")?;
                 }
                 Ok(())
             }
@@ -534,6 +534,17 @@ impl Resolved {
 /// Load `path` (if any), merge `overlay` (flags and environment, same layout) over it, and
 /// validate. See the module documentation for the precedence and the error reporting.
 pub fn load(path: Option<&Path>, overlay: toml::Table) -> Result<Resolved, ConfigError> {
+    load_with(path, overlay, |_| None)
+}
+
+/// [`load`], with `describe` naming where an overlay key came from (`"--idle-timeout"`,
+/// `"RINGCAST_IDLE_TIMEOUT"`) for error messages; `None` says "a flag or environment
+/// variable".
+pub fn load_with(
+    path: Option<&Path>,
+    overlay: toml::Table,
+    describe: impl Fn(&str) -> Option<String>,
+) -> Result<Resolved, ConfigError> {
     let mut doc = toml::Table::new();
     let mut source = None;
     if let Some(path) = path {
@@ -553,7 +564,7 @@ pub fn load(path: Option<&Path>, overlay: toml::Table) -> Result<Resolved, Confi
     file.resolve().map_err(|e| match e {
         ConfigError::Invalid { key, message, .. } => {
             let origin = if lookup(&overlay, &key) {
-                Some("a flag or environment variable".to_owned())
+                Some(describe(&key).unwrap_or_else(|| "a flag or environment variable".to_owned()))
             } else {
                 source.as_ref().and_then(|(path, text)| {
                     line_of(text, &key).map(|l| format!("{} line {l}", path.display()))

@@ -479,9 +479,11 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
         shards,
         capacity = ringcast::limits::connection_capacity(shards),
         connections_max = handle.connections_max(),
+        node_id = %handle.node_id(),
         "connection capacity (open-file limit minus reserved descriptors)"
     );
-    tracing::info!(node_id = %handle.node_id(), "listening on {}", handle.local_addr());
+    // Scripts and tests read the address at the end of these two lines.
+    tracing::info!("listening on {}", handle.local_addr());
     let api = match api_config {
         None => None,
         Some(api_config) => {
@@ -489,10 +491,7 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
             // `api_config.observability` here (see ringcast::observe).
             match ringcast::api::spawn(handle.clone(), api_config) {
                 Ok(api) => {
-                    tracing::info!(
-                        "HTTP API listening on {} (/api, /metrics, /healthz, /readyz)",
-                        api.local_addr()
-                    );
+                    tracing::info!("HTTP API listening on {}", api.local_addr());
                     Some(api)
                 }
                 Err(e) => {

@@ -242,17 +242,21 @@ fn labelled_counters(
 }
 
 fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, h: &LatencySnapshot) -> fmt::Result {
-    let mut cumulative = 0;
-    let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(h.buckets.len());
-    for (i, n) in h.buckets.iter().enumerate() {
-        cumulative += n;
-        let bound = LATENCY_BUCKETS_NS.get(i).map_or(f64::INFINITY, |ns| *ns as f64 / 1e9);
-        buckets.push((bound, cumulative));
-    }
+    // Per-bucket (non-cumulative) counts: the encoder accumulates them into `le` buckets.
+    let buckets: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (LATENCY_BUCKETS_NS.get(i).map_or(f64::INFINITY, |ns| *ns as f64 / 1e9), *n)
+        })
+        .collect();
+    // The count is the buckets' total, so `+Inf` and `_count` always agree in one scrape.
+    let count = h.buckets.iter().sum();
     let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
     m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
         h.sum_ns as f64 / 1e9,
-        cumulative,
+        count,
         &buckets,
         None,
     )

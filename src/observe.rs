@@ -241,15 +241,18 @@ fn labelled_counters(
     Ok(())
 }
 
-fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, h: &LatencySnapshot) -> fmt::Result {
+fn histogram(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &LatencySnapshot,
+) -> fmt::Result {
     // Per-bucket (non-cumulative) counts: the encoder accumulates them into `le` buckets.
     let buckets: Vec<(f64, u64)> = h
         .buckets
         .iter()
         .enumerate()
-        .map(|(i, n)| {
-            (LATENCY_BUCKETS_NS.get(i).map_or(f64::INFINITY, |ns| *ns as f64 / 1e9), *n)
-        })
+        .map(|(i, n)| (LATENCY_BUCKETS_NS.get(i).map_or(f64::INFINITY, |ns| *ns as f64 / 1e9), *n))
         .collect();
     // The count is the buckets' total, so `+Inf` and `_count` always agree in one scrape.
     let count = h.buckets.iter().sum();
@@ -324,7 +327,12 @@ impl Collector for NodeCollector {
                 ("aborted", m.connections_aborted),
             ],
         )?;
-        counter(e, "ringcast_messages_received", "Messages received from clients.", m.messages_received)?;
+        counter(
+            e,
+            "ringcast_messages_received",
+            "Messages received from clients.",
+            m.messages_received,
+        )?;
         counter(
             e,
             "ringcast_received_bytes",
@@ -337,7 +345,12 @@ impl Collector for NodeCollector {
             "Messages queued to a connection (one per recipient per message).",
             m.deliveries,
         )?;
-        counter(e, "ringcast_written_bytes", "Bytes the kernel accepted from our writes.", m.bytes_written)?;
+        counter(
+            e,
+            "ringcast_written_bytes",
+            "Bytes the kernel accepted from our writes.",
+            m.bytes_written,
+        )?;
         counter(
             e,
             "ringcast_frames_encoded",
@@ -370,7 +383,12 @@ impl Collector for NodeCollector {
             "Cross-shard events lost because a shard inbox was full (inbox_events_max).",
             m.mesh_dropped,
         )?;
-        counter(e, "ringcast_mesh_received", "Cross-shard events applied by shards.", m.mesh_received)?;
+        counter(
+            e,
+            "ringcast_mesh_received",
+            "Cross-shard events applied by shards.",
+            m.mesh_received,
+        )?;
         shard_gauges(
             e,
             "ringcast_inbox_events",
@@ -396,8 +414,18 @@ impl Collector for NodeCollector {
             as_i64(self.limits.outbox_bytes_max),
         )?;
         let (groups, uids) = h.directory_sizes();
-        gauge(e, "ringcast_groups", "Groups with at least one member on the node.", as_i64(groups))?;
-        gauge(e, "ringcast_uids", "Uids bound to at least one connection of the node.", as_i64(uids))?;
+        gauge(
+            e,
+            "ringcast_groups",
+            "Groups with at least one member on the node.",
+            as_i64(groups),
+        )?;
+        gauge(
+            e,
+            "ringcast_uids",
+            "Uids bound to at least one connection of the node.",
+            as_i64(uids),
+        )?;
         counter(e, "ringcast_commands_received", "Client commands received.", m.commands_received)?;
         counter(
             e,

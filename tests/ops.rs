@@ -137,10 +137,8 @@ fn unknown_keys_and_bad_values_name_the_key_and_the_line() {
     let (ok, _, err) = check_config(&file.0, &[], &[]);
     assert!(!ok);
     assert!(err.contains("bogus") && err.contains("line 4"), "{err}");
-    let file = TempFile::new(
-        "bad.toml",
-        "[timeouts]\nping_interval = \"30s\"\nidle_timeout = \"20s\"\n",
-    );
+    let file =
+        TempFile::new("bad.toml", "[timeouts]\nping_interval = \"30s\"\nidle_timeout = \"20s\"\n");
     let (ok, _, err) = check_config(&file.0, &[], &[]);
     assert!(!ok);
     assert!(err.contains("timeouts.idle_timeout") && err.contains("line 3"), "{err}");
@@ -174,7 +172,8 @@ fn the_daemon_does_not_start_on_an_invalid_config() {
     assert!(err.contains("outbox_bytes_max") && err.contains("line 4"), "{err}");
     assert!(!err.contains("listening on"), "{err}");
     // And a file that does not exist.
-    let out = ringcast().args(["serve", "--config", "/nonexistent/ringcast.toml"]).output().unwrap();
+    let out =
+        ringcast().args(["serve", "--config", "/nonexistent/ringcast.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ringcast.toml"));
 }
@@ -232,7 +231,8 @@ fn daemon(config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
     let mut seen = Vec::new();
     while ws.is_none() || api.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines.recv_timeout(left).unwrap_or_else(|_| panic!("no listening lines: {seen:?}"));
+        let line =
+            lines.recv_timeout(left).unwrap_or_else(|_| panic!("no listening lines: {seen:?}"));
         if let Some((is_api, addr)) = listening(&line) {
             if is_api {
                 api = Some(addr);
@@ -258,7 +258,9 @@ fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, Strin
     let status = head[9..12].parse().unwrap();
     let ctype = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned())
+        })
         .unwrap_or_default();
     let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         dechunk(body)
@@ -444,11 +446,15 @@ async fn metrics_scraped_from_a_running_daemon_move_with_traffic() {
 }
 
 trait NextMsg {
-    async fn next_msg(&mut self) -> Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>;
+    async fn next_msg(
+        &mut self,
+    ) -> Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>;
 }
 
 impl NextMsg for common::Ws {
-    async fn next_msg(&mut self) -> Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>> {
+    async fn next_msg(
+        &mut self,
+    ) -> Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>> {
         use futures_util::StreamExt;
         tokio::time::timeout(Duration::from_secs(5), self.next()).await.ok().flatten()
     }
@@ -456,11 +462,8 @@ impl NextMsg for common::Ws {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_shards_and_a_full_node_and_needs_no_token() {
-    let d = relay_daemon(
-        "[limits]\nconnections_max = 2\n",
-        &[],
-        &[("RINGCAST_API_TOKEN", "s3cret")],
-    );
+    let d =
+        relay_daemon("[limits]\nconnections_max = 2\n", &[], &[("RINGCAST_API_TOKEN", "s3cret")]);
     let (status, ctype, body) = get(d.api, "/readyz", None);
     assert_eq!(status, 200, "{body}");
     assert!(ctype.starts_with("application/json"));
@@ -488,7 +491,11 @@ async fn readyz_reports_shards_and_a_full_node_and_needs_no_token() {
 async fn the_file_configures_the_running_daemon_and_env_overrides_it() {
     // File: 100-byte messages; environment: 200. The environment wins: 150 bytes pass,
     // 250 bytes close with 1009.
-    let d = relay_daemon("[limits]\nmessage_bytes_max = 100\n", &[], &[("RINGCAST_MESSAGE_BYTES_MAX", "200")]);
+    let d = relay_daemon(
+        "[limits]\nmessage_bytes_max = 100\n",
+        &[],
+        &[("RINGCAST_MESSAGE_BYTES_MAX", "200")],
+    );
     let mut ws = connect(d.ws).await;
     ws.send(WsMessage::text("x".repeat(150))).await.unwrap();
     assert_eq!(next_data(&mut ws, 10).await.into_text().unwrap().len(), 150);

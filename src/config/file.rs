@@ -398,12 +398,17 @@ impl<'de> Deserialize<'de> for JoinSpec {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = JoinSpec;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#""off", "any", or glob patterns (a list, or one comma-separated string)"#)
+                f.write_str(
+                    r#""off", "any", or glob patterns (a list, or one comma-separated string)"#,
+                )
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<JoinSpec, E> {
                 Ok(JoinSpec::parse(s))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<JoinSpec, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<JoinSpec, A::Error> {
                 let mut v = Vec::new();
                 while let Some(p) = a.next_element::<String>()? {
                     v.push(p);
@@ -518,7 +523,9 @@ impl Resolved {
              file > defaults).\n",
         );
         if self.effective.limits.connections_max.is_none() {
-            out.push_str("# limits.connections_max: unset, the open-file limit decides at start.\n");
+            out.push_str(
+                "# limits.connections_max: unset, the open-file limit decides at start.\n",
+            );
         }
         if self.effective.server.node_id.is_none() {
             out.push_str("# server.node_id: unset, generated at start.\n");
@@ -676,14 +683,18 @@ impl ConfigFile {
     /// Validate every value and rule, fill in what depends on other values, and build the
     /// runtime configurations. The one place where configuration is checked.
     pub fn resolve(&self) -> Result<Resolved, ConfigError> {
-        let (s, l, t, c, a) = (&self.server, &self.limits, &self.timeouts, &self.commands, &self.api);
+        let (s, l, t, c, a) =
+            (&self.server, &self.limits, &self.timeouts, &self.commands, &self.api);
         let mut config = Config { listen: s.listen, ..Config::default() };
 
         // [server]
         if let Some(n) = s.shards {
             let max = crate::shard::directory::SHARDS_MAX;
             if n == 0 || n > max {
-                return Err(invalid("server.shards", format!("must be between 1 and {max} (got {n})")));
+                return Err(invalid(
+                    "server.shards",
+                    format!("must be between 1 and {max} (got {n})"),
+                ));
             }
             config.shards = n;
         }
@@ -694,11 +705,8 @@ impl ConfigFile {
         if let Some(id) = &s.node_id {
             config.node_id = Some(parse_node_id(id).map_err(|e| invalid("server.node_id", e))?);
         }
-        config.on_message = s.on_message.unwrap_or(if s.demo {
-            OnMessage::Commands
-        } else {
-            OnMessage::Ignore
-        });
+        config.on_message =
+            s.on_message.unwrap_or(if s.demo { OnMessage::Commands } else { OnMessage::Ignore });
         let welcome = s.welcome.unwrap_or(config.on_message == OnMessage::Commands);
         config.welcome = Some(welcome);
         config.tick_interval = Some(s.tick_interval).filter(|d| !d.is_zero());
@@ -779,13 +787,19 @@ impl ConfigFile {
         let api = if a.enabled {
             let token = match (&a.token, &a.token_file) {
                 (Some(_), Some(_)) => {
-                    return Err(invalid("api.token_file", "set api.token or api.token_file, not both"))
+                    return Err(invalid(
+                        "api.token_file",
+                        "set api.token or api.token_file, not both",
+                    ))
                 }
                 (Some(t), None) => Some(t.trim().to_owned()),
                 (None, Some(path)) => Some(
                     std::fs::read_to_string(path)
                         .map_err(|e| {
-                            invalid("api.token_file", format!("cannot read {}: {e}", path.display()))
+                            invalid(
+                                "api.token_file",
+                                format!("cannot read {}: {e}", path.display()),
+                            )
                         })?
                         .trim()
                         .to_owned(),
@@ -920,7 +934,8 @@ mod tests {
 
     #[test]
     fn invalid_values_name_key_and_line() {
-        let (_d, path) = write("[server]\nlisten = \"127.0.0.1:0\"\n\n[limits]\ngroup_id_bytes_max = 0\n");
+        let (_d, path) =
+            write("[server]\nlisten = \"127.0.0.1:0\"\n\n[limits]\ngroup_id_bytes_max = 0\n");
         let e = load(Some(&path), toml::Table::new()).unwrap_err().to_string();
         assert!(e.contains("limits.group_id_bytes_max"), "{e}");
         assert!(e.contains("line 5"), "{e}");
@@ -938,8 +953,8 @@ mod tests {
     fn the_token_rule() {
         let e = load(None, overlay("[api]\nlisten = \"0.0.0.0:2021\"\n")).unwrap_err();
         assert!(e.to_string().contains("api.listen"), "{e}");
-        let r = load(None, overlay("[api]\nlisten = \"0.0.0.0:2021\"\ntoken = \"s3cret\"\n"))
-            .unwrap();
+        let r =
+            load(None, overlay("[api]\nlisten = \"0.0.0.0:2021\"\ntoken = \"s3cret\"\n")).unwrap();
         assert_eq!(r.api.as_ref().unwrap().token.as_deref(), Some("s3cret"));
         assert!(!r.effective_toml().contains("s3cret"), "the token is never printed");
         assert!(load(None, overlay("[api]\nenabled = false\nlisten = \"0.0.0.0:2021\"\n"))

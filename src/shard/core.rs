@@ -1046,7 +1046,8 @@ impl Core {
         for slot in finished {
             self.finish_if_done(slot);
         }
-        self.node.health[self.id].publish_heartbeat(now.saturating_duration_since(self.node.started));
+        self.node.health[self.id]
+            .publish_heartbeat(now.saturating_duration_since(self.node.started));
     }
 
     pub(crate) fn done(&self) -> bool {

@@ -7,6 +7,7 @@ pub mod fanout;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+pub mod observe;
 pub mod proto;
 pub mod route;
 pub mod server;
@@ -19,5 +20,5 @@ pub use addressing::{
 pub use config::{Config, OnMessage, SlowConsumerPolicy};
 pub use ids::{ConnId, GroupId, NodeId, Uid};
 pub use proto::Message;
-pub use server::{Builder, Handle, Server};
+pub use server::{Builder, Handle, Server, ShardHealth};
 pub use shard::{ConnInfo, Ctx, Pending};

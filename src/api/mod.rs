@@ -18,6 +18,7 @@ mod body;
 mod coalesce;
 mod demo;
 mod error;
+mod observe;
 mod routes;
 mod service;
 mod stats;
@@ -67,6 +68,10 @@ pub struct ApiConfig {
     /// assets need no token (they hold no node data); the page asks for the token when one is
     /// set. Off: `/` is only seed 003's pusher.
     pub demo_page: bool,
+    /// Extra metrics collectors and readiness checks (see [`crate::observe`]).
+    pub observability: crate::observe::Observability,
+    /// The node's configured bounds, exported beside their gauges in `/metrics`.
+    pub node_limits: crate::observe::NodeLimits,
 }
 
 impl Default for ApiConfig {
@@ -81,6 +86,8 @@ impl Default for ApiConfig {
             header_read_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
             demo_page: false,
+            observability: Default::default(),
+            node_limits: Default::default(),
         }
     }
 }
@@ -171,7 +178,12 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
         body_bytes_max: config.body_bytes_max,
         counters: Default::default(),
         coalescer: Default::default(),
+        registry: Default::default(),
+        observability: config.observability.clone(),
     });
+    let mut registry = config.observability.registry(&shared.handle, config.node_limits);
+    registry.register_collector(Box::new(observe::ApiCollector(Arc::downgrade(&shared))));
+    let _ = shared.registry.set(registry);
     let service = service::ApiService {
         app: routes::router(shared.clone()),
         shared: shared.clone(),

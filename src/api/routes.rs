@@ -36,6 +36,11 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Single publishes of one tick go to the node as one batch.
     pub(crate) coalescer: Arc<Coalescer>,
+    /// What `/metrics` encodes (set once, right after `Shared` is built: it refers back to
+    /// the API's counters).
+    pub(crate) registry: std::sync::OnceLock<prometheus_client::registry::Registry>,
+    /// Extra collectors and readiness checks (`/readyz`).
+    pub(crate) observability: crate::observe::Observability,
 }
 
 type St = State<Arc<Shared>>;
@@ -85,6 +90,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/uids/{uid}", get(uid))
         .route("/api/stats", get(stats))
         .route("/api/metrics", get(metrics))
+        .merge(super::observe::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)

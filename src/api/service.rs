@@ -40,11 +40,14 @@ impl Auth {
         Auth { token: token.map(|t| t.as_bytes().into()), demo_page }
     }
 
-    /// Check `Authorization: Bearer <token>`. `/healthz` needs none, nor, when it is on, the
-    /// demo page. The token is compared in constant time (its length is not secret).
+    /// Check `Authorization: Bearer <token>`. `/healthz` and `/readyz` need none (probes), nor,
+    /// when it is on, the demo page. The token is compared in constant time (its length is not
+    /// secret).
     pub(crate) fn check<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
         let Some(token) = &self.token else { return browser_guard(req) };
-        if req.uri().path() == "/healthz" || (self.demo_page && super::demo::is_public(req)) {
+        if matches!(req.uri().path(), "/healthz" | "/readyz")
+            || (self.demo_page && super::demo::is_public(req))
+        {
             return Ok(());
         }
         let Some(value) = req.headers().get(AUTHORIZATION) else {

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use tokio_uring::net::TcpStream;
 use crate::addressing::{Applied, ClientInfo, Publish, PublishReport, Session, ShardStats, To};
 use crate::command::{self, Command, JoinMatcher, ParseLimits, RateDecision, Request};
 use crate::config::{Config, OnMessage, SlowConsumerPolicy};
-use crate::fanout::{SendStatus, SharedFrame};
+use crate::fanout::{FrameDone, SendStatus, SharedFrame};
 use crate::ids::{ConnId, GroupId, NodeId, Slot, Uid};
 use crate::metrics::Counters;
 use crate::proto::{self, CloseCode, Inbound, Message};
@@ -96,6 +97,23 @@ pub(crate) struct Core {
     /// The last trim ran during a burst of closes: trim once more when it ends.
     trim_tail_due: bool,
     last_trim: Instant,
+    /// Records the fan-out latency of this shard's armed frames (see [`LatencySink`]).
+    latency_sink: Rc<dyn FrameDone>,
+}
+
+/// Fan-out latency, publish accepted → the last write of it on this shard completed (or the
+/// frame was dropped with its last connection). Armed once per publish per shard that queued
+/// it at least once; the cost is one clock read and one histogram bucket when the frame's
+/// last shard-local reference goes, nothing per recipient.
+struct LatencySink {
+    node: Arc<Node>,
+    shard: usize,
+}
+
+impl FrameDone for LatencySink {
+    fn frame_done(&self, accepted: Instant) {
+        self.node.fanout_latency[self.shard].record(accepted.elapsed());
+    }
 }
 
 /// The application's view of its shard inside a callback.
@@ -194,6 +212,7 @@ impl Core {
         let welcome = config.welcome.unwrap_or(config.on_message == OnMessage::Commands);
         Core {
             id,
+            latency_sink: Rc::new(LatencySink { node: node.clone(), shard: id }),
             node_id: node.id,
             housekeeping_passes: 0,
             ping_buckets: config
@@ -268,8 +287,12 @@ impl Core {
     fn publish(&mut self, p: Publish) -> PublishReport {
         let frame = p.message.encode();
         self.counters.frames_encoded += 1;
-        let batch: Arc<[Outgoing]> =
-            Arc::from(vec![Outgoing { route: route_of(p.to), exclude: p.exclude, frame }]);
+        let batch: Arc<[Outgoing]> = Arc::from(vec![Outgoing {
+            route: route_of(p.to),
+            exclude: p.exclude,
+            frame,
+            accepted: Instant::now(),
+        }]);
         self.publish_batch(batch)
     }
 
@@ -312,7 +335,7 @@ impl Core {
                 let slots = std::mem::take(&mut recipients);
                 let sel = self.router.recipients(Target::Slots(&slots), &excluded, &mut recipients);
                 debug_assert_eq!(sel, Selection::Listed);
-                self.deliver_listed(&o.frame, &recipients, &mut report);
+                self.deliver_listed(o, &recipients, &mut report);
                 self.recipients = recipients;
                 self.excluded = excluded;
                 return report;
@@ -336,24 +359,31 @@ impl Core {
                         );
                     }
                 }
+                if report.queued > 0 {
+                    shared.arm(o.accepted, self.latency_sink.clone());
+                }
             }
-            Selection::Listed => self.deliver_listed(&o.frame, &recipients, &mut report),
+            Selection::Listed => self.deliver_listed(o, &recipients, &mut report),
         }
         self.recipients = recipients;
         self.excluded = excluded;
         report
     }
 
-    fn deliver_listed(&mut self, frame: &Bytes, slots: &[Slot], report: &mut PublishReport) {
+    fn deliver_listed(&mut self, o: &Outgoing, slots: &[Slot], report: &mut PublishReport) {
         if slots.is_empty() {
             return;
         }
-        let shared = SharedFrame::new(frame.clone());
+        let queued_before = report.queued;
+        let shared = SharedFrame::new(o.frame.clone());
         let Core { conns, dirty, config, counters, log_limiter, .. } = self;
         for &slot in slots {
             if let Some(conn) = conns.get_mut(slot as usize) {
                 deliver(conn, slot as usize, &shared, config, dirty, counters, log_limiter, report);
             }
+        }
+        if report.queued > queued_before {
+            shared.arm(o.accepted, self.latency_sink.clone());
         }
     }
 
@@ -492,6 +522,7 @@ impl Core {
                 }
             },
             Op::Close(_, code, reason) => {
+                self.counters.closes_by_server += 1;
                 self.close_conn(id, code, &reason);
                 Applied::Done
             }
@@ -793,6 +824,7 @@ impl Core {
             }
         };
         conn.last_rx = self.tick;
+        self.counters.bytes_received += n as u64;
         let mut out = Vec::new();
         let mut failure = None;
         if conn.phase != Phase::Dead && !conn.failed {
@@ -835,6 +867,7 @@ impl Core {
                 Inbound::Closed => {
                     if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
                         if conn.phase == Phase::Open {
+                            self.counters.closes_by_peer += 1;
                             conn.phase = Phase::Closing;
                             conn.deadline = None;
                         }
@@ -979,7 +1012,9 @@ impl Core {
         let (tick, close_timeout) = (self.tick, self.config.close_timeout);
         let Core { conns, dirty, config, counters, log_limiter, ping_frame, .. } = self;
         let mut finished = Vec::new();
+        let mut outbox_bytes = 0;
         for (slot, conn) in conns.iter_mut() {
+            outbox_bytes += conn.outbox.queued_bytes() as u64;
             match conn.phase {
                 Phase::Open if idle_limit.is_some_and(|l| tick.since(conn.last_rx) > l) => {
                     counters.idle_timeouts += 1;
@@ -1007,9 +1042,12 @@ impl Core {
                 finished.push(slot);
             }
         }
+        counters.outbox_bytes = outbox_bytes;
         for slot in finished {
             self.finish_if_done(slot);
         }
+        self.node.health[self.id]
+            .publish_heartbeat(now.saturating_duration_since(self.node.started));
     }
 
     pub(crate) fn done(&self) -> bool {

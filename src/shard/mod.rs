@@ -117,6 +117,8 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         uids: directory::Directory::new(),
         links,
         counters: (0..shards).map(|_| SharedCounters::default()).collect(),
+        health: (0..shards).map(|_| Default::default()).collect(),
+        fanout_latency: (0..shards).map(|_| Default::default()).collect(),
         open: Default::default(),
         connections_max: config.connections_max,
         handle_frames_encoded: Default::default(),
@@ -457,12 +459,16 @@ async fn run(
                 conn.outbox.take_batch(&mut batch);
                 conn.writing = true;
                 core.counters.writes += 1;
+                core.counters.frames_written += batch.len() as u64;
                 writes.push(write_op(conn.id, conn.stream.clone(), batch));
                 progress = true;
             }
             core.dirty = dirty;
 
             core.node.counters[shard].publish(&core.counters);
+            core.node.health[shard].publish_accepting(
+                listener.is_some() && accept_pause.is_none() && core.shutting_down.is_none(),
+            );
             if core.done() {
                 return Poll::Ready(());
             }

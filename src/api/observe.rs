@@ -72,27 +72,28 @@ impl Collector for ApiCollector {
             None,
             c.metric_type(),
         )?)?;
-        let mut m = e.encode_descriptor(
-            "ringcast_api_errors",
-            "HTTP API error answers, by kind.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (kind, n) in [
-            (ErrorKind::BadRequest, s.bad_request),
-            (ErrorKind::Unauthorized, s.unauthorized),
+        {
+            let mut m = e.encode_descriptor(
+                "ringcast_api_errors",
+                "HTTP API error answers, by kind.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, n) in [
+                (ErrorKind::BadRequest, s.bad_request),
+                (ErrorKind::Unauthorized, s.unauthorized),
             (ErrorKind::Forbidden, s.forbidden),
-            (ErrorKind::NotFound, s.not_found),
-            (ErrorKind::MethodNotAllowed, s.method_not_allowed),
-            (ErrorKind::Conflict, s.conflict),
-            (ErrorKind::PayloadTooLarge, s.payload_too_large),
-            (ErrorKind::UnsupportedMediaType, s.unsupported_media_type),
-            (ErrorKind::Unavailable, s.unavailable),
-            (ErrorKind::Other, s.other_errors),
-        ] {
-            ConstCounter::new(n).encode(m.encode_family(&[("kind", kind.name())])?)?;
+                (ErrorKind::NotFound, s.not_found),
+                (ErrorKind::MethodNotAllowed, s.method_not_allowed),
+                (ErrorKind::Conflict, s.conflict),
+                (ErrorKind::PayloadTooLarge, s.payload_too_large),
+                (ErrorKind::UnsupportedMediaType, s.unsupported_media_type),
+                (ErrorKind::Unavailable, s.unavailable),
+                (ErrorKind::Other, s.other_errors),
+            ] {
+                ConstCounter::new(n).encode(m.encode_family(&[("kind", kind.name())])?)?;
+            }
         }
-        drop(m);
         let c = ConstCounter::new(s.messages_published);
         c.encode(e.encode_descriptor(
             "ringcast_api_messages_published",

@@ -377,8 +377,8 @@ fn origin(matches: &clap::ArgMatches, key: &str) -> Option<String> {
     };
     let candidates = [
         special.map(str::to_owned),
-        Some(name.to_owned()),
         Some(format!("{section}_{name}")),
+        Some(name.to_owned()),
         Some(format!("client_{name}")),
         Some(format!("commands_{name}")),
         Some(format!("log_{name}")),
@@ -550,10 +550,19 @@ mod tests {
     #[test]
     fn errors_name_the_flag_or_variable_that_set_a_value() {
         let m = super::Cli::command()
-            .try_get_matches_from(["ringcast", "serve", "--idle-timeout", "1s", "--no-api"])
+            .try_get_matches_from([
+                "ringcast",
+                "serve",
+                "--idle-timeout",
+                "1s",
+                "--no-api",
+                "--api-listen",
+                "0.0.0.0:1",
+            ])
             .unwrap();
         assert_eq!(super::origin(&m, "timeouts.idle_timeout").as_deref(), Some("--idle-timeout"));
         assert_eq!(super::origin(&m, "api.enabled").as_deref(), Some("--no-api"));
+        assert_eq!(super::origin(&m, "api.listen").as_deref(), Some("--api-listen"));
         assert_eq!(super::origin(&m, "limits.outbox_bytes_max"), None);
     }
 

@@ -82,7 +82,7 @@ impl Collector for ApiCollector {
             for (kind, n) in [
                 (ErrorKind::BadRequest, s.bad_request),
                 (ErrorKind::Unauthorized, s.unauthorized),
-            (ErrorKind::Forbidden, s.forbidden),
+                (ErrorKind::Forbidden, s.forbidden),
                 (ErrorKind::NotFound, s.not_found),
                 (ErrorKind::MethodNotAllowed, s.method_not_allowed),
                 (ErrorKind::Conflict, s.conflict),

@@ -375,13 +375,14 @@ fn origin(matches: &clap::ArgMatches, key: &str) -> Option<String> {
         "api.enabled" => Some("no_api"),
         _ => None,
     };
+    // Flags of [api], [commands] and [log] carry their section as a prefix (`api_listen`,
+    // `commands_burst`, `client_join`); the others are named like their key.
+    let unprefixed = matches!(section, "server" | "limits" | "timeouts" | "log");
     let candidates = [
         special.map(str::to_owned),
-        Some(name.to_owned()),
         Some(format!("{section}_{name}")),
-        Some(format!("client_{name}")),
-        Some(format!("commands_{name}")),
-        Some(format!("log_{name}")),
+        (section == "commands").then(|| format!("client_{name}")),
+        unprefixed.then(|| name.to_owned()),
     ];
     let cmd = Cli::command();
     let (sub, _) = matches.subcommand()?;
@@ -544,6 +545,11 @@ mod tests {
         assert_eq!(super::origin(&m, "timeouts.idle_timeout").as_deref(), Some("--idle-timeout"));
         assert_eq!(super::origin(&m, "api.enabled").as_deref(), Some("--no-api"));
         assert_eq!(super::origin(&m, "limits.outbox_bytes_max"), None);
+        let m = super::Cli::command()
+            .try_get_matches_from(["ringcast", "serve", "--listen", "127.0.0.1:0"])
+            .unwrap();
+        assert_eq!(super::origin(&m, "api.listen"), None, "--listen is server.listen");
+        assert_eq!(super::origin(&m, "server.listen").as_deref(), Some("--listen"));
     }
 
     #[test]

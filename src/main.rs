@@ -143,8 +143,8 @@ struct ServerArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     tick_interval: Option<String>,
     /// Allow what Workerman's seeds do: commands mode (unless --on-message is given), clients
-    /// may join and publish to any group, to all and to any client; and serve the demo page at /
-    /// on the HTTP API's address. For trying ringcast out, never for production.
+    /// may join and publish to any group, to all and to any client. For trying ringcast out,
+    /// never for production.
     #[arg(long, env = "RINGCAST_DEMO", value_name = "BOOL", num_args = 0..=1,
           require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -375,13 +375,14 @@ fn origin(matches: &clap::ArgMatches, key: &str) -> Option<String> {
         "api.enabled" => Some("no_api"),
         _ => None,
     };
+    // Flags of [api], [commands] and [log] carry their section as a prefix (`api_listen`,
+    // `commands_burst`, `client_join`); the others are named like their key.
+    let unprefixed = matches!(section, "server" | "limits" | "timeouts" | "log");
     let candidates = [
         special.map(str::to_owned),
         Some(format!("{section}_{name}")),
-        Some(name.to_owned()),
-        Some(format!("client_{name}")),
-        Some(format!("commands_{name}")),
-        Some(format!("log_{name}")),
+        (section == "commands").then(|| format!("client_{name}")),
+        unprefixed.then(|| name.to_owned()),
     ];
     let cmd = Cli::command();
     let (sub, _) = matches.subcommand()?;
@@ -487,22 +488,11 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
     let api = match api_config {
         None => None,
         Some(api_config) => {
-            let demo_page = api_config.demo_page;
             // Subsystems with metrics or readiness conditions add them to
             // `api_config.observability` here (see ringcast::observe).
             match ringcast::api::spawn(handle.clone(), api_config) {
                 Ok(api) => {
                     tracing::info!("HTTP API listening on {}", api.local_addr());
-                    if demo_page {
-                        let a = api.local_addr();
-                        let host = if a.ip().is_unspecified() {
-                            "<this host>".to_owned()
-                        } else {
-                            a.ip().to_canonical().to_string()
-                        };
-                        let host = if host.contains(':') { format!("[{host}]") } else { host };
-                        tracing::info!("demo page: open http://{host}:{}/ in a browser", a.port());
-                    }
                     Some(api)
                 }
                 Err(e) => {
@@ -550,20 +540,16 @@ mod tests {
     #[test]
     fn errors_name_the_flag_or_variable_that_set_a_value() {
         let m = super::Cli::command()
-            .try_get_matches_from([
-                "ringcast",
-                "serve",
-                "--idle-timeout",
-                "1s",
-                "--no-api",
-                "--api-listen",
-                "0.0.0.0:1",
-            ])
+            .try_get_matches_from(["ringcast", "serve", "--idle-timeout", "1s", "--no-api"])
             .unwrap();
         assert_eq!(super::origin(&m, "timeouts.idle_timeout").as_deref(), Some("--idle-timeout"));
         assert_eq!(super::origin(&m, "api.enabled").as_deref(), Some("--no-api"));
-        assert_eq!(super::origin(&m, "api.listen").as_deref(), Some("--api-listen"));
         assert_eq!(super::origin(&m, "limits.outbox_bytes_max"), None);
+        let m = super::Cli::command()
+            .try_get_matches_from(["ringcast", "serve", "--listen", "127.0.0.1:0"])
+            .unwrap();
+        assert_eq!(super::origin(&m, "api.listen"), None, "--listen is server.listen");
+        assert_eq!(super::origin(&m, "server.listen").as_deref(), Some("--listen"));
     }
 
     #[test]

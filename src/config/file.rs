@@ -813,8 +813,9 @@ impl ConfigFile {
                 return Err(invalid(
                     "api.listen",
                     format!(
-                        "{} is not a loopback address: set a bearer token (api.token_file, \
-                         RINGCAST_API_TOKEN or --api-token) or listen on 127.0.0.1",
+                        "the HTTP API would listen on {} (not a loopback address) without a \
+                         token: set a bearer token (api.token_file, RINGCAST_API_TOKEN or \
+                         --api-token) or listen on 127.0.0.1",
                         a.listen
                     ),
                 ));

@@ -2,11 +2,13 @@
 //! shutdown. Everything else lives in the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use ringcast::auth::{AuthConfig, AuthMode, Secret};
 use ringcast::config::{GroupPublishPolicy, JoinPolicy, Permissions};
 use ringcast::{Config, OnMessage, Server, SlowConsumerPolicy};
 
@@ -24,7 +26,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: accept WebSocket clients and fan messages out to them.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Mint a connect token (HS256 JWT) signed with the node's secret (RINGCAST_AUTH_SECRET or
+    /// --auth-secret-file) and print it.
+    Token(TokenArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -175,6 +180,129 @@ struct ServeArgs {
     /// Log the node's counters at this interval, e.g. "10s"; "0s" disables.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     stats_interval: Duration,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+// ---- auth: connect tokens, origin allowlist, per-address limits (src/auth, AuthConfig) ----
+
+/// `ringcast::auth::AuthConfig` on the command line. The secret is never a flag (flags show in
+/// `ps`): RINGCAST_AUTH_SECRET or --auth-secret-file.
+#[derive(clap::Args)]
+struct AuthArgs {
+    /// Connect tokens: "off" (default; what --demo uses), "optional" (a token, if given, must
+    /// be valid) or "required" (no valid token: 401). Needs RINGCAST_AUTH_SECRET or
+    /// --auth-secret-file.
+    #[arg(long, value_parser = str::parse::<AuthMode>, default_value = "off")]
+    auth_mode: AuthMode,
+    /// File holding the HS256 secret (at least 32 bytes; one trailing newline is ignored).
+    #[arg(long)]
+    auth_secret_file: Option<PathBuf>,
+    /// How long a connection may stay open past its token's expiry before it is closed with
+    /// 4001, e.g. "30s".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    auth_expiry_grace: Duration,
+    /// Accept only tokens whose "iss" is this.
+    #[arg(long)]
+    auth_issuer: Option<String>,
+    /// Accept only tokens whose "aud" includes this (without it, tokens with an "aud" are
+    /// refused).
+    #[arg(long)]
+    auth_audience: Option<String>,
+    /// Origins allowed to open WebSockets, comma-separated: exact ("https://app.example.com")
+    /// or patterns ("https://*.example.com"); others get 403. Requests without Origin
+    /// (non-browser clients) pass [default: any origin].
+    #[arg(long, value_delimiter = ',')]
+    origins_allowed: Vec<String>,
+    /// Open connections one IP address (IPv6: one /64) may hold; more get 429; 0: unlimited.
+    #[arg(long, default_value_t = 0)]
+    connections_per_ip_max: usize,
+    /// Upgrade requests per second one IP address (IPv6: one /64) may make, sustained; more
+    /// get 429; 0: unlimited.
+    #[arg(long, default_value_t = 0)]
+    handshakes_per_ip_per_sec: u32,
+    /// Upgrade requests one address may make in a burst [default: twice the rate].
+    #[arg(long, default_value_t = 0)]
+    handshakes_per_ip_burst: u32,
+    /// Addresses whose handshake rate is remembered at once (bounded memory under a flood).
+    #[arg(long, default_value_t = 65_536)]
+    ips_tracked_max: usize,
+}
+
+impl AuthArgs {
+    fn config(&self) -> anyhow::Result<AuthConfig> {
+        let c = AuthConfig {
+            mode: self.auth_mode,
+            secret: secret_from_env(),
+            secret_file: self.auth_secret_file.clone(),
+            expiry_grace: self.auth_expiry_grace,
+            issuer: self.auth_issuer.clone(),
+            audience: self.auth_audience.clone(),
+            origins_allowed: self.origins_allowed.clone(),
+            connections_per_ip_max: self.connections_per_ip_max,
+            handshakes_per_ip_per_sec: self.handshakes_per_ip_per_sec,
+            handshakes_per_ip_burst: self.handshakes_per_ip_burst,
+            ips_tracked_max: self.ips_tracked_max,
+        };
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+fn secret_from_env() -> Option<Secret> {
+    std::env::var_os(ringcast::auth::config::SECRET_ENV)
+        .filter(|v| !v.is_empty())
+        .map(|v| Secret::new(v.into_encoded_bytes()))
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The uid the connection is bound to ("" for an anonymous client with grants).
+    #[arg(long)]
+    sub: String,
+    /// A group the client may join (exact id, a prefix ending in "*", or "*"); repeatable.
+    #[arg(long)]
+    join: Vec<String>,
+    /// A group the client may publish to (same forms); repeatable.
+    #[arg(long)]
+    publish: Vec<String>,
+    /// Lifetime from now, e.g. "1h".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    ttl: Duration,
+    /// "iss" claim.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// "aud" claim.
+    #[arg(long)]
+    audience: Option<String>,
+    /// File holding the secret (else RINGCAST_AUTH_SECRET).
+    #[arg(long)]
+    auth_secret_file: Option<PathBuf>,
+}
+
+fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
+    let c = AuthConfig {
+        secret: secret_from_env(),
+        secret_file: args.auth_secret_file,
+        ..AuthConfig::default()
+    };
+    c.validate().map_err(anyhow::Error::msg)?;
+    let Some(secret) = c.resolve_secret().map_err(anyhow::Error::msg)? else {
+        bail!("no secret: set {} or --auth-secret-file", ringcast::auth::config::SECRET_ENV);
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims = ringcast::auth::Claims {
+        sub: args.sub,
+        exp: now + args.ttl.as_secs().max(1),
+        nbf: None,
+        iat: Some(now),
+        iss: args.issuer,
+        aud: args.audience.map(ringcast::auth::token::Audience::One),
+        join: args.join,
+        publish: args.publish,
+    };
+    println!("{}", ringcast::auth::token::mint(&secret, &claims));
+    Ok(())
 }
 
 /// A parsed `--cpus` value (a newtype so clap treats it as one value, not many).
@@ -283,6 +411,7 @@ impl ServeArgs {
         c.close_timeout = self.close_timeout;
         c.shutdown_timeout = self.shutdown_timeout;
         c.inbox_events_max = self.inbox_events_max.max(1);
+        c.auth = self.auth.config()?;
         Ok(c)
     }
 }
@@ -298,7 +427,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Token(args) => mint_token(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,16 @@ pub enum AuthMode {
     Required,
 }
 
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMode::Off => "off",
+            AuthMode::Optional => "optional",
+            AuthMode::Required => "required",
+        })
+    }
+}
+
 impl std::str::FromStr for AuthMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -155,7 +165,7 @@ impl AuthConfig {
         }
         if self.mode != AuthMode::Off && self.secret.is_none() && self.secret_file.is_none() {
             return Err(format!(
-                "auth.mode is {:?} but no secret: set {SECRET_ENV} or auth.secret_file",
+                "auth.mode is {} but no secret: set {SECRET_ENV} or auth.secret_file",
                 self.mode
             ));
         }

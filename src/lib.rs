@@ -5,6 +5,7 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod fanout;
+pub mod fuzzing;
 pub mod ids;
 pub mod limits;
 pub mod metrics;

@@ -387,3 +387,25 @@ fn bad_auth_settings_stop_the_daemon_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least 32") && !err.contains("short\""), "{err}");
 }
+
+/// The Python snippet of docs/api.md ("Minting a token"), run as written: its token is accepted
+/// and binds its uid with its grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_python_minting_snippet_works() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+    let section = doc.split("### Minting a token").nth(1).expect("section in docs/api.md");
+    let code = section.split("```python\n").nth(1).unwrap().split("```").next().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", code])
+        .env("RINGCAST_AUTH_SECRET", SECRET)
+        .output()
+        .expect("python3 (Debian's python3 package)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = String::from_utf8(out.stdout).unwrap();
+    let d = Daemon::start(&["--auth-mode", "required"]);
+    let mut ws = connect_path(d.ws, &format!("/?token={}", t.trim())).await;
+    next_of_type(&mut ws, "welcome").await;
+    assert_eq!(d.get("/api/uids/user-42").await["online"], true);
+    send(&mut ws, json!({"cmd": "add_group", "group_id": "room:9", "id": 1})).await;
+    assert_eq!(next_of_type(&mut ws, "ok").await["id"], 1);
+}

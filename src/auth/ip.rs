@@ -235,4 +235,77 @@ mod tests {
         assert_eq!(v.evicted, 0);
         assert!(t.buckets_len() <= 2);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap as Model;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Handshake(u8, u16),
+            Open(u8),
+            Close(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..40, 0u16..500).prop_map(|(k, dt)| Op::Handshake(k, dt)),
+                (0u8..40).prop_map(Op::Open),
+                (0u8..40).prop_map(Op::Close),
+            ]
+        }
+
+        proptest! {
+            /// Open counts match a plain map; the bucket table never exceeds its bound; and
+            /// while nothing is evicted, no address gets more than burst + rate x elapsed.
+            #[test]
+            fn table_matches_model(ops in prop::collection::vec(op(), 0..400), max in 1usize..64) {
+                let (rate, burst) = (5.0, 3.0);
+                let t0 = Instant::now();
+                let mut now = t0;
+                let mut table = IpTable::new(max);
+                let mut open: Model<u8, u32> = Model::new();
+                let mut allowed: Model<u8, u32> = Model::new();
+                let mut evicted_any = false;
+                for op in ops {
+                    match op {
+                        Op::Handshake(k, dt) => {
+                            now += Duration::from_millis(u64::from(dt));
+                            let v = table.handshake(v4(u32::from(k)), now, rate, burst);
+                            evicted_any |= v.evicted > 0;
+                            if v.allowed {
+                                *allowed.entry(k).or_default() += 1;
+                            }
+                            if !evicted_any {
+                                let limit = burst + rate * now.duration_since(t0).as_secs_f64();
+                                let got = allowed.get(&k).copied().unwrap_or(0);
+                                prop_assert!(f64::from(got) <= limit + 1e-9, "{got} > {limit}");
+                            }
+                            prop_assert!(table.buckets_len() <= max);
+                        }
+                        Op::Open(k) => {
+                            let n = open.entry(k).or_default();
+                            let ok = table.open(v4(u32::from(k)), 3);
+                            prop_assert_eq!(ok, *n < 3);
+                            if ok {
+                                *n += 1;
+                            }
+                        }
+                        Op::Close(k) => {
+                            if open.get(&k).copied().unwrap_or(0) > 0 {
+                                table.close(v4(u32::from(k)));
+                                *open.get_mut(&k).unwrap() -= 1;
+                            }
+                        }
+                    }
+                    let nonzero = open.values().filter(|n| **n > 0).count();
+                    prop_assert_eq!(table.open_len(), nonzero);
+                }
+                for (k, n) in open {
+                    prop_assert_eq!(table.open_count(v4(u32::from(k))), n);
+                }
+            }
+        }
+    }
 }

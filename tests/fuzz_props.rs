@@ -191,4 +191,11 @@ fn regressions() {
     }
 }
 
-const REGRESSIONS: &[&[u8]] = &[b"", b"\x00", b"GET / HTTP/1.1\r\n\r\n"];
+const REGRESSIONS: &[&[u8]] = &[
+    b"",
+    b"\x00",
+    b"GET / HTTP/1.1\r\n\r\n",
+    // codec (fuzz, crash-e1ed81a7): 1-byte reads; a masked empty close frame, then bytes after
+    // it. Each read after the close reported `Closed` again (whole: once).
+    b"\x00\x88\x80\x00\x6b\x6b\x6b\x6b",
+];

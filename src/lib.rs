@@ -1,9 +1,11 @@
 //! ringcast
 pub mod addressing;
 pub mod api;
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod fanout;
+pub mod fuzzing;
 pub mod ids;
 pub mod limits;
 pub mod metrics;

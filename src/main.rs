@@ -39,6 +39,9 @@ enum Command {
     /// Validate a configuration file (with the same flags and RINGCAST_* environment `serve`
     /// would see) and print the effective configuration; exit 1 if it is invalid.
     CheckConfig(CheckArgs),
+    /// Mint a connect token (HS256 JWT) signed with the node's secret (RINGCAST_AUTH_SECRET or
+    /// --auth-secret-file) and print it.
+    Token(TokenArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +79,8 @@ struct Overrides {
     api: ApiArgs,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 /// `true`/`false`, also `on`/`off`, `yes`/`no`, `1`/`0`.
@@ -332,6 +337,123 @@ struct LogArgs {
     stats_interval: Option<String>,
 }
 
+// ---- [auth]: connect tokens, origin allowlist, per-address limits (ringcast::auth) ----------
+
+/// `ringcast::auth::AuthConfig` on the command line. The secret is never a flag (flags show in
+/// `ps`): RINGCAST_AUTH_SECRET, `auth.secret_file` or --auth-secret-file.
+#[derive(clap::Args, Serialize)]
+#[command(next_help_heading = "Connect authentication [auth]")]
+struct AuthArgs {
+    /// Connect tokens: off (what --demo uses), optional (a token, if given, must be valid) or
+    /// required (no valid token: 401). Needs a secret [default: off].
+    #[arg(long, env = "RINGCAST_AUTH_MODE", value_parser = ["off", "optional", "required"])]
+    #[serde(rename = "mode", skip_serializing_if = "Option::is_none")]
+    auth_mode: Option<String>,
+    /// File holding the HS256 secret (at least 32 bytes; one trailing newline is ignored).
+    #[arg(long, env = "RINGCAST_AUTH_SECRET_FILE", value_name = "FILE")]
+    #[serde(rename = "secret_file", skip_serializing_if = "Option::is_none")]
+    auth_secret_file: Option<PathBuf>,
+    /// How long a connection may stay open past its token's expiry before it is closed with
+    /// 4001, e.g. "30s" [default: 0s].
+    #[arg(long, env = "RINGCAST_AUTH_EXPIRY_GRACE", value_parser = duration_text)]
+    #[serde(rename = "expiry_grace", skip_serializing_if = "Option::is_none")]
+    auth_expiry_grace: Option<String>,
+    /// Accept only tokens whose "iss" is this.
+    #[arg(long, env = "RINGCAST_AUTH_ISSUER")]
+    #[serde(rename = "issuer", skip_serializing_if = "Option::is_none")]
+    auth_issuer: Option<String>,
+    /// Accept only tokens whose "aud" includes this (without it, tokens with an "aud" are
+    /// refused).
+    #[arg(long, env = "RINGCAST_AUTH_AUDIENCE")]
+    #[serde(rename = "audience", skip_serializing_if = "Option::is_none")]
+    auth_audience: Option<String>,
+    /// Origins allowed to open WebSockets, comma-separated: exact ("https://app.example.com")
+    /// or patterns ("https://*.example.com"); others get 403. Requests without Origin
+    /// (non-browser clients) pass [default: any origin].
+    #[arg(long, env = "RINGCAST_ORIGINS_ALLOWED", value_delimiter = ',')]
+    #[serde(rename = "origins_allowed", skip_serializing_if = "Option::is_none")]
+    auth_origins_allowed: Option<Vec<String>>,
+    /// Open connections one IP address (IPv6: one /64) may hold; more get 429; 0: unlimited
+    /// [default: 0].
+    #[arg(long, env = "RINGCAST_CONNECTIONS_PER_IP_MAX")]
+    #[serde(rename = "connections_per_ip_max", skip_serializing_if = "Option::is_none")]
+    auth_connections_per_ip_max: Option<usize>,
+    /// Upgrade requests per second one IP address (IPv6: one /64) may make, sustained; more
+    /// get 429; 0: unlimited [default: 0].
+    #[arg(long, env = "RINGCAST_HANDSHAKES_PER_IP_PER_SEC")]
+    #[serde(rename = "handshakes_per_ip_per_sec", skip_serializing_if = "Option::is_none")]
+    auth_handshakes_per_ip_per_sec: Option<u32>,
+    /// Upgrade requests one address may make in a burst [default: twice the rate].
+    #[arg(long, env = "RINGCAST_HANDSHAKES_PER_IP_BURST")]
+    #[serde(rename = "handshakes_per_ip_burst", skip_serializing_if = "Option::is_none")]
+    auth_handshakes_per_ip_burst: Option<u32>,
+    /// Addresses whose handshake rate is remembered at once (bounded memory under a flood)
+    /// [default: 65536].
+    #[arg(long, env = "RINGCAST_IPS_TRACKED_MAX")]
+    #[serde(rename = "ips_tracked_max", skip_serializing_if = "Option::is_none")]
+    auth_ips_tracked_max: Option<usize>,
+}
+
+fn secret_from_env() -> Option<ringcast::auth::Secret> {
+    std::env::var_os(ringcast::auth::config::SECRET_ENV)
+        .filter(|v| !v.is_empty())
+        .map(|v| ringcast::auth::Secret::new(v.into_encoded_bytes()))
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The uid the connection is bound to ("" for an anonymous client with grants).
+    #[arg(long)]
+    sub: String,
+    /// A group the client may join (exact id, a prefix ending in "*", or "*"); repeatable.
+    #[arg(long)]
+    join: Vec<String>,
+    /// A group the client may publish to (same forms); repeatable.
+    #[arg(long)]
+    publish: Vec<String>,
+    /// Lifetime from now, e.g. "1h".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    ttl: std::time::Duration,
+    /// "iss" claim.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// "aud" claim.
+    #[arg(long)]
+    audience: Option<String>,
+    /// File holding the secret (else RINGCAST_AUTH_SECRET).
+    #[arg(long)]
+    auth_secret_file: Option<PathBuf>,
+}
+
+fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
+    use ringcast::auth::AuthConfig;
+    let c = AuthConfig {
+        secret: secret_from_env(),
+        secret_file: args.auth_secret_file,
+        ..AuthConfig::default()
+    };
+    c.validate().map_err(anyhow::Error::msg)?;
+    let Some(secret) = c.resolve_secret().map_err(anyhow::Error::msg)? else {
+        anyhow::bail!(
+            "no secret: set {} or --auth-secret-file",
+            ringcast::auth::config::SECRET_ENV
+        );
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims = ringcast::auth::Claims {
+        sub: args.sub,
+        exp: now + args.ttl.as_secs().max(1),
+        nbf: None,
+        iat: Some(now),
+        iss: args.issuer,
+        aud: args.audience.map(ringcast::auth::token::Audience::One),
+        join: args.join,
+        publish: args.publish,
+    };
+    println!("{}", ringcast::auth::token::mint(&secret, &claims));
+    Ok(())
+}
+
 impl Overrides {
     /// The flags and variables given, as a TOML table in the file's layout.
     fn overlay(&self) -> anyhow::Result<toml::Table> {
@@ -346,6 +468,13 @@ impl Overrides {
         }
         if self.api.no_api {
             set("api", "enabled", toml::Value::Boolean(false));
+        }
+        // The connect-token secret comes from the environment only (never a flag, never the
+        // effective configuration's output).
+        if let Some(secret) =
+            std::env::var(ringcast::auth::config::SECRET_ENV).ok().filter(|v| !v.is_empty())
+        {
+            set("auth", "secret", toml::Value::String(secret));
         }
         // An empty RINGCAST_API_TOKEN means "no token", as it always has.
         if self.api.api_token.as_deref().is_some_and(|s| s.trim().is_empty()) {
@@ -421,6 +550,13 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
+        Command::Token(args) => match mint_token(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringcast: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig(args) => match args.overrides.resolve(Some(&args.file), &matches) {
             Ok(resolved) => {
                 print!("{}", resolved.effective_toml());

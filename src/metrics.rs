@@ -95,6 +95,25 @@ counters! {
     commands_rate_limited,
     /// Connections closed with 1008 for flooding commands.
     command_flood_closes,
+    /// Upgrades refused with 401: token missing (`auth.mode = required`), malformed, badly
+    /// signed, expired, wrong issuer or audience. Also counted in `handshakes_rejected`.
+    handshakes_unauthorized,
+    /// Upgrades refused with 403: `Origin` not on `auth.origins_allowed`. Also counted in
+    /// `handshakes_rejected`.
+    handshakes_forbidden,
+    /// Upgrades refused with 429: the address went over `auth.handshakes_per_ip_per_sec`.
+    /// Also counted in `handshakes_rejected`.
+    handshakes_rate_limited,
+    /// Upgrades refused with 429: the address already had `auth.connections_per_ip_max`
+    /// connections open. Also counted in `handshakes_rejected`.
+    connections_refused_per_ip,
+    /// Connections opened with a valid token (uid bound, grants applied).
+    connections_authenticated,
+    /// Connections closed with 4001 because their token expired (after `auth.expiry_grace`).
+    token_expiry_closes,
+    /// Handshake-rate buckets forgotten before they refilled, to keep the address table
+    /// within `auth.ips_tracked_max` (a flood from many addresses).
+    ip_table_evictions,
 }
 
 /// Whether one shard is taking connections, as it last published it.

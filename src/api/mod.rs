@@ -33,6 +33,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{watch, Semaphore};
 
+#[doc(hidden)]
+pub use body::parse_any_body;
 pub use body::{BATCH_PUBLISHES_MAX, TARGETS_MAX};
 pub use error::{ApiError, ErrorKind};
 pub use stats::ApiStats;

@@ -29,6 +29,7 @@
 //! [commands]  # client permissions and the per-connection command rate
 //! [api]       # the HTTP control plane (/api, /metrics, /readyz)
 //! [log]       # format, level, periodic stats
+//! [auth]      # connect tokens (JWT), origin allowlist, per-address limits
 //! ```
 //!
 //! `dist/ringcast.toml` documents every key with its default.
@@ -79,6 +80,8 @@ pub struct ConfigFile {
     pub api: ApiSection,
     /// `[log]`.
     pub log: LogSection,
+    /// `[auth]`: connect tokens, origin allowlist, per-address limits.
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// `[server]`: where the node listens, how it runs, what client messages do.
@@ -850,6 +853,10 @@ impl ConfigFile {
                 invalid("log.level", format!("{e}: write e.g. \"info\" or \"ringcast=debug,warn\""))
             })?;
         }
+
+        // [auth]
+        self.auth.validate().map_err(|m| invalid("auth", m))?;
+        config.auth = self.auth.clone();
 
         let mut effective = self.clone();
         effective.server.shards = Some(config.shards);

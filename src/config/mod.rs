@@ -172,6 +172,8 @@ pub struct Config {
     pub commands_flood_close_after: Duration,
     /// Largest per-connection session (its JSON text), in bytes.
     pub session_bytes_max: usize,
+    /// Connect tokens, origin allowlist, per-address limits (`[auth]`); off by default.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -204,6 +206,7 @@ impl Default for Config {
             commands_burst: 200,
             commands_flood_close_after: Duration::from_secs(3),
             session_bytes_max: 4096,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }

@@ -79,6 +79,9 @@ pub(crate) struct Core {
     events: Vec<Inbound>,
     pub(crate) counters: Counters,
     pub(crate) now: Instant,
+    /// Wall-clock seconds since the epoch, set by the event loop before each housekeeping
+    /// pass (token expiry is in Unix time).
+    pub(crate) unix_now: u64,
     /// `now` as a compact shard-local tick (what connections store).
     pub(crate) tick: Tick,
     epoch: Instant,
@@ -236,6 +239,7 @@ impl Core {
             events: Vec::new(),
             counters: Counters::default(),
             now,
+            unix_now: 0,
             tick: Tick::at(now, now),
             epoch: now,
             ping_frame: SharedFrame::new(proto::frame::ping(b"ringcast")),
@@ -691,12 +695,18 @@ impl Core {
         };
         let name = cmd.name();
         let router = &self.router;
+        let token = self.conns[slot as usize].ext.as_ref().and_then(|e| e.token.as_deref());
+        let grants: &dyn command::Grants = match token {
+            Some(t) => t,
+            None => &command::NoGrants,
+        };
         let allowed = command::check(
             &self.config.permissions,
             &self.join_matcher,
             &cmd,
             |g| router.is_member(slot, g),
             router.groups_of(slot).len(),
+            grants,
         );
         if let Err(denied) = allowed {
             self.counters.commands_rejected += 1;
@@ -780,6 +790,7 @@ impl Core {
         peer: SocketAddr,
         path: String,
         leftover: Vec<u8>,
+        admitted: super::Admitted,
     ) {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
@@ -790,6 +801,23 @@ impl Core {
         let id = ConnId::new(self.node_id, self.id, slot as Slot, self.generations[slot]);
         entry.insert(Conn::new(id, stream, self.tick));
         self.counters.connections_open += 1;
+        let super::Admitted { mut grant, ip } = admitted;
+        // The token's uid is bound before anything else sees the connection (callbacks, the
+        // welcome frame): a client never acts unbound.
+        if let Some(uid) = grant.as_mut().and_then(|g| g.uid.take()) {
+            let Bound { first, .. } = self.router.bind_uid(slot as Slot, &uid);
+            if first {
+                self.node.uids.add(&uid, self.id);
+            }
+        }
+        if grant.is_some() {
+            self.counters.connections_authenticated += 1;
+        }
+        if grant.is_some() || ip.is_some() {
+            let ext = self.conns[slot].ext.get_or_insert_with(Default::default);
+            ext.token = grant;
+            ext.ip = ip;
+        }
         if self.welcome {
             let text = command::welcome(&id.client_id(), self.id, id.connection_number());
             self.send_control(slot as Slot, text);
@@ -974,6 +1002,9 @@ impl Core {
         if let Some((uid, true)) = &released.uid {
             self.node.uids.remove(uid, self.id);
         }
+        if let Some(key) = conn.ext.as_ref().and_then(|e| e.ip) {
+            self.node.ips.close(key);
+        }
         self.node.release_slot();
         self.counters.connections_open -= 1;
         if let Some(cb) = self.callbacks.on_close.clone() {
@@ -1010,12 +1041,23 @@ impl Core {
         let forced = self.shutting_down.is_some_and(|d| d <= now);
         let max = self.config.message_bytes_max;
         let (tick, close_timeout) = (self.tick, self.config.close_timeout);
+        let (unix_now, grace) = (self.unix_now, self.node.auth.expiry_grace_secs);
         let Core { conns, dirty, config, counters, log_limiter, ping_frame, .. } = self;
         let mut finished = Vec::new();
         let mut outbox_bytes = 0;
         for (slot, conn) in conns.iter_mut() {
             outbox_bytes += conn.outbox.queued_bytes() as u64;
+            let expired = || {
+                let token = conn.ext.as_ref().and_then(|e| e.token.as_ref());
+                token.is_some_and(|t| t.expired(unix_now, grace))
+            };
             match conn.phase {
+                Phase::Open if !forced && expired() => {
+                    counters.token_expiry_closes += 1;
+                    let code = CloseCode::from(crate::auth::CLOSE_TOKEN_EXPIRED);
+                    conn.begin_close(code, "token expired", true, max);
+                    mark_dirty(conn, slot, dirty);
+                }
                 Phase::Open if idle_limit.is_some_and(|l| tick.since(conn.last_rx) > l) => {
                     counters.idle_timeouts += 1;
                     conn.begin_close(CloseCode::Away, "idle timeout", true, max);

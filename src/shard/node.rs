@@ -64,6 +64,10 @@ pub(crate) struct Node {
     /// Second (since `started`) of the last warning handles logged: at most one per second.
     pub(crate) handle_last_log_sec: AtomicU64,
     pub(crate) started: std::time::Instant,
+    /// Connect authentication and origin policy, compiled from `Config::auth`.
+    pub(crate) auth: crate::auth::Policy,
+    /// Per-address handshake rate and open-connection counts.
+    pub(crate) ips: super::ips::IpLimits,
 }
 
 impl Node {

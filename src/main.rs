@@ -370,26 +370,26 @@ struct AuthArgs {
     /// Origins allowed to open WebSockets, comma-separated: exact ("https://app.example.com")
     /// or patterns ("https://*.example.com"); others get 403. Requests without Origin
     /// (non-browser clients) pass [default: any origin].
-    #[arg(long, env = "RINGCAST_ORIGINS_ALLOWED", value_delimiter = ',')]
+    #[arg(long = "origins-allowed", env = "RINGCAST_ORIGINS_ALLOWED", value_delimiter = ',')]
     #[serde(rename = "origins_allowed", skip_serializing_if = "Option::is_none")]
     auth_origins_allowed: Option<Vec<String>>,
     /// Open connections one IP address (IPv6: one /64) may hold; more get 429; 0: unlimited
     /// [default: 0].
-    #[arg(long, env = "RINGCAST_CONNECTIONS_PER_IP_MAX")]
+    #[arg(long = "connections-per-ip-max", env = "RINGCAST_CONNECTIONS_PER_IP_MAX")]
     #[serde(rename = "connections_per_ip_max", skip_serializing_if = "Option::is_none")]
     auth_connections_per_ip_max: Option<usize>,
     /// Upgrade requests per second one IP address (IPv6: one /64) may make, sustained; more
     /// get 429; 0: unlimited [default: 0].
-    #[arg(long, env = "RINGCAST_HANDSHAKES_PER_IP_PER_SEC")]
+    #[arg(long = "handshakes-per-ip-per-sec", env = "RINGCAST_HANDSHAKES_PER_IP_PER_SEC")]
     #[serde(rename = "handshakes_per_ip_per_sec", skip_serializing_if = "Option::is_none")]
     auth_handshakes_per_ip_per_sec: Option<u32>,
     /// Upgrade requests one address may make in a burst [default: twice the rate].
-    #[arg(long, env = "RINGCAST_HANDSHAKES_PER_IP_BURST")]
+    #[arg(long = "handshakes-per-ip-burst", env = "RINGCAST_HANDSHAKES_PER_IP_BURST")]
     #[serde(rename = "handshakes_per_ip_burst", skip_serializing_if = "Option::is_none")]
     auth_handshakes_per_ip_burst: Option<u32>,
     /// Addresses whose handshake rate is remembered at once (bounded memory under a flood)
     /// [default: 65536].
-    #[arg(long, env = "RINGCAST_IPS_TRACKED_MAX")]
+    #[arg(long = "ips-tracked-max", env = "RINGCAST_IPS_TRACKED_MAX")]
     #[serde(rename = "ips_tracked_max", skip_serializing_if = "Option::is_none")]
     auth_ips_tracked_max: Option<usize>,
 }

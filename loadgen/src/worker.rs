@@ -19,7 +19,7 @@ use tungstenite::http::Uri;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use crate::codec::{self, MsgHeader};
-use crate::frame::{push_masked_bytes, push_masked_frame, FrameEvent, FrameParser, PENDING_CAP};
+use crate::frame::{push_masked_bytes, push_masked_frame, FrameEvent, FrameParser};
 use crate::http::{HttpCounts, HttpRx, HttpTarget};
 use crate::seq::{SeqCounts, SeqTracker};
 use crate::sys::{start_connect, TimerFd};
@@ -307,7 +307,7 @@ fn process_frames(
         step.last_rx_ns = rx_ns;
     };
     parser
-        .parse(data, |ev| match ev {
+        .feed(data, |ev| match ev {
             FrameEvent::Binary(p) => {
                 if let Some(h) = MsgHeader::parse_binary(p) {
                     deliver(h);
@@ -491,7 +491,7 @@ impl Worker {
             queue: (0..n).collect(),
             conns,
             pubs,
-            buf: vec![0u8; READ_SIZE + PENDING_CAP].into_boxed_slice(),
+            buf: vec![0u8; READ_SIZE].into_boxed_slice(),
             batch: Vec::with_capacity(
                 ctx.http.as_ref().map_or(1, |h| h.form.messages_per_request()),
             ),
@@ -953,8 +953,7 @@ impl Worker {
                     Err(_) => return self.close_conn(idx),
                 }
             }
-            let l = c.parser.restore(&mut self.buf);
-            let n = match sock.read(&mut self.buf[l..l + READ_SIZE]) {
+            let n = match sock.read(&mut self.buf[..READ_SIZE]) {
                 Ok(0) => return self.close_conn(idx),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -963,7 +962,7 @@ impl Worker {
             };
             let rx_ns = self.ctx.clock.now_ns();
             let buf = std::mem::take(&mut self.buf);
-            let keep_going = self.handle_rx(idx, &buf[..l + n], rx_ns);
+            let keep_going = self.handle_rx(idx, &buf[..n], rx_ns);
             self.buf = buf;
             if !keep_going {
                 return;

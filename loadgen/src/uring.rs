@@ -75,6 +75,10 @@ struct Mapping {
     len: usize,
 }
 
+// SAFETY: a Mapping is exclusively owned memory (like a Box<[u8]>); nothing about it is
+// tied to the thread that created it.
+unsafe impl Send for Mapping {}
+
 impl Mapping {
     fn new(len: usize) -> io::Result<Self> {
         // SAFETY: an anonymous private mapping with no address hint has no preconditions;

@@ -65,6 +65,9 @@ pub struct IoStats {
     pub incremental_buffers: bool,
     /// The ring runs with `SINGLE_ISSUER | DEFER_TASKRUN`.
     pub defer_taskrun: bool,
+    /// Longest a wait held completions back to batch wake-ups (µs; 0 = off or unsupported).
+    /// Measured latencies include up to this much of the generator's own delay.
+    pub recv_batch_us: u64,
     /// Provided buffers per worker and their size.
     pub buffers: u32,
     pub buffer_bytes: u32,
@@ -450,12 +453,13 @@ fn human_run(r: &RunStats) -> String {
         "receive path",
         if io.path == "io_uring" {
             format!(
-                "io_uring multishot recv, {} x {} KiB provided buffers{}{}; {:.0} B/completion, \
-                 {} ENOBUFS",
+                "io_uring multishot recv, {} x {} KiB provided buffers{}{}, batch {} µs; \
+                 {:.0} B/completion, {} ENOBUFS",
                 io.buffers,
                 io.buffer_bytes / 1024,
                 if io.incremental_buffers { ", incremental" } else { "" },
                 if io.defer_taskrun { ", DEFER_TASKRUN" } else { "" },
+                io.recv_batch_us,
                 io.bytes_per_completion,
                 io.enobufs
             )

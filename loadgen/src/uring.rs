@@ -51,6 +51,9 @@ pub struct RingInfo {
     pub incremental: bool,
     /// `SINGLE_ISSUER | DEFER_TASKRUN` were accepted.
     pub defer_taskrun: bool,
+    /// The kernel honours a minimum wait (`IORING_FEAT_MIN_TIMEOUT`, ≥ 6.12), so waits can
+    /// gather a batch of completions before waking the thread.
+    pub min_wait: bool,
     pub shape: BufShape,
 }
 
@@ -175,7 +178,9 @@ impl RecvRing {
             };
             match reg {
                 Ok(()) => {
-                    let info = RingInfo { incremental: flags != 0, defer_taskrun, shape };
+                    let min_wait = ring.params().is_feature_min_timeout();
+                    let info =
+                        RingInfo { incremental: flags != 0, defer_taskrun, min_wait, shape };
                     let mut me = Self {
                         ring,
                         entries,
@@ -265,10 +270,25 @@ impl RecvRing {
     /// Submits what is queued and waits up to `timeout` for at least one completion, then
     /// copies every available completion into an internal list, returned as a slice (valid
     /// until the next call).
-    pub fn wait(&mut self, timeout: Duration) -> io::Result<&[Cqe]> {
+    ///
+    /// With `batch = Some((n, window))` (and a kernel with minimum waits), the thread is not
+    /// woken for each completion: it sleeps until `n` completions are ready or `window` has
+    /// passed with at least one ready, so each wake-up handles a batch.
+    pub fn wait(
+        &mut self,
+        timeout: Duration,
+        batch: Option<(usize, Duration)>,
+    ) -> io::Result<&[Cqe]> {
         let ts = Timespec::new().sec(timeout.as_secs()).nsec(timeout.subsec_nanos());
-        let args = SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        let mut args = SubmitArgs::new().timespec(&ts);
+        let mut want = 1;
+        if let Some((n, window)) = batch.filter(|_| self.info.min_wait) {
+            if !timeout.is_zero() && n > 1 && !window.is_zero() {
+                want = n;
+                args = args.min_wait_usec(window.as_micros().min(u128::from(u32::MAX)) as u32);
+            }
+        }
+        match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
             Err(e)
                 if matches!(
@@ -397,7 +417,7 @@ mod tests {
                 a.write_all(&want[off..end]).unwrap();
                 off = end;
             }
-            let cqes = ring.wait(Duration::from_millis(200)).unwrap().to_vec();
+            let cqes = ring.wait(Duration::from_millis(200), None).unwrap().to_vec();
             for c in cqes {
                 assert_eq!(c.user_data, 7);
                 if c.result == ENOBUFS {

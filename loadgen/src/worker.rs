@@ -76,6 +76,8 @@ pub struct Ctx {
     pub connect_timeout: Duration,
     /// Receive path for subscriber connections.
     pub io: IoMode,
+    /// io_uring: most µs a wait holds completions back to wake the thread once per batch.
+    pub recv_batch_us: u64,
 }
 
 /// Live counters a worker publishes for the controller (progress line, drain detection).
@@ -149,6 +151,8 @@ pub struct IoUsed {
     pub uring: bool,
     pub incremental: bool,
     pub defer_taskrun: bool,
+    /// Batched waits in use (µs), 0 when the kernel lacks minimum waits or they are off.
+    pub recv_batch_us: u64,
     pub buffers: u32,
     pub buffer_bytes: u32,
     /// Why io_uring is not used (`--io auto` fell back, or `--io epoll`).
@@ -615,6 +619,7 @@ impl Worker {
                     uring: true,
                     incremental: i.incremental,
                     defer_taskrun: i.defer_taskrun,
+                    recv_batch_us: if i.min_wait { self.ctx.recv_batch_us } else { 0 },
                     buffers: u32::from(i.shape.entries),
                     buffer_bytes: i.shape.buf_bytes,
                     fallback_reason: None,
@@ -709,7 +714,9 @@ impl Worker {
             ring.arm_poll(std::os::fd::AsRawFd::as_raw_fd(&self.poll), UD_EPOLL)?;
             self.epoll_armed = true;
         }
-        ring.wait(timeout)?;
+        let batch = (self.ctx.recv_batch_us > 0)
+            .then(|| (64, Duration::from_micros(self.ctx.recv_batch_us)));
+        ring.wait(timeout, batch)?;
         let cqes = ring.take_cqes();
         let mut epoll_ready = false;
         for (i, c) in cqes.iter().enumerate() {

@@ -921,17 +921,28 @@ fn every_server_sections(w: &mut String, docs: &[(Scenario, Option<Value>)]) {
             let cells: Vec<String> = SERVERS.iter().map(|k| dps_cell(&d[*k])).collect();
             let _ = writeln!(
                 w,
-                "| {} | {p99_bound_ms} ms | {} | {} |",
-                sc.title().split(',').next().unwrap_or(""),
+                "| {} × {} | {p99_bound_ms} ms | {} | {} |",
+                scenarios::thousands(sc.subscribers as u64),
+                scenarios::payload_human(sc.payload),
                 d["repeat"].as_u64().unwrap_or(1),
                 cells.join(" | ")
             );
         }
+        let factor = docs
+            .iter()
+            .find_map(|(s, _)| match s.kind {
+                Kind::FindMax { factor, .. } => Some(factor),
+                _ => None,
+            })
+            .unwrap_or(2.0);
         let _ = writeln!(
             w,
-            "\nEach find-max climbs in 2× steps, retries a failing step once, then bisects 4 times \
-             between the last passing and the first twice-failing rate (the maximum is bracketed \
-             within ≈ 4.4 %). \"≥\": the server met the bound at every step up to the step limit.\n"
+            "\nEach find-max climbs in {factor}× steps, retries a failing step once, then bisects \
+             {} times (geometric midpoint) between the last passing and the first twice-failing \
+             rate, which brackets the maximum within {:.1} %. \"≥\": the server met the bound at \
+             every step up to the step limit, so its maximum is higher.\n",
+            scenarios::BISECT_STEPS,
+            (factor.powf(1.0 / f64::from(1u32 << scenarios::BISECT_STEPS)) - 1.0) * 100.0
         );
     }
     for (sc, d) in docs {

@@ -282,10 +282,8 @@ fn run_scenario(cfg: &Config, meta: &report::Meta, sc: &Scenario) -> Value {
     let mut per_server = serde_json::Map::new();
     for server in Server::ALL {
         if let Some((_, Err(why))) = cfg.peers.iter().find(|(s, _)| *s == server) {
-            per_server.insert(
-                server.key().into(),
-                json!({ "server": server.key(), "skipped": why }),
-            );
+            per_server
+                .insert(server.key().into(), json!({ "server": server.key(), "skipped": why }));
             continue;
         }
         let res = match sc.kind {
@@ -346,7 +344,10 @@ fn run_scenario(cfg: &Config, meta: &report::Meta, sc: &Scenario) -> Value {
         .peers
         .iter()
         .map(|(s, p)| {
-            (s.key().to_owned(), p.as_ref().map_or_else(|e| json!({"skipped": e}), |p| json!(p.version)))
+            (
+                s.key().to_owned(),
+                p.as_ref().map_or_else(|e| json!({"skipped": e}), |p| json!(p.version)),
+            )
         })
         .collect();
     json!({

@@ -73,10 +73,12 @@ pub fn python_websockets(workspace: &Path) -> Result<Peer, String> {
         run(Command::new(&python).args(["-m", "venv"]).arg(&venv))
             .map_err(|e| format!("python3 -m venv: {e}"))?;
     }
-    let have = run(Command::new(&vpy).args(["-c", "import websockets; print(websockets.__version__)"]));
+    let have =
+        run(Command::new(&vpy).args(["-c", "import websockets; print(websockets.__version__)"]));
     if have.as_deref() != Ok(WEBSOCKETS_VERSION) {
         eprintln!("fanout: installing websockets=={WEBSOCKETS_VERSION} from PyPI");
-        run(Command::new(&vpy).args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        run(Command::new(&vpy)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
             .arg(format!("websockets=={WEBSOCKETS_VERSION}")))
         .map_err(|e| format!("pip install websockets: {e}"))?;
     }

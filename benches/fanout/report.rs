@@ -822,8 +822,17 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Option<Duration>) -> Res
 
 /// A spread cell: `median [min–max]` (or the single value).
 fn spread_cell(run: &Value, ptr: &str, fmt: impl Fn(f64) -> String) -> String {
-    match (f(run, &format!("{ptr}/median")), f(run, &format!("{ptr}/min")), f(run, &format!("{ptr}/max"))) {
-        (Some(m), Some(a), Some(b)) if run.pointer(&format!("{ptr}/values")).and_then(Value::as_array).is_some_and(|v| v.len() > 1) => {
+    match (
+        f(run, &format!("{ptr}/median")),
+        f(run, &format!("{ptr}/min")),
+        f(run, &format!("{ptr}/max")),
+    ) {
+        (Some(m), Some(a), Some(b))
+            if run
+                .pointer(&format!("{ptr}/values"))
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.len() > 1) =>
+        {
             format!("{} [{}–{}]", fmt(m), fmt(a), fmt(b))
         }
         (Some(m), _, _) => fmt(m),
@@ -855,6 +864,9 @@ fn dps_cell(run: &Value) -> String {
     if let Some(a) = absent(run) {
         return a;
     }
+    if met_bound(run) == Some(false) {
+        return "no rate met the bound".into();
+    }
     let hit_limit = hit_step_limit(run) == Some(true);
     let ge = if hit_limit { "≥ " } else { "" };
     match (rep(run), dps(run)) {
@@ -867,6 +879,9 @@ fn dps_cell(run: &Value) -> String {
 fn us_per_delivery_cell(run: &Value) -> String {
     if absent(run).is_some() || report(run).is_none() {
         return "—".into();
+    }
+    if f(run, "/report/received") == Some(0.0) {
+        return "— (nothing received)".into();
     }
     let sat = run.pointer("/report/cpu/saturated") == Some(&Value::Bool(true));
     let v = match rep(run) {
@@ -973,6 +988,15 @@ fn every_server_sections(w: &mut String, docs: &[(Scenario, Option<Value>)]) {
                 Some(r) => (spread_cell(r, "/p50_us", fmt_us), spread_cell(r, "/p99_us", fmt_us)),
                 None => (opt(lat(run, "p50"), fmt_us), opt(lat(run, "p99"), fmt_us)),
             };
+            if f(run, "/report/received") == Some(0.0) {
+                let _ = writeln!(
+                    w,
+                    "| {k} | none of the measured messages arrived within the drain window \
+                     (still delivering the warm-up's backlog) | | | | {} | — |",
+                    opt(lost(run), |v| format!("{v:.0}"))
+                );
+                continue;
+            }
             let _ = writeln!(
                 w,
                 "| {k} | {} | {p50} | {p99} | {} | {} | {} |",
@@ -1050,6 +1074,19 @@ fn every_server_sections(w: &mut String, docs: &[(Scenario, Option<Value>)]) {
             let _ = writeln!(w);
         }
     }
+    let _ = writeln!(
+        w,
+        "**Reading these figures.** The full run was split into several harness invocations \
+         (each under 10 minutes on this shared machine: `cargo bench --bench fanout -- NAME` \
+         per scenario group; each JSON file records its command, commit and date). Within a \
+         scenario all servers ran back to back in one invocation. At 10,000 subscribers every \
+         message becomes 10,000 TCP segments arriving at once, and the load generator's kernel \
+         receive work for that burst (≈ 5–9 µs per delivery on its one core) is part of every \
+         server's p99 there: the 10,000 × 1 KiB maximum is bounded by the burst the single \
+         load-generator core can absorb within the 250 ms bound as much as by the server. \
+         Servers that cannot fan one message out to 10,000 connections within 250 ms meet the \
+         bound at no rate.\n"
+    );
     // The load generator's own cost against each server.
     let _ = writeln!(w, "### Load generator CPU per delivery (µs, = CPU seconds per million)\n");
     let _ = writeln!(
@@ -1074,7 +1111,11 @@ fn every_server_sections(w: &mut String, docs: &[(Scenario, Option<Value>)]) {
                 Some(match io["path"].as_str()? {
                     "io_uring" => format!(
                         "io_uring{}{}",
-                        if io["incremental_buffers"] == true { ", incremental buffers" } else { "" },
+                        if io["incremental_buffers"] == true {
+                            ", incremental buffers"
+                        } else {
+                            ""
+                        },
                         match io["recv_batch_us"].as_u64() {
                             Some(b) if b > 0 => format!(", batch {b} µs"),
                             _ => String::new(),

@@ -645,8 +645,15 @@ impl Controller {
         if n == 1 {
             return Ok(reports.pop().expect("one report"));
         }
-        // Headline figure: best deliveries/s for find-max; p99 for a fixed-rate run.
-        let dps: Vec<f64> = reports.iter().map(|r| r.run.deliveries_per_sec).collect();
+        // Headline figure: best deliveries/s for find-max (0 when no step met the bounds);
+        // p99 for a fixed-rate run.
+        let dps: Vec<f64> = reports
+            .iter()
+            .map(|r| match &r.find_max {
+                Some(fm) => fm.best.as_ref().map_or(0.0, |b| b.deliveries_per_sec),
+                None => r.run.deliveries_per_sec,
+            })
+            .collect();
         let p99: Vec<f64> = reports.iter().map(|r| r.run.latency_us.p99 as f64).collect();
         let key = if self.cfg.find_max { &dps } else { &p99 };
         let median = Spread::of(key).median;

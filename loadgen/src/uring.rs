@@ -161,10 +161,9 @@ impl RecvRing {
             ));
         }
         let mut last_err = None;
-        for (flags, shape) in
-            [(IOU_PBUF_RING_INC, SHAPE_INCREMENTAL), (0, SHAPE_WHOLE)]
-        {
-            let entries = Mapping::new(shape.entries as usize * std::mem::size_of::<BufRingEntry>())?;
+        for (flags, shape) in [(IOU_PBUF_RING_INC, SHAPE_INCREMENTAL), (0, SHAPE_WHOLE)] {
+            let entries =
+                Mapping::new(shape.entries as usize * std::mem::size_of::<BufRingEntry>())?;
             let mem = Mapping::new(shape.entries as usize * shape.buf_bytes as usize)?;
             // SAFETY: `entries` is a page-aligned mapping of exactly `shape.entries` ring
             // entries and lives in `Self` until `Drop` unregisters it before unmapping.
@@ -179,8 +178,7 @@ impl RecvRing {
             match reg {
                 Ok(()) => {
                     let min_wait = ring.params().is_feature_min_timeout();
-                    let info =
-                        RingInfo { incremental: flags != 0, defer_taskrun, min_wait, shape };
+                    let info = RingInfo { incremental: flags != 0, defer_taskrun, min_wait, shape };
                     let mut me = Self {
                         ring,
                         entries,
@@ -249,9 +247,8 @@ impl RecvRing {
 
     /// Queues a one-shot readiness poll of `fd` (the worker's epoll fd).
     pub fn arm_poll(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
-        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-            .build()
-            .user_data(user_data);
+        let sqe =
+            opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(user_data);
         self.push(&sqe)
     }
 

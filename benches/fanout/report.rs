@@ -855,7 +855,7 @@ fn absent(run: &Value) -> Option<String> {
 }
 
 /// The load generator's repeat object of a run, with a single-run fallback.
-fn rep<'a>(run: &'a Value) -> Option<&'a Value> {
+fn rep(run: &Value) -> Option<&Value> {
     report(run)?.get("repeat").filter(|r| r.is_object())
 }
 
@@ -897,8 +897,8 @@ fn every_server_sections(w: &mut String, docs: &[(Scenario, Option<Value>)]) {
     let present = |k: &str| docs.iter().any(|(s, d)| d.is_some() && s.kind.tag() == k);
     let peers_line = docs
         .iter()
-        .filter_map(|(_, d)| d.as_ref()?.get("peers").filter(|p| p.is_object()).cloned())
-        .last();
+        .rev()
+        .find_map(|(_, d)| d.as_ref()?.get("peers").filter(|p| p.is_object()).cloned());
     let _ = writeln!(w, "## Every server: ringcast, baseline and registry peers\n");
     let _ = writeln!(
         w,

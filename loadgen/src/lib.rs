@@ -486,7 +486,7 @@ impl Controller {
     }
 
     fn wait_connected(&mut self, t0: Instant) -> Result<()> {
-        let mut summaries: Vec<Option<ConnectSummary>> = vec![None; self.threads];
+        let mut summaries: Vec<Option<Box<ConnectSummary>>> = vec![None; self.threads];
         while summaries.iter().any(Option::is_none) {
             if let Some(WorkerMsg::Connected(id, s)) = self.recv(Duration::from_millis(250))? {
                 summaries[id] = Some(s);

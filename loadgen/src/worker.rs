@@ -179,7 +179,7 @@ pub struct ConnectSummary {
 /// Worker -> controller.
 #[derive(Debug)]
 pub enum WorkerMsg {
-    Connected(usize, ConnectSummary),
+    Connected(usize, Box<ConnectSummary>),
     Step(usize, Box<StepResult>),
 }
 
@@ -1092,7 +1092,7 @@ impl Worker {
             s.first_start_ns = self.first_start_ns;
             s.last_open_ns = self.last_open_ns;
             s.io = self.io_used.clone();
-            let _ = self.to_ctl.send(WorkerMsg::Connected(self.id, s));
+            let _ = self.to_ctl.send(WorkerMsg::Connected(self.id, Box::new(s)));
         }
     }
 

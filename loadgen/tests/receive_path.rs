@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,6 +17,9 @@ use ringcast_loadgen::{run, Config, IoMode};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::Message;
+
+/// (client id, control-frame payload) records shared with the server's threads.
+type Log = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Writes {
@@ -38,9 +41,9 @@ struct Client {
 struct Server {
     addr: std::net::SocketAddr,
     /// (client id, payload) of every pong received.
-    pongs: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    pongs: Log,
     /// (client id, payload) of every ping sent.
-    pings: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    pings: Log,
     /// (client id, close code) of every close frame received.
     closes: Arc<Mutex<Vec<(u64, u16)>>>,
 }
@@ -52,8 +55,8 @@ fn start(writes: Writes, pings: u64, close_after: Option<u64>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let clients: Arc<Mutex<Vec<Client>>> = Arc::default();
-    let pongs: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
-    let sent_pings: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+    let pongs: Log = Arc::default();
+    let sent_pings: Log = Arc::default();
     let closes: Arc<Mutex<Vec<(u64, u16)>>> = Arc::default();
     let (tx, rx) = channel::<Vec<u8>>();
     {
@@ -79,7 +82,7 @@ fn serve(
     id: u64,
     stream: TcpStream,
     clients: Arc<Mutex<Vec<Client>>>,
-    pongs: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    pongs: Log,
     closes: Arc<Mutex<Vec<(u64, u16)>>>,
     tx: Sender<Vec<u8>>,
 ) {
@@ -130,7 +133,7 @@ fn broadcast(
     writes: Writes,
     pings: u64,
     close_after: Option<u64>,
-    sent_pings: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    sent_pings: Log,
 ) {
     let mut n = 0u64;
     let mut batches = 0u64;

@@ -408,26 +408,19 @@ impl Core {
     /// owning shard (`None`). Dissolve applies here and is forwarded to the group's other
     /// shards.
     fn op(&mut self, op: Op) -> Option<Applied> {
-        let target = match &op {
-            Op::Join(c, _)
-            | Op::Leave(c, _)
-            | Op::BindUid(c, _)
-            | Op::UnbindUid(c)
-            | Op::Close(c, ..)
-            | Op::SetSession(c, ..) => *c,
-            Op::Dissolve(g) => {
-                for shard in self.node.groups.shards(g).iter() {
-                    if shard != self.id {
-                        let msg = ShardMsg::Op(Op::Dissolve(g.clone()), None);
-                        if self.node.links[shard].send(msg).is_err() {
-                            self.counters.mesh_dropped += 1;
-                        }
+        if let Op::Dissolve(g) = &op {
+            for shard in self.node.groups.shards(g).iter() {
+                if shard != self.id {
+                    let msg = ShardMsg::Op(Op::Dissolve(g.clone()), None);
+                    if self.node.links[shard].send(msg).is_err() {
+                        self.counters.mesh_dropped += 1;
                     }
                 }
-                self.apply_op(op);
-                return Some(Applied::Done);
             }
-        };
+            self.apply_op(op);
+            return Some(Applied::Done);
+        }
+        let Some(target) = op.conn() else { unreachable!("dissolve is handled above") };
         if target.node() == self.node_id && target.shard() == self.id {
             return match self.apply_op(op) {
                 Answer::Applied(a) => Some(a),
@@ -479,15 +472,7 @@ impl Core {
             }
             return Answer::Dissolved(removed.len() as u64);
         }
-        let id = match &op {
-            Op::Join(c, _)
-            | Op::Leave(c, _)
-            | Op::BindUid(c, _)
-            | Op::UnbindUid(c)
-            | Op::Close(c, ..)
-            | Op::SetSession(c, ..) => *c,
-            Op::Dissolve(_) => unreachable!("handled above"),
-        };
+        let Some(id) = op.conn() else { unreachable!("dissolve is handled above") };
         let Some(slot) = self.local_slot(id) else {
             return Answer::Applied(Applied::NoSuchClient);
         };

@@ -50,6 +50,21 @@ pub(crate) enum Op {
     SetSession(ConnId, Session, bool),
 }
 
+impl Op {
+    /// The connection the operation is about; `None` for a dissolve (about a group).
+    pub(crate) fn conn(&self) -> Option<ConnId> {
+        match self {
+            Op::Join(c, _)
+            | Op::Leave(c, _)
+            | Op::BindUid(c, _)
+            | Op::UnbindUid(c)
+            | Op::Close(c, ..)
+            | Op::SetSession(c, ..) => Some(*c),
+            Op::Dissolve(_) => None,
+        }
+    }
+}
+
 /// A question to one shard; the answer goes back through the [`Reply`].
 #[derive(Debug)]
 pub(crate) enum Query {

@@ -624,11 +624,22 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
     let api = match api_config {
         None => None,
         Some(api_config) => {
+            let demo_page = api_config.demo_page;
             // Subsystems with metrics or readiness conditions add them to
             // `api_config.observability` here (see ringcast::observe).
             match ringcast::api::spawn(handle.clone(), api_config) {
                 Ok(api) => {
                     tracing::info!("HTTP API listening on {}", api.local_addr());
+                    if demo_page {
+                        let a = api.local_addr();
+                        let host = if a.ip().is_unspecified() {
+                            "<this host>".to_owned()
+                        } else {
+                            a.ip().to_canonical().to_string()
+                        };
+                        let host = if host.contains(':') { format!("[{host}]") } else { host };
+                        tracing::info!("demo page: open http://{host}:{}/ in a browser", a.port());
+                    }
                     Some(api)
                 }
                 Err(e) => {

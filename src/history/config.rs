@@ -1,15 +1,28 @@
-//! Configuration of history and idempotent publish: one serde struct, validated in one place.
-//! Deliberately absent: parsing command lines (main.rs) and any I/O.
+//! Configuration of history and idempotent publish (`[history]` in the config file): one
+//! serde struct, validated in one place. Deliberately absent: parsing command lines (main.rs)
+//! and any I/O.
+//!
+//! ```toml
+//! [history]
+//! rules = [
+//!     { pattern = "chat:*", messages_max = 1000, age_max = "10m" },
+//!     "feed:*=100,1h",            # the same, as the --history-rule flag writes it
+//! ]
+//! groups_max = 100000
+//! bytes_max = 268435456
+//! idempotency_window = "2m"
+//! idempotency_keys_max = 100000
+//! ```
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Which groups keep a history, and every bound on the history and idempotency stores.
 ///
 /// History is off by default: with no rule, no group keeps anything and a publish pays
 /// nothing for this feature.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     /// Per group-name pattern (globs, `*` matches any run, `:` and `/` included): how many
@@ -30,9 +43,10 @@ pub struct HistoryConfig {
     pub idempotency_keys_max: usize,
 }
 
-/// One history rule: `pattern=messages,age`, e.g. `chat:*=1000,10m`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One history rule: `pattern=messages,age`, e.g. `chat:*=1000,10m`. In the config file
+/// either a table (`{ pattern = "chat:*", messages_max = 1000, age_max = "10m" }`) or that
+/// string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HistoryRule {
     /// Glob over group ids.
     pub pattern: String,
@@ -41,6 +55,40 @@ pub struct HistoryRule {
     /// How long a message is kept.
     #[serde(with = "humantime_serde_compat")]
     pub age_max: Duration,
+}
+
+/// The table form of a rule.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleTable {
+    pattern: String,
+    messages_max: usize,
+    #[serde(with = "humantime_serde_compat")]
+    age_max: Duration,
+}
+
+impl<'de> Deserialize<'de> for HistoryRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Table(RuleTable),
+        }
+        match Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "a history rule is \"PATTERN=MESSAGES,AGE\" or \
+                 { pattern = \"..\", messages_max = N, age_max = \"10m\" }",
+            )
+        })? {
+            Form::Text(s) => s.parse().map_err(serde::de::Error::custom),
+            Form::Table(t) => Ok(HistoryRule {
+                pattern: t.pattern,
+                messages_max: t.messages_max,
+                age_max: t.age_max,
+            }),
+        }
+    }
 }
 
 impl Default for HistoryConfig {
@@ -71,29 +119,38 @@ impl HistoryConfig {
 
     /// Check every bound and pattern; the error says which setting is wrong and why.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_keyed().map_err(|(key, m)| format!("history.{key}: {m}"))
+    }
+
+    /// [`HistoryConfig::validate`], naming the key at fault (`rules`, `groups_max`...).
+    pub fn validate_keyed(&self) -> Result<(), (&'static str, String)> {
         for r in &self.rules {
             if r.messages_max == 0 || r.messages_max > HISTORY_MESSAGES_MAX {
-                return Err(format!(
-                    "history rule {:?}: messages must be between 1 and {HISTORY_MESSAGES_MAX}",
-                    r.pattern
+                return Err((
+                    "rules",
+                    format!(
+                        "rule {:?}: messages must be between 1 and {HISTORY_MESSAGES_MAX} \
+                         (got {})",
+                        r.pattern, r.messages_max
+                    ),
                 ));
             }
             if r.age_max.is_zero() {
-                return Err(format!("history rule {:?}: age must be more than 0s", r.pattern));
+                return Err(("rules", format!("rule {:?}: age must be more than 0s", r.pattern)));
             }
         }
-        super::Rules::new(&self.rules)?;
+        super::Rules::new(&self.rules).map_err(|e| ("rules", e))?;
         if self.groups_max == 0 {
-            return Err("history groups_max must be at least 1".into());
+            return Err(("groups_max", "must be at least 1".into()));
         }
         if self.bytes_max < 4096 {
-            return Err("history bytes_max must be at least 4096".into());
+            return Err(("bytes_max", format!("must be at least 4096 (got {})", self.bytes_max)));
         }
         if self.idempotency_keys_max == 0 {
-            return Err("idempotency_keys_max must be at least 1".into());
+            return Err(("idempotency_keys_max", "must be at least 1".into()));
         }
         if self.idempotency_window.is_zero() {
-            return Err("idempotency_window must be more than 0s".into());
+            return Err(("idempotency_window", "must be longer than 0s".into()));
         }
         Ok(())
     }
@@ -122,7 +179,11 @@ impl std::str::FromStr for HistoryRule {
 mod humantime_serde_compat {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
@@ -161,5 +222,19 @@ mod tests {
         assert_eq!(c.idempotency_window, Duration::from_secs(30));
         assert_eq!(c.rules[0].age_max, Duration::from_secs(60));
         assert!(serde_json::from_str::<HistoryConfig>(r#"{"nope":1}"#).is_err());
+        let c: HistoryConfig = serde_json::from_str(
+            r#"{"rules":["a:*=3,2s",{"pattern":"b","messages_max":1,"age_max":"1h"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rules[0], "a:*=3,2s".parse().unwrap());
+        assert_eq!(c.rules[1].age_max, Duration::from_secs(3600));
+        assert!(serde_json::from_str::<HistoryConfig>(r#"{"rules":["nope"]}"#).is_err());
+        assert!(serde_json::from_str::<HistoryConfig>(
+            r#"{"rules":[{"pattern":"b","messages_max":1,"age_max":"1h","x":1}]}"#
+        )
+        .is_err());
+        assert_eq!(c.validate_keyed(), Ok(()));
+        let bad = HistoryConfig { groups_max: 0, ..c };
+        assert_eq!(bad.validate_keyed().unwrap_err().0, "groups_max");
     }
 }

@@ -409,3 +409,72 @@ async fn the_documented_python_minting_snippet_works() {
     send(&mut ws, json!({"cmd": "add_group", "group_id": "room:9", "id": 1})).await;
     assert_eq!(next_of_type(&mut ws, "ok").await["id"], 1);
 }
+
+/// History reads and recovering joins need the right to join, and a token's `join` grant is
+/// that right: the node lets no client join anything here, the token grants `room:*`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_and_recovering_joins_follow_the_token_join_grants() {
+    let d = Daemon::start(&[
+        "--auth-mode",
+        "required",
+        "--history-rule",
+        "room:*=100,10m",
+        "--history-rule",
+        "admin=100,10m",
+    ]);
+    for (group, n) in [("room:1", 3), ("admin", 2)] {
+        for i in 1..=n {
+            let body = json!({"data": format!("{group}-{i}"), "to": {"groups": [group]}});
+            let url = format!("http://{}/api/publish", d.api);
+            let r = d.http.post(url).json(&body).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    }
+    let t = mint("dave", now() + 600, &["room:*"], &[]);
+    let mut ws = connect_path(d.ws, &format!("/?token={t}")).await;
+    next_of_type(&mut ws, "welcome").await;
+
+    // Granted: the history of room:1, and a recovering join of it.
+    send(&mut ws, json!({"cmd": "history", "group_id": "room:1", "id": 1})).await;
+    let h = next_of_type(&mut ws, "history").await;
+    let texts: Vec<&str> =
+        h["messages"].as_array().unwrap().iter().map(|m| m["data"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["room:1-1", "room:1-2", "room:1-3"], "{h}");
+    let epoch = h["epoch"].as_str().unwrap().to_owned();
+    send(
+        &mut ws,
+        json!({"cmd": "add_group", "group_id": "room:1", "since": {"epoch": epoch, "offset": 1},
+               "id": 2}),
+    )
+    .await;
+    let ok = next_of_type(&mut ws, "ok").await;
+    assert_eq!((ok["recovered"].clone(), ok["replayed"].clone()), (json!(true), json!(2)), "{ok}");
+    for want in ["room:1-2", "room:1-3"] {
+        assert_eq!(next_of_type(&mut ws, "message").await["data"], want);
+    }
+
+    // Not granted: reading admin's history, recovering it, even with a valid position.
+    send(&mut ws, json!({"cmd": "history", "group_id": "admin", "id": 3})).await;
+    let e = next_of_type(&mut ws, "error").await;
+    assert_eq!(e["id"], 3, "{e}");
+    assert_eq!(e["reason"], "reading a group's history needs the right to join it");
+    send(
+        &mut ws,
+        json!({"cmd": "add_group", "group_id": "admin", "since": {"epoch": epoch, "offset": 0},
+               "id": 4}),
+    )
+    .await;
+    let e = next_of_type(&mut ws, "error").await;
+    assert_eq!(
+        (e["id"].clone(), e["reason"].clone()),
+        (json!(4), json!("joining groups is not allowed"))
+    );
+
+    // An anonymous client in optional mode has only the node's policy (off): refused too.
+    drop(d);
+    let d = Daemon::start(&["--auth-mode", "optional", "--history-rule", "room:*=100,10m"]);
+    let mut anon = connect_path(d.ws, "/").await;
+    next_of_type(&mut anon, "welcome").await;
+    send(&mut anon, json!({"cmd": "history", "group_id": "room:1", "id": 5})).await;
+    assert_eq!(next_of_type(&mut anon, "error").await["id"], 5);
+}

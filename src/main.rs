@@ -655,6 +655,7 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let Resolved { config, api: api_config, log, .. } = resolved;
     let shards = config.shards;
+    let history_config = config.history.clone();
     let handle = Server::builder().config(config).start().context("starting ringcast")?;
     tracing::info!(
         shards,
@@ -667,10 +668,14 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
     tracing::info!("listening on {}", handle.local_addr());
     let api = match api_config {
         None => None,
-        Some(api_config) => {
+        Some(mut api_config) => {
             let demo_page = api_config.demo_page;
             // Subsystems with metrics or readiness conditions add them to
             // `api_config.observability` here (see ringcast::observe).
+            api_config.observability.add_collector(ringcast::history::HistoryCollector::new(
+                handle.clone(),
+                &history_config,
+            ));
             match ringcast::api::spawn(handle.clone(), api_config) {
                 Ok(api) => {
                     tracing::info!("HTTP API listening on {}", api.local_addr());

@@ -435,3 +435,80 @@ async fn the_same_idempotency_key_twice_delivers_once() {
         .unwrap();
     assert_eq!(m["idempotency_duplicates"], 3, "{m}");
 }
+
+/// `/metrics` lines: series (with labels) → value.
+async fn prometheus(api: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let body = http().get(format!("http://{api}/metrics")).send().await.unwrap().text().await;
+    body.unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `[history]` in a config file starts a node whose history works, and the history metrics
+/// on `/metrics` move with appends, evictions, recoveries and duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_section_in_the_config_file_and_its_metrics() {
+    let dir = std::env::temp_dir().join(format!("ringcast-history-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ringcast.toml");
+    std::fs::write(
+        &file,
+        "[history]\nrules = [{ pattern = \"chat:*\", messages_max = 3, age_max = \"10m\" }]\n\
+         idempotency_window = \"1m\"\nidempotency_keys_max = 100\n",
+    )
+    .unwrap();
+    let d = daemon(&["--config", file.to_str().unwrap()]);
+    let before = prometheus(d.api).await;
+    assert_eq!(before["ringcast_history_appends_total"], 0.0);
+    assert_eq!(before["ringcast_history_groups"], 0.0);
+    assert_eq!(before["ringcast_idempotency_duplicates_total"], 0.0);
+
+    let (mut ws, _) = client(d.ws).await;
+    send(&mut ws, json!({"cmd":"add_group","group_id":"chat:m","envelope":true})).await;
+    let epoch = json_of(&mut ws).await["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=5 {
+        let body = json!({"data":format!("m{i}"),"to":{"groups":["chat:m"]}});
+        let (s, r) = publish(d.api, body, Some(&format!("k{i}"))).await;
+        assert_eq!(s, 200, "{r}");
+    }
+    let (_, dup) =
+        publish(d.api, json!({"data":"m5","to":{"groups":["chat:m"]}}), Some("k5")).await;
+    assert_eq!(dup["duplicate"], true);
+    for want in 1..=5 {
+        assert_eq!(message(&mut ws, "chat:m").await.0, want);
+    }
+    // The rule keeps 3 of 5: from offset 3 recovers (4, 5); from 1 does not (2 is gone).
+    for (from, ok) in [(3, true), (1, false)] {
+        let (mut late, _) = client(d.ws).await;
+        send(
+            &mut late,
+            json!({"cmd":"add_group","group_id":"chat:m","since":{"epoch":epoch,"offset":from}}),
+        )
+        .await;
+        assert_eq!(json_of(&mut late).await["recovered"], ok);
+    }
+    let m = prometheus(d.api).await;
+    assert_eq!(m["ringcast_history_appends_total"], 5.0);
+    assert_eq!(m["ringcast_history_groups"], 1.0);
+    assert!(m["ringcast_history_bytes"] > 0.0);
+    assert_eq!(m["ringcast_history_bytes_max"], (256u64 << 20) as f64);
+    assert_eq!(m["ringcast_history_evictions_total{reason=\"count_or_age\"}"], 2.0);
+    assert_eq!(m["ringcast_history_evictions_total{reason=\"bytes\"}"], 0.0);
+    assert_eq!(m["ringcast_history_recoveries_total{result=\"ok\"}"], 1.0);
+    assert_eq!(m["ringcast_history_recoveries_total{result=\"failed\"}"], 1.0);
+    assert_eq!(m["ringcast_idempotency_duplicates_total"], 1.0);
+    assert_eq!(m["ringcast_idempotency_keys"], 5.0);
+    drop(d);
+
+    // A node without rules exports no history series, but idempotency (keys work anyway).
+    let d = daemon(&[]);
+    let m = prometheus(d.api).await;
+    assert!(!m.keys().any(|k| k.starts_with("ringcast_history")), "{m:?}");
+    assert_eq!(m["ringcast_idempotency_keys"], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -966,6 +966,53 @@ mod tests {
     }
 
     #[test]
+    fn the_history_section() {
+        let (_d, path) = write(
+            "[history]\nrules = [\n  { pattern = \"chat:*\", messages_max = 1000, age_max = \"10m\" },\n  \"feed:*=5,1h\",\n]\n\
+             groups_max = 10\nbytes_max = 65536\nidempotency_window = \"30s\"\nidempotency_keys_max = 7\n",
+        );
+        let r = load(Some(&path), toml::Table::new()).unwrap();
+        let h = &r.config.history;
+        assert!(h.enabled());
+        assert_eq!(h.rules.len(), 2);
+        assert_eq!((h.rules[0].pattern.as_str(), h.rules[0].messages_max), ("chat:*", 1000));
+        assert_eq!(h.rules[0].age_max, Duration::from_secs(600));
+        assert_eq!(h.rules[1], "feed:*=5,1h".parse().unwrap());
+        assert_eq!((h.groups_max, h.bytes_max, h.idempotency_keys_max), (10, 65536, 7));
+        assert_eq!(h.idempotency_window, Duration::from_secs(30));
+        // The effective configuration round-trips.
+        let again: ConfigFile = toml::from_str(&r.effective_toml()).unwrap();
+        assert_eq!(again.history, *h);
+        // Flags (the overlay) replace the file's rules and override single keys.
+        let r = load(
+            Some(&path),
+            overlay("[history]\nrules = [\"x=1,1s\"]\nidempotency_window = \"5m\"\n"),
+        )
+        .unwrap();
+        assert_eq!(r.config.history.rules, vec!["x=1,1s".parse().unwrap()]);
+        assert_eq!(r.config.history.idempotency_window, Duration::from_secs(300));
+        assert_eq!(r.config.history.groups_max, 10);
+        // Off by default.
+        assert!(!load(None, toml::Table::new()).unwrap().config.history.enabled());
+        // Bad values name their key and line (or the flag).
+        let (_d, path) = write("[history]\ngroups_max = 0\n");
+        let e = load(Some(&path), toml::Table::new()).unwrap_err().to_string();
+        assert!(e.contains("history.groups_max") && e.contains("line 2"), "{e}");
+        let (_d, path) = write("[history]\n\nrules = [\"chat:*=0,1m\"]\n");
+        let e = load(Some(&path), toml::Table::new()).unwrap_err().to_string();
+        assert!(e.contains("history.rules") && e.contains("line 3"), "{e}");
+        assert!(e.contains("messages must be between 1 and"), "{e}");
+        let e = load(None, overlay("[history]\nbytes_max = 10\n")).unwrap_err().to_string();
+        assert!(e.contains("history.bytes_max") && e.contains("flag or environment"), "{e}");
+        let (_d, path) = write("[history]\nrules = [\"chat:*\"]\n");
+        let e = load(Some(&path), toml::Table::new()).unwrap_err().to_string();
+        assert!(e.contains("PATTERN=MESSAGES,AGE"), "{e}");
+        let (_d, path) = write("[history]\nwindow = \"1s\"\n");
+        let e = load(Some(&path), toml::Table::new()).unwrap_err().to_string();
+        assert!(e.contains("unknown field") && e.contains("window"), "{e}");
+    }
+
+    #[test]
     fn the_token_rule() {
         let e = load(None, overlay("[api]\nlisten = \"0.0.0.0:2021\"\n")).unwrap_err();
         assert!(e.to_string().contains("api.listen"), "{e}");

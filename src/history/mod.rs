@@ -15,6 +15,7 @@ pub mod config;
 pub mod envelope;
 pub mod idempotency;
 pub mod memory;
+pub mod metrics;
 pub mod seam;
 pub mod stream;
 
@@ -31,6 +32,7 @@ use crate::proto::Message;
 pub use config::{HistoryConfig, HistoryRule};
 pub use idempotency::{Claim, IdempotencyTable};
 pub use memory::MemoryHistory;
+pub use metrics::HistoryCollector;
 pub use seam::Seams;
 pub use stream::{ReadFrom, Stored, StreamLimits, Unrecoverable};
 

@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod idempotency;
 pub mod memory;
 pub mod metrics;
+pub mod redis;
 pub mod seam;
 pub mod stream;
 

@@ -164,6 +164,8 @@ pub struct Config {
     pub commands_flood_close_after: Duration,
     /// Largest per-connection session (its JSON text), in bytes.
     pub session_bytes_max: usize,
+    /// `wss://`: certificate, key, and where TLS is served (off by default).
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl Default for Config {
@@ -196,6 +198,7 @@ impl Default for Config {
             commands_burst: 200,
             commands_flood_close_after: Duration::from_secs(3),
             session_bytes_max: 4096,
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod proto;
 pub mod route;
 pub mod server;
 pub mod shard;
+pub mod tls;
 
 pub use addressing::{
     Applied, ClientInfo, GroupInfo, Publish, PublishReport, RequestError, Session, Stats, To,

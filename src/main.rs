@@ -175,6 +175,19 @@ struct ServeArgs {
     /// Log the node's counters at this interval, e.g. "10s"; "0s" disables.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     stats_interval: Duration,
+
+    // --- TLS ([tls] section: ringcast::tls::TlsConfig) ---
+    /// PEM certificate chain (leaf first) for wss://; with --tls-key-file turns TLS on.
+    /// Reloaded on SIGHUP (new handshakes get the new certificate; connections stay).
+    #[arg(long, env = "RINGCAST_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching --tls-cert-file.
+    #[arg(long, env = "RINGCAST_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// Serve wss:// on this separate address and keep --listen plain ws:// [default: TLS on
+    /// --listen itself].
+    #[arg(long, env = "RINGCAST_TLS_LISTEN", requires = "tls_cert_file")]
+    tls_listen: Option<SocketAddr>,
 }
 
 /// A parsed `--cpus` value (a newtype so clap treats it as one value, not many).
@@ -283,6 +296,12 @@ impl ServeArgs {
         c.close_timeout = self.close_timeout;
         c.shutdown_timeout = self.shutdown_timeout;
         c.inbox_events_max = self.inbox_events_max.max(1);
+        c.tls = ringcast::tls::TlsConfig {
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+            listen: self.tls_listen,
+        };
+        c.tls.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }
 }
@@ -311,9 +330,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // Register before starting so an early signal is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     match ringcast::limits::raise_nofile_limit() {
         Ok((old, new)) if old != new => {
@@ -334,7 +353,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         capacity = ringcast::limits::connection_capacity(shards),
         "connection capacity (open-file limit minus reserved descriptors)"
     );
-    tracing::info!("listening on {}", handle.local_addr());
+    match handle.tls_local_addr() {
+        Some(tls) if tls == handle.local_addr() => tracing::info!("listening on {tls} (wss://)"),
+        Some(tls) => {
+            tracing::info!("listening on {} (ws://) and {tls} (wss://)", handle.local_addr())
+        }
+        None => tracing::info!("listening on {}", handle.local_addr()),
+    }
     let api = if args.no_api {
         None
     } else {
@@ -372,7 +397,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tracing::info!("stats {}", fields.join(" "));
             });
         }
-        let sig = signals.forever().next();
+        let sig = signals.forever().find(|&sig| {
+            if sig != SIGHUP {
+                return true;
+            }
+            match handle.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(ringcast::tls::TlsError::NotEnabled) => {
+                    tracing::info!("SIGHUP: TLS is not enabled, nothing to reload")
+                }
+                Err(e) => {
+                    tracing::error!("SIGHUP: TLS reload failed, keeping the old certificate: {e}")
+                }
+            }
+            false
+        });
         tracing::info!(signal = ?sig, "shutting down gracefully");
         STOP.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(api) = api {

@@ -16,6 +16,7 @@ pub mod directory;
 pub(crate) mod mesh;
 pub(crate) mod node;
 pub(crate) mod reply;
+mod tls_io;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -29,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::command::JoinMatcher;
@@ -38,7 +38,8 @@ use crate::fanout::SharedFrame;
 use crate::ids::{ConnId, NodeId};
 use crate::metrics::SharedCounters;
 use crate::proto::handshake;
-use conn::Phase;
+use crate::tls::TlsAcceptor;
+use conn::{Phase, TlsConn};
 use mesh::ShardMsg;
 
 pub use self::core::Ctx;
@@ -65,6 +66,8 @@ pub(crate) struct Launched {
     pub(crate) node: Arc<Node>,
     pub(crate) threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
     pub(crate) local_addr: SocketAddr,
+    /// Where `wss://` is served, if anywhere (the main address or `tls.listen`).
+    pub(crate) tls_addr: Option<SocketAddr>,
 }
 
 impl Launched {
@@ -96,13 +99,35 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     }
     let join_matcher = JoinMatcher::new(&config.permissions.join)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    config.tls.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let tls = match config.tls.enabled() {
+        true => Some(
+            TlsAcceptor::new(&config.tls)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+        ),
+        false => None,
+    };
+    // TLS on the main listener unless it has its own address (see `TlsConfig`).
+    let main_tls = tls.is_some() && config.tls.listen.is_none();
     let first = bind_reuseport(config.listen).map_err(|e| {
         io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
     let local_addr = first.local_addr()?;
-    let mut listeners = vec![first];
+    let mut listeners: Vec<Vec<(TcpListener, bool)>> = vec![vec![(first, main_tls)]];
     for _ in 1..shards {
-        listeners.push(bind_reuseport(local_addr)?);
+        listeners.push(vec![(bind_reuseport(local_addr)?, main_tls)]);
+    }
+    let mut tls_addr = main_tls.then_some(local_addr);
+    if let (Some(_), Some(addr)) = (&tls, config.tls.listen) {
+        let first = bind_reuseport(addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {addr} (tls.listen): {e}"))
+        })?;
+        let addr = first.local_addr()?;
+        tls_addr = Some(addr);
+        listeners[0].push((first, true));
+        for shard in listeners.iter_mut().skip(1) {
+            shard.push((bind_reuseport(addr)?, true));
+        }
     }
     let mut links = Vec::with_capacity(shards);
     let mut inboxes = Vec::with_capacity(shards);
@@ -123,13 +148,14 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         handle_mesh_dropped: Default::default(),
         handle_last_log_sec: Default::default(),
         started: std::time::Instant::now(),
+        tls,
     });
     let cpus = config.cpus.clone().unwrap_or_else(crate::config::available_cpus);
     let config = Arc::new(config);
     let callbacks = Arc::new(callbacks);
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<usize>>();
     let mut threads = Vec::with_capacity(shards);
-    for (id, (listener, (inbox, efd))) in listeners.into_iter().zip(inboxes).enumerate() {
+    for (id, (listeners, (inbox, efd))) in listeners.into_iter().zip(inboxes).enumerate() {
         let cpu = (config.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let (config, callbacks, node, ready, join_matcher) = (
             config.clone(),
@@ -163,12 +189,12 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
                     }
                 };
                 let core = Core::new(id, config, node, callbacks, join_matcher);
-                rt.block_on(run(core, listener, inbox, efd, cpu, ready))
+                rt.block_on(run(core, listeners, inbox, efd, cpu, ready))
             })?;
         threads.push(thread);
     }
     drop(ready_tx);
-    let launched = Launched { node, threads, local_addr };
+    let launched = Launched { node, threads, local_addr, tls_addr };
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(_)) => {}
@@ -217,93 +243,133 @@ unsafe impl tokio_uring::buf::IoBuf for SharedFrame {
 }
 
 enum Handshake {
-    Accepted { stream: TcpStream, peer: SocketAddr, path: String, leftover: Vec<u8> },
-    Rejected { status: u16, full: bool },
-    Failed,
+    Accepted {
+        stream: TcpStream,
+        peer: SocketAddr,
+        path: String,
+        /// Plaintext that followed the upgrade request (already decrypted for `wss://`).
+        leftover: Vec<u8>,
+        tls: Option<Box<TlsConn>>,
+    },
+    Rejected {
+        status: u16,
+        full: bool,
+        tls: bool,
+    },
+    /// Gone before an answer: EOF, reset, write error, or a failed TLS handshake
+    /// (`tls_failed`); `tls_established`: the TLS handshake had completed.
+    Failed {
+        tls_failed: bool,
+        tls_established: bool,
+    },
 }
 
-/// Read the upgrade request (bounded in bytes and time), answer it, reserve a node slot.
+/// Read the upgrade request (bounded in bytes and time; for `wss://` the TLS handshake comes
+/// first, inside the same time bound), answer it, reserve a node slot.
 async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
     config: Arc<Config>,
     node: Arc<Node>,
+    tls: Option<Box<TlsConn>>,
 ) -> Handshake {
     let max = config.header_bytes_max;
+    let mut io = tls_io::UpgradeIo::new(&stream, tls);
     let read = async {
         let mut buf: Vec<u8> = Vec::with_capacity(1024.min(max));
         loop {
-            let len = buf.len();
-            if len == buf.capacity() {
-                buf.reserve((buf.capacity()).min(max + 1 - buf.len()).max(1));
-            }
-            let (res, slice) = stream.read(buf.slice(len..)).await;
-            buf = slice.into_inner();
-            match res {
-                Ok(0) | Err(_) => return Err(None),
-                Ok(_) => {}
+            if let Err(stop) = io.read(&mut buf, max).await {
+                return Err((None, stop));
             }
             match handshake::parse(&buf, max) {
                 Ok(None) => continue,
                 Ok(Some(accepted)) => return Ok((accepted, buf)),
-                Err(rejection) => return Err(Some(rejection)),
+                Err(rejection) => return Err((Some(rejection), tls_io::IoStop::Gone)),
             }
         }
     };
     let outcome = match tokio::time::timeout(config.handshake_timeout, read).await {
         Ok(r) => r,
-        Err(_) => {
-            Err(Some(handshake::Rejection::BadRequest("timed out reading the upgrade request")))
+        Err(_) => Err((
+            Some(handshake::Rejection::BadRequest("timed out reading the upgrade request")),
+            tls_io::IoStop::Gone,
+        )),
+    };
+    let is_tls = io.tls.is_some();
+    let established = !is_tls || io.tls_established();
+    if !established {
+        // A TLS handshake that did not complete gets no HTTP answer (there is no channel).
+        if let Err((_, tls_io::IoStop::Tls(e))) = &outcome {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
         }
-    };
-    let write = |bytes: Vec<u8>| async {
-        tokio::time::timeout(config.handshake_timeout, stream.write_all(bytes))
-            .await
-            .ok()
-            .and_then(|(r, _)| r.ok())
-    };
+        return Handshake::Failed { tls_failed: true, tls_established: false };
+    }
+    let timeout = config.handshake_timeout;
     match outcome {
         Ok((accepted, buf)) => {
             if !node.reserve_slot() {
                 let r = handshake::Rejection::Unavailable("server full");
-                write(r.response()).await;
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-                return Handshake::Rejected { status: 503, full: true };
+                let _ = tokio::time::timeout(timeout, async {
+                    io.write(r.response()).await;
+                    io.finish().await;
+                })
+                .await;
+                return Handshake::Rejected { status: 503, full: true, tls: is_tls };
             }
-            if write(accepted.response).await.is_none() {
+            if tokio::time::timeout(timeout, io.write(accepted.response))
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+            {
                 node.release_slot();
-                return Handshake::Failed;
+                return Handshake::Failed { tls_failed: false, tls_established: is_tls };
             }
             let leftover = buf[accepted.consumed..].to_vec();
-            Handshake::Accepted { stream, peer, path: accepted.path, leftover }
+            let tls = io.tls.take();
+            drop(io);
+            Handshake::Accepted { stream, peer, path: accepted.path, leftover, tls }
         }
-        Err(Some(rejection)) => {
-            write(rejection.response()).await;
-            let _ = stream.shutdown(std::net::Shutdown::Write);
-            Handshake::Rejected { status: rejection.status(), full: false }
+        Err((Some(rejection), _)) => {
+            let _ = tokio::time::timeout(timeout, async {
+                io.write(rejection.response()).await;
+                io.finish().await;
+            })
+            .await;
+            Handshake::Rejected { status: rejection.status(), full: false, tls: is_tls }
         }
-        Err(None) => Handshake::Failed,
+        Err((None, stop)) => {
+            if let tls_io::IoStop::Tls(e) = stop {
+                tracing::debug!(%peer, "TLS error during the upgrade: {e}");
+            }
+            Handshake::Failed { tls_failed: false, tls_established: is_tls }
+        }
     }
 }
 
 /// The shard's event loop; returns when shutdown has closed every connection.
 async fn run(
     mut core: Core,
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, bool)>,
     inbox: Receiver<ShardMsg>,
     wake_file: std::fs::File,
     cpu: Option<usize>,
     ready: mpsc::Sender<io::Result<usize>>,
 ) -> io::Result<()> {
     let shard = core.id;
-    let mut listener = Some(Rc::new(tokio_uring::net::TcpListener::from_std(listener)));
+    // Each listener with whether it serves TLS and how many accepts it has in flight.
+    let mut listeners: Vec<(Rc<tokio_uring::net::TcpListener>, bool, usize)> = listeners
+        .into_iter()
+        .map(|(l, tls)| (Rc::new(tokio_uring::net::TcpListener::from_std(l)), tls, 0))
+        .collect();
     let wake = Rc::new(tokio_uring::fs::File::from_std(wake_file));
     let wake_read = |buf: Vec<u8>| {
         let wake = wake.clone();
         async move { wake.read_at(buf, 0).await }
     };
     let mut wake_fut = Box::pin(wake_read(Vec::with_capacity(8)));
-    let accept = |l: Rc<tokio_uring::net::TcpListener>| async move { l.accept().await };
+    let accept =
+        |l: Rc<tokio_uring::net::TcpListener>, i: usize| async move { (i, l.accept().await) };
     let read_op = |id: ConnId, stream: Rc<TcpStream>, buf: Vec<u8>| async move {
         let (res, buf) = stream.read(buf).await;
         (id, res, buf)
@@ -316,6 +382,12 @@ async fn run(
     let mut handshakes = FuturesUnordered::new();
     let mut reads = FuturesUnordered::new();
     let mut writes = FuturesUnordered::new();
+    // Ciphertext writes of `wss://` connections (a separate set: the plain path is unchanged).
+    let tls_write_op = |id: ConnId, stream: Rc<TcpStream>, buf: Vec<u8>| async move {
+        let (res, buf) = stream.write_all(buf).await;
+        (id, res, buf)
+    };
+    let mut tls_writes = FuturesUnordered::new();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut timers: Vec<_> = if shard == 0 {
@@ -361,14 +433,32 @@ async fn run(
             if accept_pause.as_mut().is_some_and(|p| p.as_mut().poll(cx).is_ready()) {
                 accept_pause = None;
             }
-            while let Poll::Ready(Some(res)) = accepts.poll_next_unpin(cx) {
+            while let Poll::Ready(Some((i, res))) = accepts.poll_next_unpin(cx) {
                 progress = true;
                 let res: io::Result<(TcpStream, SocketAddr)> = res;
+                let tls = match listeners.get_mut(i) {
+                    Some((_, tls, in_flight)) => {
+                        *in_flight -= 1;
+                        *tls
+                    }
+                    None => false,
+                };
                 match res {
                     Ok((stream, peer)) => {
                         core.counters.connections_accepted += 1;
                         let _ = stream.set_nodelay(true);
-                        handshakes.push(handshake(stream, peer, core.config.clone(), core.node.clone()));
+                        let tls = match (tls, &core.node.tls) {
+                            (true, Some(acceptor)) => match acceptor.session() {
+                                Ok(session) => Some(TlsConn::new(session)),
+                                Err(e) => {
+                                    core.counters.tls_handshakes_failed += 1;
+                                    core.log_limiter.warn("tls-session", || format!("cannot start a TLS session: {e}"));
+                                    continue;
+                                }
+                            },
+                            _ => None,
+                        };
+                        handshakes.push(handshake(stream, peer, core.config.clone(), core.node.clone(), tls));
                     }
                     Err(e) => {
                         core.counters.accept_errors += 1;
@@ -380,27 +470,33 @@ async fn run(
                 }
             }
             if core.shutting_down.is_some() {
-                if listener.take().is_some() {
+                if !listeners.is_empty() {
+                    listeners.clear();
                     accepts.clear();
                     handshakes.clear();
                 }
-            } else if let Some(l) = &listener {
-                while accept_pause.is_none()
-                    && accepts.len() < ACCEPTS_IN_FLIGHT
-                    && handshakes.len() + accepts.len() < core.config.handshakes_per_shard_max
-                {
-                    accepts.push(accept(l.clone()));
-                    progress = true;
+            } else {
+                for (i, (l, _, in_flight)) in listeners.iter_mut().enumerate() {
+                    while accept_pause.is_none()
+                        && *in_flight < ACCEPTS_IN_FLIGHT
+                        && handshakes.len() + accepts.len() < core.config.handshakes_per_shard_max
+                    {
+                        accepts.push(accept(l.clone(), i));
+                        *in_flight += 1;
+                        progress = true;
+                    }
                 }
             }
 
             while let Poll::Ready(Some(outcome)) = handshakes.poll_next_unpin(cx) {
                 progress = true;
                 match outcome {
-                    Handshake::Accepted { stream, peer, path, leftover } => {
-                        core.insert(stream, peer, path, leftover)
+                    Handshake::Accepted { stream, peer, path, leftover, tls } => {
+                        core.counters.tls_handshakes += u64::from(tls.is_some());
+                        core.insert(stream, peer, path, leftover, tls)
                     }
-                    Handshake::Rejected { status, full } => {
+                    Handshake::Rejected { status, full, tls } => {
+                        core.counters.tls_handshakes += u64::from(tls);
                         core.counters.handshakes_rejected += 1;
                         if full {
                             core.counters.connections_refused_full += 1;
@@ -410,7 +506,11 @@ async fn run(
                         }
                         tracing::debug!(shard, status, "upgrade refused");
                     }
-                    Handshake::Failed => core.counters.handshakes_rejected += 1,
+                    Handshake::Failed { tls_failed, tls_established } => {
+                        core.counters.handshakes_rejected += 1;
+                        core.counters.tls_handshakes_failed += u64::from(tls_failed);
+                        core.counters.tls_handshakes += u64::from(tls_established);
+                    }
                 }
             }
 
@@ -421,6 +521,10 @@ async fn run(
             while let Poll::Ready(Some((id, res, batch))) = writes.poll_next_unpin(cx) {
                 progress = true;
                 core.on_write(id, res, batch);
+            }
+            while let Poll::Ready(Some((id, res, buf))) = tls_writes.poll_next_unpin(cx) {
+                progress = true;
+                core.on_tls_write(id, res, buf);
             }
 
             if housekeeping.poll_tick(cx).is_ready() {
@@ -447,6 +551,16 @@ async fn run(
                 let Some(conn) = core.conns.get_mut(slot) else { continue };
                 conn.dirty = false;
                 if conn.writing || conn.phase == Phase::Dead {
+                    continue;
+                }
+                if conn.tls.is_some() {
+                    match core.start_tls_write(slot) {
+                        Some((id, stream, buf)) => {
+                            tls_writes.push(tls_write_op(id, stream, buf));
+                            progress = true;
+                        }
+                        None => core.maybe_send_fin(slot),
+                    }
                     continue;
                 }
                 if conn.outbox.is_empty() {

@@ -60,6 +60,8 @@ pub(crate) struct Node {
     /// Second (since `started`) of the last warning handles logged: at most one per second.
     pub(crate) handle_last_log_sec: AtomicU64,
     pub(crate) started: std::time::Instant,
+    /// `wss://` sessions start here; its certificate store reloads on `SIGHUP`.
+    pub(crate) tls: Option<crate::tls::TlsAcceptor>,
 }
 
 impl Node {

@@ -11,6 +11,8 @@
 #   2. .autobahn/venv: a Python 2.7 virtualenv (gitignored) built from pyenv's 2.7.18, with
 #      Autobahn|Testsuite (`wstest`) and a fully pinned dependency set, for tests/autobahn.rs.
 #      Set PY27=/path/to/python2.7 to use another interpreter.
+#   3. .venv: a Python 3 virtualenv (gitignored) with scripts/test-requirements.txt (pinned),
+#      e.g. `websockets` for tests/tls.rs. Set PYTHON3=/path/to/python3 to use another one.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -186,6 +188,34 @@ install_autobahn() {
     log "autobahn: installed $("$VENV/bin/wstest" --autobahnversion 2>/dev/null | tr '\n' ' ')-> $VENV/bin/wstest"
 }
 
+# ---------------------------------------------------------------------------------------------
+# 3. Python 3 test venv (.venv) with scripts/test-requirements.txt
+# ---------------------------------------------------------------------------------------------
+PY3_VENV="$ROOT/.venv"
+PY3_REQUIREMENTS="$ROOT/scripts/test-requirements.txt"
+
+install_python3_venv() {
+    local stamp
+    stamp="$(sha256sum "$PY3_REQUIREMENTS" | cut -d' ' -f1)"
+    if [[ -x "$PY3_VENV/bin/python" && -f "$PY3_VENV/.ringcast-stamp" \
+          && "$(cat "$PY3_VENV/.ringcast-stamp")" == "$stamp" ]]; then
+        log "python3: $PY3_VENV is up to date"
+        return
+    fi
+    local py3="${PYTHON3:-python3}"
+    command -v "$py3" >/dev/null 2>&1 || die "no python3 found (set PYTHON3=)"
+    "$py3" -c 'import sys; assert sys.version_info >= (3, 9), sys.version' \
+        || die "$py3 is older than 3.9 (websockets 15 needs 3.9+)"
+    log "python3: creating $PY3_VENV with $("$py3" -V 2>&1)"
+    rm -rf "$PY3_VENV"
+    "$py3" -m venv "$PY3_VENV"
+    "$PY3_VENV/bin/pip" install -q -r "$PY3_REQUIREMENTS"
+    "$PY3_VENV/bin/pip" check
+    echo "$stamp" >"$PY3_VENV/.ringcast-stamp"
+    log "python3: installed $(grep -v '^#' "$PY3_REQUIREMENTS" | tr '\n' ' ')into $PY3_VENV"
+}
+
 install_apt_packages
 install_autobahn
+install_python3_venv
 log "done"

@@ -285,3 +285,223 @@ impl TlsSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! In-memory pairs: a rustls client and our session, bytes moved by hand (no sockets).
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    struct Pki {
+        dir: PathBuf,
+        ca: CertificateDer<'static>,
+    }
+
+    /// A CA and a leaf for "localhost" signed by it, written as PEM into a fresh directory.
+    fn pki(name: &str) -> Pki {
+        let dir =
+            std::env::temp_dir().join(format!("ringcast-tls-unit-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        std::fs::write(dir.join("cert.pem"), leaf.pem() + &ca.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        Pki { dir, ca: ca.der().clone() }
+    }
+
+    fn acceptor(p: &Pki) -> TlsAcceptor {
+        TlsAcceptor::new(&TlsConfig {
+            cert_file: Some(p.dir.join("cert.pem")),
+            key_file: Some(p.dir.join("key.pem")),
+            listen: None,
+        })
+        .unwrap()
+    }
+
+    fn client(p: &Pki) -> ClientConnection {
+        let mut roots = RootCertStore::empty();
+        roots.add(p.ca.clone()).unwrap();
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap()
+    }
+
+    /// Move bytes both ways until neither side has anything to send; returns server plaintext.
+    fn pump(c: &mut ClientConnection, s: &mut TlsSession) -> Vec<u8> {
+        let mut plain = Vec::new();
+        for _ in 0..16 {
+            let mut to_server = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut to_server).unwrap();
+            }
+            if !to_server.is_empty() {
+                s.handle_read(&to_server, &mut plain).unwrap();
+            }
+            let mut to_client = Vec::new();
+            s.write_pending(&mut to_client);
+            if !to_client.is_empty() {
+                let mut rd = &to_client[..];
+                while !rd.is_empty() {
+                    c.read_tls(&mut rd).unwrap();
+                    c.process_new_packets().unwrap();
+                }
+            }
+            if to_server.is_empty() && to_client.is_empty() {
+                break;
+            }
+        }
+        plain
+    }
+
+    /// Feed ciphertext to the client, returning the plaintext it yields.
+    fn client_read(c: &mut ClientConnection, cipher: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rd = cipher;
+        while !rd.is_empty() {
+            c.read_tls(&mut rd).unwrap();
+            c.process_new_packets().unwrap();
+            match c.reader().read_to_end(&mut out) {
+                Ok(_) => {}
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn handshake_then_both_directions_then_close_notify() {
+        let p = pki("pair");
+        let acc = acceptor(&p);
+        let mut s = acc.session().unwrap();
+        let mut c = client(&p);
+        c.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let got = pump(&mut c, &mut s);
+        assert!(!s.is_handshaking() && !c.is_handshaking());
+        assert_eq!(got, b"GET / HTTP/1.1\r\n\r\n");
+        s.handshake_done();
+        assert!(s.describe().contains("TLS"), "{}", s.describe());
+
+        // A batch of small frames, shared buffers, encrypted in as few records as fit.
+        let frames: Vec<Vec<u8>> = (0..200u8).map(|i| vec![i; 64]).collect();
+        let mut parts: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+        let mut cipher = Vec::new();
+        s.encrypt(&mut parts, &mut cipher).unwrap();
+        let plain_len = 200 * 64;
+        // One record per 16 KiB, 22 bytes overhead each (TLS 1.3): not 200 records.
+        assert!(cipher.len() < plain_len + 2 * 22 + 1, "{} bytes for {plain_len}", cipher.len());
+        assert_eq!(client_read(&mut c, &cipher), frames.concat());
+
+        // A message larger than one record.
+        let big = vec![7u8; 40_000];
+        let mut out = Vec::new();
+        s.encrypt(&mut [IoSlice::new(&big)], &mut out).unwrap();
+        assert_eq!(client_read(&mut c, &out), big);
+
+        // Client-initiated key update: the server owes its own, and traffic continues.
+        c.refresh_traffic_keys().unwrap();
+        c.writer().write_all(b"after update").unwrap();
+        let got = pump(&mut c, &mut s);
+        assert_eq!(got, b"after update");
+        let mut out = Vec::new();
+        s.encrypt(&mut [IoSlice::new(b"still here")], &mut out).unwrap();
+        assert_eq!(client_read(&mut c, &out), b"still here");
+
+        // Peer's close_notify is a clean EOF.
+        c.send_close_notify();
+        let mut to_server = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut to_server).unwrap();
+        }
+        let mut plain = Vec::new();
+        assert!(s.handle_read(&to_server, &mut plain).unwrap().peer_closed);
+        s.send_close_notify();
+        assert!(s.close_notify_sent() && s.wants_write());
+        let _ = std::fs::remove_dir_all(&p.dir);
+    }
+
+    #[test]
+    fn garbage_is_a_tls_error_with_an_alert() {
+        let p = pki("garbage");
+        let mut s = acceptor(&p).session().unwrap();
+        let mut plain = Vec::new();
+        assert!(s.handle_read(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut plain).is_err());
+        assert!(plain.is_empty());
+        let mut alert = Vec::new();
+        s.write_pending(&mut alert);
+        assert_eq!(alert.first(), Some(&0x15), "an alert record: {alert:?}");
+        let _ = std::fs::remove_dir_all(&p.dir);
+    }
+
+    #[test]
+    fn every_split_of_the_client_flight_gives_the_same_plaintext() {
+        let p = pki("split");
+        let acc = acceptor(&p);
+        let mut s = acc.session().unwrap();
+        let mut c = client(&p);
+        pump(&mut c, &mut s);
+        let msg: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        c.writer().write_all(&msg).unwrap();
+        let mut wire = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut wire).unwrap();
+        }
+        for step in [1, 5, 17, 100, 1000] {
+            let mut s2 = acc.session().unwrap();
+            let mut c2 = client(&p);
+            pump(&mut c2, &mut s2);
+            c2.writer().write_all(&msg).unwrap();
+            let mut wire2 = Vec::new();
+            while c2.wants_write() {
+                c2.write_tls(&mut wire2).unwrap();
+            }
+            let mut plain = Vec::new();
+            for chunk in wire2.chunks(step) {
+                s2.handle_read(chunk, &mut plain).unwrap();
+            }
+            assert_eq!(plain, msg, "step {step}");
+        }
+        let _ = std::fs::remove_dir_all(&p.dir);
+    }
+
+    #[test]
+    fn reload_swaps_the_certificate_and_keeps_it_on_error() {
+        let p = pki("reload");
+        let acc = acceptor(&p);
+        let before = acc.store().leaf();
+        // A new pair in place: the reload serves it.
+        let q = pki("reload-new");
+        std::fs::copy(q.dir.join("cert.pem"), p.dir.join("cert.pem")).unwrap();
+        std::fs::copy(q.dir.join("key.pem"), p.dir.join("key.pem")).unwrap();
+        acc.store().reload().unwrap();
+        assert_ne!(acc.store().leaf(), before);
+        assert_eq!(acc.store().reloads(), 1);
+        // A key that does not match: refused, the new certificate stays.
+        let r = pki("reload-other");
+        std::fs::copy(r.dir.join("key.pem"), p.dir.join("key.pem")).unwrap();
+        let err = acc.store().reload().unwrap_err().to_string();
+        assert!(err.contains("does not fit"), "{err}");
+        let current = acc.store().leaf();
+        assert_ne!(current, before);
+        // An unreadable file names itself.
+        std::fs::write(p.dir.join("cert.pem"), "not pem").unwrap();
+        let err = acc.store().reload().unwrap_err().to_string();
+        assert!(err.contains("cert.pem"), "{err}");
+        assert_eq!(acc.store().leaf(), current);
+        for d in [&p.dir, &q.dir, &r.dir] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}

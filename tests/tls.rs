@@ -223,7 +223,7 @@ async fn tls_on_the_main_listener_refuses_plain_text_and_garbage() {
     assert_eq!(reply.first(), Some(&0x15), "a TLS alert record, not HTTP: {reply:?}");
     // A client that does not trust the certificate fails its handshake.
     let stranger = Pki::new("stranger");
-    let err = connect_tls(addr, &stranger.ca).await.err().expect("untrusted certificate");
+    let err = connect_tls(addr, &stranger.ca).await.expect_err("untrusted certificate");
     assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
     wait_until(5, "failed handshakes counted", || handle.metrics().tls_handshakes_failed >= 3);
 

@@ -326,7 +326,10 @@ async fn handshake(
                 return Handshake::Failed { tls_failed: false, tls_established: is_tls };
             }
             let leftover = buf[accepted.consumed..].to_vec();
-            let tls = io.tls.take();
+            let mut tls = io.tls.take();
+            if let Some(tls) = tls.as_mut() {
+                tls.session.handshake_done();
+            }
             drop(io);
             Handshake::Accepted { stream, peer, path: accepted.path, leftover, tls }
         }

@@ -6,13 +6,17 @@
 # Idempotent: a second run checks what is there and installs nothing new.
 #
 # What it installs:
-#   1. Debian packages (as root, non-interactive): redis-server, for a later stage's tests.
+#   1. Debian packages (as root, non-interactive): redis-server, for a later stage's tests;
+#      chromium, nodejs and npm, for the demo page's browser test (tests/browser.rs).
 #      Set RINGCAST_SKIP_APT=1 to skip this step.
 #   2. .autobahn/venv: a Python 2.7 virtualenv (gitignored) built from pyenv's 2.7.18, with
 #      Autobahn|Testsuite (`wstest`) and a fully pinned dependency set, for tests/autobahn.rs.
 #      Set PY27=/path/to/python2.7 to use another interpreter.
 #   3. .venv: a Python 3 virtualenv (gitignored) with scripts/test-requirements.txt (pinned),
 #      e.g. `websockets` for tests/tls.rs. Set PYTHON3=/path/to/python3 to use another one.
+#   4. tests/browser/node_modules: playwright-core at the version pinned in
+#      tests/browser/package-lock.json (`npm ci`). It drives Debian's /usr/bin/chromium;
+#      PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 makes sure nothing downloads a browser.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,19 +29,22 @@ die() { log "ERROR: $*"; exit 1; }
 # ---------------------------------------------------------------------------------------------
 # 1. Debian packages
 # ---------------------------------------------------------------------------------------------
-APT_PACKAGES=(redis-server)    # command name == package name for everything listed here
+# "command" when the package has the command's name, "command:package" otherwise.
+APT_PACKAGES=(redis-server chromium node:nodejs npm)
 
 install_apt_packages() {
     if [[ "${RINGCAST_SKIP_APT:-0}" == 1 ]]; then
         log "apt: skipped (RINGCAST_SKIP_APT=1)"
         return
     fi
-    local missing=() p
-    for p in "${APT_PACKAGES[@]}"; do
-        if command -v "$p" >/dev/null 2>&1; then
-            log "apt: $p already installed ($(command -v "$p"))"
+    local missing=() missing_cmds=() entry cmd pkg
+    for entry in "${APT_PACKAGES[@]}"; do
+        cmd="${entry%%:*}" pkg="${entry#*:}"
+        if command -v "$cmd" >/dev/null 2>&1; then
+            log "apt: $pkg already installed ($(command -v "$cmd"))"
         else
-            missing+=("$p")
+            missing+=("$pkg")
+            missing_cmds+=("$cmd")
         fi
     done
     [[ ${#missing[@]} -eq 0 ]] && return
@@ -53,8 +60,8 @@ install_apt_packages() {
     log "apt: apt-get install -y --no-install-recommends ${missing[*]}"
     "${sudo[@]}" apt-get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
-    for p in "${missing[@]}"; do
-        command -v "$p" >/dev/null 2>&1 || die "apt: $p still not on PATH after install"
+    for cmd in "${missing_cmds[@]}"; do
+        command -v "$cmd" >/dev/null 2>&1 || die "apt: $cmd still not on PATH after install"
     done
 }
 
@@ -206,6 +213,15 @@ install_python3_venv() {
     command -v "$py3" >/dev/null 2>&1 || die "no python3 found (set PYTHON3=)"
     "$py3" -c 'import sys; assert sys.version_info >= (3, 9), sys.version' \
         || die "$py3 is older than 3.9 (websockets 15 needs 3.9+)"
+    if ! "$py3" -c 'import ensurepip, venv' 2>/dev/null; then
+        # Debian splits venv's pip bootstrap into python3-venv.
+        [[ "${RINGCAST_SKIP_APT:-0}" == 1 ]] && die "$py3 has no venv/ensurepip (apt-get install python3-venv)"
+        local sudo=()
+        [[ "$(id -u)" != 0 ]] && sudo=(sudo)
+        log "apt: apt-get install -y --no-install-recommends python3-venv"
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends python3-venv \
+            || { "${sudo[@]}" apt-get update -q && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends python3-venv; }
+    fi
     log "python3: creating $PY3_VENV with $("$py3" -V 2>&1)"
     rm -rf "$PY3_VENV"
     "$py3" -m venv "$PY3_VENV"
@@ -215,7 +231,28 @@ install_python3_venv() {
     log "python3: installed $(grep -v '^#' "$PY3_REQUIREMENTS" | tr '\n' ' ')into $PY3_VENV"
 }
 
+# ---------------------------------------------------------------------------------------------
+# 4. playwright-core for the browser test
+# ---------------------------------------------------------------------------------------------
+BROWSER_DIR="$ROOT/tests/browser"
+
+install_playwright() {
+    command -v npm >/dev/null 2>&1 || die "npm not found (it is installed by the apt step; RINGCAST_SKIP_APT=1?)"
+    local stamp="$BROWSER_DIR/node_modules/.ringcast-stamp" want
+    want="$(sha256sum "$BROWSER_DIR/package-lock.json" | cut -d' ' -f1)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" \
+          && -f "$BROWSER_DIR/node_modules/playwright-core/package.json" ]]; then
+        log "playwright-core: $BROWSER_DIR/node_modules is up to date"
+        return
+    fi
+    log "playwright-core: npm ci in $BROWSER_DIR"
+    (cd "$BROWSER_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" >"$stamp"
+    log "playwright-core: installed $(node -p "require('$BROWSER_DIR/node_modules/playwright-core/package.json').version")"
+}
+
 install_apt_packages
 install_autobahn
 install_python3_venv
+install_playwright
 log "done"

@@ -396,3 +396,84 @@ fn python_websockets_client_over_wss() {
     handle.shutdown();
     handle.join().unwrap();
 }
+
+/// What an operator does: a config file with `[tls]` and `[auth]` (no TLS or auth flag), a
+/// token minted with `ringcast token`. Without a token the 401 arrives inside TLS; with one the
+/// upgrade succeeds and the token's uid is bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_alone_turns_on_tls_and_tokens() {
+    let pki = Pki::new("config-file");
+    let secret = pki.dir.join("auth-secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef-test\n").unwrap();
+    let file = pki.dir.join("ringcast.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\npin = false\non_message = \"commands\"\n\n\
+             [api]\nenabled = false\n\n\
+             [auth]\nmode = \"required\"\nsecret_file = {secret:?}\n\n\
+             [tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n",
+            cert = pki.dir.join("cert.pem"),
+            key = pki.dir.join("key.pem"),
+        ),
+    )
+    .unwrap();
+    let check =
+        Command::new(env!("CARGO_BIN_EXE_ringcast")).arg("check-config").arg(&file).output();
+    let check = check.unwrap();
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{shown}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(shown.contains("[tls]") && shown.contains("cert.pem"), "{shown}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .env_remove("RINGCAST_AUTH_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    let l = lines.find(|l| l.contains("listening on")).expect("a listening line");
+    assert!(l.contains("(wss://)"), "{l}");
+    let addr: SocketAddr = l
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+
+    // No token: refused with 401, read through TLS.
+    let Err(err) = connect_tls(addr, &pki.ca).await else { panic!("connected without a token") };
+    assert!(err.contains("401"), "{err}");
+
+    let minted = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["token", "--sub", "alice", "--auth-secret-file"])
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&pki.ca));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let url = format!("wss://localhost:{}/?token={token}", addr.port());
+    let (mut ws, resp) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let welcome = next_data(&mut ws, 5).await.into_text().unwrap();
+    assert!(welcome.contains("\"type\":\"welcome\""), "{welcome}");
+    ws.send(WsMessage::text(r#"{"cmd":"ping"}"#)).await.unwrap();
+    let pong = next_data(&mut ws, 5).await.into_text().unwrap();
+    assert!(pong.contains("pong"), "{pong}");
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+}

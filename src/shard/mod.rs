@@ -13,6 +13,7 @@
 pub(crate) mod conn;
 mod core;
 pub mod directory;
+mod ips;
 pub(crate) mod mesh;
 pub(crate) mod node;
 pub(crate) mod reply;
@@ -109,6 +110,8 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     };
     // TLS on the main listener unless it has its own address (see `TlsConfig`).
     let main_tls = tls.is_some() && config.tls.listen.is_none();
+    let auth = crate::auth::Policy::new(&config.auth, config.permissions.group_id_bytes_max)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let first = bind_reuseport(config.listen).map_err(|e| {
         io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
@@ -142,6 +145,8 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         uids: directory::Directory::new(),
         links,
         counters: (0..shards).map(|_| SharedCounters::default()).collect(),
+        health: (0..shards).map(|_| Default::default()).collect(),
+        fanout_latency: (0..shards).map(|_| Default::default()).collect(),
         open: Default::default(),
         connections_max: config.connections_max,
         handle_frames_encoded: Default::default(),
@@ -149,6 +154,8 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         handle_last_log_sec: Default::default(),
         started: std::time::Instant::now(),
         tls,
+        ips: ips::IpLimits::new(&auth),
+        auth,
     });
     let cpus = config.cpus.clone().unwrap_or_else(crate::config::available_cpus);
     let config = Arc::new(config);
@@ -249,11 +256,13 @@ enum Handshake {
         path: String,
         /// Plaintext that followed the upgrade request (already decrypted for `wss://`).
         leftover: Vec<u8>,
+        admitted: Admitted,
         tls: Option<Box<TlsConn>>,
     },
     Rejected {
         status: u16,
-        full: bool,
+        why: Refused,
+        peer: SocketAddr,
         tls: bool,
     },
     /// Gone before an answer: EOF, reset, write error, or a failed TLS handshake
@@ -264,14 +273,47 @@ enum Handshake {
     },
 }
 
+/// What the auth layer decided for an upgrade it let through.
+pub(crate) struct Admitted {
+    /// The verified connect token (uid to bind, grants, expiry).
+    pub(crate) grant: Option<Box<crate::auth::TokenGrant>>,
+    /// The address the connection is counted under (per-address connection limit).
+    pub(crate) ip: Option<crate::auth::IpKey>,
+}
+
+/// Why an upgrade was refused, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// 503: the node is at `connections_max`.
+    Full,
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// 429: over the per-address handshake rate.
+    RateLimited,
+    /// 429: the address has `connections_per_ip_max` open.
+    PerIp,
+    /// Malformed, wrong method or version, too large, timed out.
+    Other,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// Read the upgrade request (bounded in bytes and time; for `wss://` the TLS handshake comes
-/// first, inside the same time bound), answer it, reserve a node slot.
+/// first, inside the same time bound), decide on it (rate, origin, token,
+/// per-address and node limits, in that order; every refusal before a slot is taken), answer
+/// it. `rate_limited`: the address was over its handshake rate at accept; the request is still
+/// read (bounded) so the 429 reaches the client instead of a reset.
 async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
     config: Arc<Config>,
     node: Arc<Node>,
     tls: Option<Box<TlsConn>>,
+    rate_limited: bool,
 ) -> Handshake {
     let max = config.header_bytes_max;
     let mut io = tls_io::UpgradeIo::new(&stream, tls);
@@ -296,8 +338,7 @@ async fn handshake(
         )),
     };
     let is_tls = io.tls.is_some();
-    let established = !is_tls || io.tls_established();
-    if !established {
+    if is_tls && !io.tls_established() {
         // A TLS handshake that did not complete gets no HTTP answer (there is no channel).
         if let Err((_, tls_io::IoStop::Tls(e))) = &outcome {
             tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -305,24 +346,25 @@ async fn handshake(
         return Handshake::Failed { tls_failed: true, tls_established: false };
     }
     let timeout = config.handshake_timeout;
-    match outcome {
+    let decided = match outcome {
         Ok((accepted, buf)) => {
-            if !node.reserve_slot() {
-                let r = handshake::Rejection::Unavailable("server full");
-                let _ = tokio::time::timeout(timeout, async {
-                    io.write(r.response()).await;
-                    io.finish().await;
-                })
-                .await;
-                return Handshake::Rejected { status: 503, full: true, tls: is_tls };
+            decide(&accepted, peer, &node, rate_limited).map(|d| (d, accepted, buf))
+        }
+        Err((Some(rejection), _)) => Err((rejection, Refused::Other)),
+        Err((None, stop)) => {
+            if let tls_io::IoStop::Tls(e) = stop {
+                tracing::debug!(%peer, "TLS error during the upgrade: {e}");
             }
-            if tokio::time::timeout(timeout, io.write(accepted.response))
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-            {
+            return Handshake::Failed { tls_failed: false, tls_established: is_tls };
+        }
+    };
+    match decided {
+        Ok(((response, path, admitted), accepted, buf)) => {
+            if tokio::time::timeout(timeout, io.write(response)).await.ok().flatten().is_none() {
                 node.release_slot();
+                if let Some(key) = admitted.ip {
+                    node.ips.close(key);
+                }
                 return Handshake::Failed { tls_failed: false, tls_established: is_tls };
             }
             let leftover = buf[accepted.consumed..].to_vec();
@@ -331,23 +373,58 @@ async fn handshake(
                 tls.session.handshake_done();
             }
             drop(io);
-            Handshake::Accepted { stream, peer, path: accepted.path, leftover, tls }
+            Handshake::Accepted { stream, peer, path, leftover, admitted, tls }
         }
-        Err((Some(rejection), _)) => {
+        Err((rejection, why)) => {
+            // The refusal goes through TLS for `wss://`; `finish` sends close_notify (TLS)
+            // and shuts the write side down.
             let _ = tokio::time::timeout(timeout, async {
                 io.write(rejection.response()).await;
                 io.finish().await;
             })
             .await;
-            Handshake::Rejected { status: rejection.status(), full: false, tls: is_tls }
-        }
-        Err((None, stop)) => {
-            if let tls_io::IoStop::Tls(e) = stop {
-                tracing::debug!(%peer, "TLS error during the upgrade: {e}");
-            }
-            Handshake::Failed { tls_failed: false, tls_established: is_tls }
+            Handshake::Rejected { status: rejection.status(), why, peer, tls: is_tls }
         }
     }
+}
+
+/// The admission decision for a well-formed upgrade: the 101 to send, the path applications
+/// see (without the token), what was admitted; or the refusal. Takes the per-address count and
+/// the node slot only when everything else passed, and gives them back on refusal.
+#[allow(clippy::type_complexity)]
+fn decide(
+    accepted: &handshake::Accepted,
+    peer: SocketAddr,
+    node: &Node,
+    rate_limited: bool,
+) -> Result<(Vec<u8>, String, Admitted), (handshake::Rejection, Refused)> {
+    use crate::auth::{Refusal, UpgradeRequest};
+    use handshake::Rejection;
+    if rate_limited {
+        let r = Rejection::TooManyRequests("too many handshakes from this address");
+        return Err((r, Refused::RateLimited));
+    }
+    let req = UpgradeRequest {
+        path: &accepted.path,
+        origin: accepted.origin.as_deref(),
+        protocols: accepted.protocols.as_deref(),
+    };
+    let admission = node.auth.admit(&req, unix_now()).map_err(|r| match r {
+        Refusal::Unauthorized(why) => (Rejection::Unauthorized(why), Refused::Unauthorized),
+        Refusal::Forbidden(why) => (Rejection::Forbidden(why), Refused::Forbidden),
+    })?;
+    let ip = node.ips.open(peer.ip()).map_err(|()| {
+        let r = Rejection::TooManyRequests("too many connections from this address");
+        (r, Refused::PerIp)
+    })?;
+    if !node.reserve_slot() {
+        if let Some(key) = ip {
+            node.ips.close(key);
+        }
+        return Err((Rejection::Unavailable("server full"), Refused::Full));
+    }
+    let admitted = Admitted { grant: admission.grant.map(Box::new), ip };
+    Ok((accepted.response_with(admission.protocol), admission.path, admitted))
 }
 
 /// The shard's event loop; returns when shutdown has closed every connection.
@@ -450,6 +527,20 @@ async fn run(
                     Ok((stream, peer)) => {
                         core.counters.connections_accepted += 1;
                         let _ = stream.set_nodelay(true);
+                        let rate = core.node.ips.handshake(peer.ip(), core.now);
+                        core.counters.ip_table_evictions += rate.evicted as u64;
+                        if !rate.allowed && tls {
+                            // A plain client over its rate still reads its 429; a TLS one is
+                            // dropped before the (costly) TLS handshake: that cost is what
+                            // the rate limit is there to bound.
+                            core.counters.handshakes_rejected += 1;
+                            core.counters.handshakes_rate_limited += 1;
+                            core.log_limiter.warn("ip-rate", || {
+                                format!("dropping wss:// connections from {}: over auth.handshakes_per_ip_per_sec", peer.ip())
+                            });
+                            drop(stream);
+                            continue;
+                        }
                         let tls = match (tls, &core.node.tls) {
                             (true, Some(acceptor)) => match acceptor.session() {
                                 Ok(session) => Some(TlsConn::new(session)),
@@ -461,7 +552,7 @@ async fn run(
                             },
                             _ => None,
                         };
-                        handshakes.push(handshake(stream, peer, core.config.clone(), core.node.clone(), tls));
+                        handshakes.push(handshake(stream, peer, core.config.clone(), core.node.clone(), tls, !rate.allowed));
                     }
                     Err(e) => {
                         core.counters.accept_errors += 1;
@@ -494,20 +585,38 @@ async fn run(
             while let Poll::Ready(Some(outcome)) = handshakes.poll_next_unpin(cx) {
                 progress = true;
                 match outcome {
-                    Handshake::Accepted { stream, peer, path, leftover, tls } => {
+                    Handshake::Accepted { stream, peer, path, leftover, admitted, tls } => {
                         core.counters.tls_handshakes += u64::from(tls.is_some());
-                        core.insert(stream, peer, path, leftover, tls)
+                        core.insert(stream, peer, path, leftover, tls, admitted)
                     }
-                    Handshake::Rejected { status, full, tls } => {
-                        core.counters.tls_handshakes += u64::from(tls);
-                        core.counters.handshakes_rejected += 1;
-                        if full {
-                            core.counters.connections_refused_full += 1;
-                            core.log_limiter.warn("full", || {
-                                format!("refusing connections: node at connections_max {}", core.node.connections_max)
-                            });
+                    Handshake::Rejected { status, why, peer, tls } => {
+                        let c = &mut core.counters;
+                        c.tls_handshakes += u64::from(tls);
+                        c.handshakes_rejected += 1;
+                        match why {
+                            Refused::Full => {
+                                c.connections_refused_full += 1;
+                                core.log_limiter.warn("full", || {
+                                    format!("refusing connections: node at connections_max {}", core.node.connections_max)
+                                });
+                            }
+                            Refused::Unauthorized => c.handshakes_unauthorized += 1,
+                            Refused::Forbidden => c.handshakes_forbidden += 1,
+                            Refused::RateLimited => {
+                                c.handshakes_rate_limited += 1;
+                                core.log_limiter.warn("ip-rate", || {
+                                    format!("refusing upgrades from {}: over auth.handshakes_per_ip_per_sec", peer.ip())
+                                });
+                            }
+                            Refused::PerIp => {
+                                c.connections_refused_per_ip += 1;
+                                core.log_limiter.warn("ip-conns", || {
+                                    format!("refusing upgrades from {}: at auth.connections_per_ip_max", peer.ip())
+                                });
+                            }
+                            Refused::Other => {}
                         }
-                        tracing::debug!(shard, status, "upgrade refused");
+                        tracing::debug!(shard, status, ?why, %peer, "upgrade refused");
                     }
                     Handshake::Failed { tls_failed, tls_established } => {
                         core.counters.handshakes_rejected += 1;
@@ -531,6 +640,7 @@ async fn run(
             }
 
             if housekeeping.poll_tick(cx).is_ready() {
+                core.unix_now = unix_now();
                 core.housekeeping();
                 progress = true;
             }
@@ -574,12 +684,16 @@ async fn run(
                 conn.outbox.take_batch(&mut batch);
                 conn.writing = true;
                 core.counters.writes += 1;
+                core.counters.frames_written += batch.len() as u64;
                 writes.push(write_op(conn.id, conn.stream.clone(), batch));
                 progress = true;
             }
             core.dirty = dirty;
 
             core.node.counters[shard].publish(&core.counters);
+            core.node.health[shard].publish_accepting(
+                !listeners.is_empty() && accept_pause.is_none() && core.shutting_down.is_none(),
+            );
             if core.done() {
                 return Poll::Ready(());
             }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How the node serves `wss://`.
 ///
@@ -17,7 +17,7 @@ use serde::Deserialize;
 /// `SIGHUP` (or `Handle::reload_tls`) reloads both files: new handshakes use the new
 /// certificate, established connections keep theirs. A reload that fails (unreadable file,
 /// key not matching the certificate) is logged and the old certificate stays in service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM file with the certificate chain, leaf first (nginx's `ssl_certificate`).

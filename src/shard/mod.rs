@@ -485,6 +485,12 @@ async fn run(
     };
     let mut accept_pause: Option<Pin<Box<tokio::time::Sleep>>> = None;
     tracing::debug!(shard, ?cpu, "shard accepting");
+    // Ready from the moment `start` returns: /readyz must not answer 503 for a node that has
+    // just said it is listening (the loop's first turn comes right after this).
+    let health = &core.node.health[shard];
+    health
+        .publish_heartbeat(std::time::Instant::now().saturating_duration_since(core.node.started));
+    health.publish_accepting(!listeners.is_empty());
     let _ = ready.send(Ok(shard));
     drop(ready);
 

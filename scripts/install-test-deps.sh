@@ -12,7 +12,9 @@
 #   2. .autobahn/venv: a Python 2.7 virtualenv (gitignored) built from pyenv's 2.7.18, with
 #      Autobahn|Testsuite (`wstest`) and a fully pinned dependency set, for tests/autobahn.rs.
 #      Set PY27=/path/to/python2.7 to use another interpreter.
-#   3. tests/browser/node_modules: playwright-core at the version pinned in
+#   3. .venv: a Python 3 virtualenv (gitignored) with scripts/test-requirements.txt (pinned),
+#      e.g. `websockets` for tests/tls.rs. Set PYTHON3=/path/to/python3 to use another one.
+#   4. tests/browser/node_modules: playwright-core at the version pinned in
 #      tests/browser/package-lock.json (`npm ci`). It drives Debian's /usr/bin/chromium;
 #      PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 makes sure nothing downloads a browser.
 set -euo pipefail
@@ -194,7 +196,43 @@ install_autobahn() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# 3. playwright-core for the browser test
+# 3. Python 3 test venv (.venv) with scripts/test-requirements.txt
+# ---------------------------------------------------------------------------------------------
+PY3_VENV="$ROOT/.venv"
+PY3_REQUIREMENTS="$ROOT/scripts/test-requirements.txt"
+
+install_python3_venv() {
+    local stamp
+    stamp="$(sha256sum "$PY3_REQUIREMENTS" | cut -d' ' -f1)"
+    if [[ -x "$PY3_VENV/bin/python" && -f "$PY3_VENV/.ringcast-stamp" \
+          && "$(cat "$PY3_VENV/.ringcast-stamp")" == "$stamp" ]]; then
+        log "python3: $PY3_VENV is up to date"
+        return
+    fi
+    local py3="${PYTHON3:-python3}"
+    command -v "$py3" >/dev/null 2>&1 || die "no python3 found (set PYTHON3=)"
+    "$py3" -c 'import sys; assert sys.version_info >= (3, 9), sys.version' \
+        || die "$py3 is older than 3.9 (websockets 15 needs 3.9+)"
+    if ! "$py3" -c 'import ensurepip, venv' 2>/dev/null; then
+        # Debian splits venv's pip bootstrap into python3-venv.
+        [[ "${RINGCAST_SKIP_APT:-0}" == 1 ]] && die "$py3 has no venv/ensurepip (apt-get install python3-venv)"
+        local sudo=()
+        [[ "$(id -u)" != 0 ]] && sudo=(sudo)
+        log "apt: apt-get install -y --no-install-recommends python3-venv"
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends python3-venv \
+            || { "${sudo[@]}" apt-get update -q && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends python3-venv; }
+    fi
+    log "python3: creating $PY3_VENV with $("$py3" -V 2>&1)"
+    rm -rf "$PY3_VENV"
+    "$py3" -m venv "$PY3_VENV"
+    "$PY3_VENV/bin/pip" install -q -r "$PY3_REQUIREMENTS"
+    "$PY3_VENV/bin/pip" check
+    echo "$stamp" >"$PY3_VENV/.ringcast-stamp"
+    log "python3: installed $(grep -v '^#' "$PY3_REQUIREMENTS" | tr '\n' ' ')into $PY3_VENV"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 4. playwright-core for the browser test
 # ---------------------------------------------------------------------------------------------
 BROWSER_DIR="$ROOT/tests/browser"
 
@@ -215,5 +253,6 @@ install_playwright() {
 
 install_apt_packages
 install_autobahn
+install_python3_venv
 install_playwright
 log "done"

@@ -15,6 +15,7 @@ pub mod proto;
 pub mod route;
 pub mod server;
 pub mod shard;
+pub mod tls;
 
 pub use addressing::{
     Applied, ClientInfo, GroupInfo, Publish, PublishReport, RequestError, Session, Stats, To,

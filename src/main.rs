@@ -63,8 +63,8 @@ struct CheckArgs {
 }
 
 /// Every setting that has a flag, in the file's layout: serialized, it is the overlay merged
-/// over the file (only the flags and variables given). One struct per section; the cluster,
-/// auth and TLS sections add theirs here the same way (see `ringcast::config::file`).
+/// over the file (only the flags and variables given). One struct per section; a new section
+/// adds its own here the same way (see `ringcast::config::file`).
 #[derive(clap::Args, Serialize)]
 struct Overrides {
     #[command(flatten)]
@@ -83,6 +83,8 @@ struct Overrides {
     auth: AuthArgs,
     #[command(flatten)]
     history: HistoryArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// `true`/`false`, also `on`/`off`, `yes`/`no`, `1`/`0`.
@@ -438,6 +440,27 @@ fn history_rule_text(s: &str) -> Result<String, String> {
     s.trim().parse::<ringcast::history::HistoryRule>().map(|_| s.trim().to_owned())
 }
 
+// ---- [tls]: wss:// (ringcast::tls::TlsConfig) --------------------------------------------------
+
+#[derive(clap::Args, Serialize)]
+#[command(next_help_heading = "TLS [tls]")]
+struct TlsArgs {
+    /// PEM certificate chain (leaf first) for wss://; with --tls-key-file turns TLS on.
+    /// Reloaded on SIGHUP (new handshakes get the new certificate; connections stay).
+    #[arg(long, env = "RINGCAST_TLS_CERT_FILE", value_name = "FILE")]
+    #[serde(rename = "cert_file", skip_serializing_if = "Option::is_none")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching --tls-cert-file.
+    #[arg(long, env = "RINGCAST_TLS_KEY_FILE", value_name = "FILE")]
+    #[serde(rename = "key_file", skip_serializing_if = "Option::is_none")]
+    tls_key_file: Option<PathBuf>,
+    /// Serve wss:// on this separate address and keep --listen plain ws:// [default: TLS on
+    /// --listen itself].
+    #[arg(long, env = "RINGCAST_TLS_LISTEN")]
+    #[serde(rename = "listen", skip_serializing_if = "Option::is_none")]
+    tls_listen: Option<SocketAddr>,
+}
+
 fn secret_from_env() -> Option<ringcast::auth::Secret> {
     std::env::var_os(ringcast::auth::config::SECRET_ENV)
         .filter(|v| !v.is_empty())
@@ -634,9 +657,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // Register before starting so an early signal is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     match &file {
         Some(f) => tracing::info!(file = %f.display(), "configuration loaded"),
@@ -664,8 +687,15 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
         node_id = %handle.node_id(),
         "connection capacity (open-file limit minus reserved descriptors)"
     );
-    // Scripts and tests read the address at the end of these two lines.
-    tracing::info!("listening on {}", handle.local_addr());
+    // Scripts and tests read the address after "listening on" in these lines.
+    match handle.tls_local_addr() {
+        Some(tls) if tls == handle.local_addr() => tracing::info!("listening on {tls} (wss://)"),
+        Some(tls) => {
+            tracing::info!("listening on {}", handle.local_addr());
+            tracing::info!("TLS listening on {tls} (wss://)");
+        }
+        None => tracing::info!("listening on {}", handle.local_addr()),
+    }
     let api = match api_config {
         None => None,
         Some(mut api_config) => {
@@ -714,7 +744,21 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
                 tracing::info!("stats {}", fields.join(" "));
             });
         }
-        let sig = signals.forever().next();
+        let sig = signals.forever().find(|&sig| {
+            if sig != SIGHUP {
+                return true;
+            }
+            match handle.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(ringcast::tls::TlsError::NotEnabled) => {
+                    tracing::info!("SIGHUP: TLS is not enabled, nothing to reload")
+                }
+                Err(e) => {
+                    tracing::error!("SIGHUP: TLS reload failed, keeping the old certificate: {e}")
+                }
+            }
+            false
+        });
         tracing::info!(signal = ?sig, "shutting down gracefully");
         STOP.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(api) = api {

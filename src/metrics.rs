@@ -95,6 +95,12 @@ counters! {
     commands_rate_limited,
     /// Connections closed with 1008 for flooding commands.
     command_flood_closes,
+    /// TLS handshakes completed (`wss://` connections that reached the upgrade request).
+    tls_handshakes,
+    /// TLS handshakes that failed (bad ClientHello, no common cipher, peer gone, timeout).
+    tls_handshakes_failed,
+    /// Established TLS sessions ended by a TLS error (bad record, decryption failure).
+    tls_errors,
     /// Upgrades refused with 401: token missing (`auth.mode = required`), malformed, badly
     /// signed, expired, wrong issuer or audience. Also counted in `handshakes_rejected`.
     handshakes_unauthorized,

@@ -304,13 +304,60 @@ impl Collector for NodeCollector {
         labelled_counters(
             e,
             "ringcast_handshake_rejections",
-            "Upgrades refused: full (node at connections_max, 503) or invalid (malformed, \
-             too large, timed out, aborted).",
+            "Upgrades refused: full (node at connections_max, 503), unauthorized (token, 401), \
+             forbidden (origin, 403), rate_limited (per-address handshake rate, 429), per_ip \
+             (per-address connection limit, 429) or invalid (malformed, too large, timed out, \
+             aborted, failed TLS handshake).",
             "reason",
             &[
                 ("full", m.connections_refused_full),
-                ("invalid", m.handshakes_rejected.saturating_sub(m.connections_refused_full)),
+                ("unauthorized", m.handshakes_unauthorized),
+                ("forbidden", m.handshakes_forbidden),
+                ("rate_limited", m.handshakes_rate_limited),
+                ("per_ip", m.connections_refused_per_ip),
+                (
+                    "invalid",
+                    m.handshakes_rejected.saturating_sub(
+                        m.connections_refused_full
+                            + m.handshakes_unauthorized
+                            + m.handshakes_forbidden
+                            + m.handshakes_rate_limited
+                            + m.connections_refused_per_ip,
+                    ),
+                ),
             ],
+        )?;
+        counter(
+            e,
+            "ringcast_connections_authenticated",
+            "Connections opened with a valid connect token (uid bound, grants applied).",
+            m.connections_authenticated,
+        )?;
+        counter(
+            e,
+            "ringcast_token_expiry_closes",
+            "Connections closed with 4001 because their token expired (after the grace).",
+            m.token_expiry_closes,
+        )?;
+        counter(
+            e,
+            "ringcast_ip_table_evictions",
+            "Per-address handshake-rate entries forgotten early to bound the table (a flood \
+             from many addresses).",
+            m.ip_table_evictions,
+        )?;
+        labelled_counters(
+            e,
+            "ringcast_tls_handshakes",
+            "TLS handshakes on wss:// listeners: completed or failed.",
+            "result",
+            &[("completed", m.tls_handshakes), ("failed", m.tls_handshakes_failed)],
+        )?;
+        counter(
+            e,
+            "ringcast_tls_errors",
+            "Established TLS sessions ended by a TLS error (bad record, decryption failure).",
+            m.tls_errors,
         )?;
         labelled_counters(
             e,

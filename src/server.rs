@@ -123,6 +123,7 @@ impl Builder {
             node: launched.node,
             threads: Arc::new(Mutex::new(launched.threads)),
             local_addr: launched.local_addr,
+            tls_addr: launched.tls_addr,
         })
     }
 }
@@ -157,6 +158,7 @@ pub struct Handle {
     node: Arc<Node>,
     threads: Arc<Mutex<Vec<JoinHandle<io::Result<()>>>>>,
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
 }
 
 /// Publishes one handle request may carry.
@@ -166,6 +168,20 @@ impl Handle {
     /// The address the node listens on (with the real port when port 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `wss://` is served: the main address when TLS is on the main listener, the
+    /// `tls.listen` address when it has its own, `None` without TLS.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Read the TLS certificate and key files again (the daemon does this on `SIGHUP`). New
+    /// handshakes use the new certificate; established connections are not touched. On error
+    /// the certificate in service stays.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        let acceptor = self.node.tls.as_ref().ok_or(crate::tls::TlsError::NotEnabled)?;
+        acceptor.store().reload()
     }
 
     /// Number of shards.

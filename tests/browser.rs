@@ -6,7 +6,9 @@
 //! - `tests/browser/demo.test.mjs` drives the page in Debian's headless Chromium through
 //!   playwright-core against two daemons (one without a token, one with): two pages join a
 //!   group and each sees the other's message, pushes through the HTTP API appear on the page,
-//!   live counts follow, and the token flow works. It needs what
+//!   live counts follow, the token flow works, and a third daemon whose WebSocket listener
+//!   speaks `wss://` only (a per-run self-signed certificate) serves a page that connects over
+//!   TLS. It needs what
 //!   `scripts/install-test-deps.sh` installs (chromium, node, tests/browser/node_modules) and
 //!   fails, saying so, when they are missing.
 //!
@@ -58,7 +60,8 @@ impl Daemon {
                 panic!("the daemon did not say where it listens: {:?}", log.lock().unwrap());
             };
             if let Some(a) = line.split("listening on ").nth(1) {
-                let a: SocketAddr = a.trim().parse().unwrap();
+                // "listening on ADDR" or "listening on ADDR (wss://)".
+                let a: SocketAddr = a.split_whitespace().next().unwrap().parse().unwrap();
                 if line.contains("HTTP API") {
                     api = Some(a);
                 } else {
@@ -145,7 +148,7 @@ fn with_demo_the_page_is_served_and_the_api_keeps_its_token() {
     assert_eq!(status, 200);
     let config: serde_json::Value = serde_json::from_str(&body).unwrap();
     let want = serde_json::json!({"ws_host": "127.0.0.1", "ws_port": d.ws.port(),
-        "token_required": false});
+        "ws_tls": false, "token_required": false});
     assert_eq!(config, want);
     // With a query string `/` is the seed pusher, and HEAD still never publishes.
     let (status, _, body) = http(d.api, "GET", "/?content=hi", None);
@@ -163,6 +166,35 @@ fn with_demo_the_page_is_served_and_the_api_keeps_its_token() {
         assert_eq!(http(t.api, "GET", path, None).0, 401, "{path} still needs the token");
     }
     assert_eq!(http(t.api, "GET", "/api/stats", Some("s3cret")).0, 200);
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, as PEM files, removed when dropped.
+struct TestCert {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TestCert {
+    fn new() -> TestCert {
+        let dir = std::env::temp_dir().join(format!("ringcast-browser-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        TestCert { dir, cert: c, key: k }
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// What the browser test needs, or a message saying how to get it.
@@ -195,6 +227,9 @@ fn the_demo_page_works_in_headless_chromium() {
     let open = Daemon::start(&["--demo"]);
     let token = format!("demo-token-{}", std::process::id());
     let locked = Daemon::start(&["--demo", "--api-token", &token]);
+    let pki = TestCert::new();
+    let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
+    let tls = Daemon::start(&["--demo", "--tls-cert-file", cert, "--tls-key-file", key]);
 
     let mut node = Command::new("node")
         .arg(dir.join("demo.test.mjs"))
@@ -202,6 +237,7 @@ fn the_demo_page_works_in_headless_chromium() {
         .env("RINGCAST_DEMO_URL", open.url())
         .env("RINGCAST_DEMO_TOKEN_URL", locked.url())
         .env("RINGCAST_DEMO_TOKEN", &token)
+        .env("RINGCAST_DEMO_TLS_URL", tls.url())
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -231,9 +267,11 @@ fn the_demo_page_works_in_headless_chromium() {
     println!("{out}");
     let report = || {
         format!(
-            "stdout:\n{out}\nstderr:\n{err}\ndaemon log:\n{}\ndaemon (token) log:\n{}",
+            "stdout:\n{out}\nstderr:\n{err}\ndaemon log:\n{}\ndaemon (token) log:\n{}\n\
+             daemon (TLS) log:\n{}",
             open.log(),
-            locked.log()
+            locked.log(),
+            tls.log()
         )
     };
     match status {
@@ -245,5 +283,6 @@ fn the_demo_page_works_in_headless_chromium() {
         ),
     }
     // Every check printed its line.
-    assert!(out.lines().filter(|l| l.starts_with("ok - ")).count() >= 9, "{out}");
+    assert!(out.lines().filter(|l| l.starts_with("ok - ")).count() >= 10, "{out}");
+    assert!(out.contains("ok - over wss://"), "{out}");
 }

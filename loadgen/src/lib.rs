@@ -25,6 +25,7 @@ pub mod http;
 pub mod report;
 pub mod seq;
 mod sys;
+pub mod tls;
 pub mod uring;
 mod worker;
 

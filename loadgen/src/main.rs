@@ -16,7 +16,8 @@ use ringcast_loadgen::{parse_secs, Config, IoMode, Mode, Publish, SourceIps};
 #[derive(Debug, Parser)]
 #[command(name = "ringcast-loadgen", version, about, long_about)]
 struct Args {
-    /// WebSocket URL of the server under test, e.g. ws://127.0.0.1:2020/ (plain ws only).
+    /// WebSocket URL of the server under test, e.g. ws://127.0.0.1:2020/; a wss:// URL (with
+    /// --tls-ca) runs the TLS mode instead (see --tls-ca).
     #[arg(long)]
     url: String,
 
@@ -185,6 +186,13 @@ struct Args {
     /// Never show the live progress line.
     #[arg(long)]
     no_progress: bool,
+
+    /// PEM CA to trust for a wss:// --url. The TLS mode (src/tls.rs) is deliberately small:
+    /// one thread, --connections subscribers plus one publisher sending binary messages the
+    /// server relays; it honours --connections, --rate, --duration, --warmup, --payload,
+    /// --drain-secs and --json only.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -236,6 +244,9 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.url.starts_with("wss://") {
+        return run_tls(args);
+    }
     let json = args.json;
     let cfg = args.into_config();
     match ringcast_loadgen::run(&cfg) {
@@ -245,6 +256,49 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", report.human());
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringcast-loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_tls(args: Args) -> ExitCode {
+    let Some(ca_file) = args.tls_ca.clone() else {
+        eprintln!("ringcast-loadgen: a wss:// --url needs --tls-ca CA.pem");
+        return ExitCode::FAILURE;
+    };
+    let cfg = ringcast_loadgen::tls::TlsRun {
+        url: args.url.clone(),
+        ca_file,
+        connections: args.connections,
+        rate: args.rate,
+        duration_s: args.duration,
+        warmup_s: args.warmup,
+        payload: args.payload,
+        drain_s: args.drain_secs,
+    };
+    match ringcast_loadgen::tls::run(&cfg) {
+        Ok(r) if args.json => {
+            println!("{}", serde_json::to_string(&r).expect("report serializes"));
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            println!(
+                "wss: {} subscribers, {} msg/s x {} B: {:.0} deliveries/s, lost {}, p50 {:.0} us, \
+                 p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+                r.connections,
+                r.rate,
+                r.payload,
+                r.deliveries_per_sec,
+                r.lost,
+                r.latency_us.p50,
+                r.latency_us.p99,
+                r.latency_us.p999,
+                r.latency_us.max
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -9,7 +9,7 @@
 //! - `GET /` with no query string: the page. With a query string, `/` stays seed 003's pusher.
 //! - `GET /demo/app.js`, `GET /demo/style.css`: its script and style.
 //! - `GET /demo/config.json`: where the WebSocket listener is, `{"ws_host":..,"ws_port":..,
-//!   "token_required":..}`. `ws_host` is `null` when the node listens on every address
+//!   "ws_tls":..,"token_required":..}` (`ws_tls`: the listener speaks `wss://` only). `ws_host` is `null` when the node listens on every address
 //!   (0.0.0.0 or ::): the page then uses its own host name, the one the browser reached.
 //!
 //! These four need no bearer token even when the API has one: they are the same for everyone
@@ -53,20 +53,22 @@ struct PageConfig {
     /// Host part of the WebSocket URL (IPv6 in brackets), or `None` for "the page's host".
     ws_host: Option<String>,
     ws_port: u16,
+    /// Whether that listener speaks TLS only (`wss://`; `[tls]` without its own `listen`).
+    ws_tls: bool,
     /// Whether the API wants a bearer token (the page then shows its token field at once).
     token_required: bool,
 }
 
 impl Page {
-    /// The page for a node listening for WebSocket clients on `ws`.
-    pub(crate) fn new(ws: SocketAddr, token_required: bool) -> Page {
+    /// The page for a node listening for WebSocket clients on `ws` (`wss://` when `ws_tls`).
+    pub(crate) fn new(ws: SocketAddr, ws_tls: bool, token_required: bool) -> Page {
         let ip = ws.ip().to_canonical();
         let ws_host = match ip {
             ip if ip.is_unspecified() => None,
             std::net::IpAddr::V4(v4) => Some(v4.to_string()),
             std::net::IpAddr::V6(v6) => Some(format!("[{v6}]")),
         };
-        let config = PageConfig { ws_host, ws_port: ws.port(), token_required };
+        let config = PageConfig { ws_host, ws_port: ws.port(), ws_tls, token_required };
         Page { config_json: serde_json::to_string(&config).expect("plain struct serializes") }
     }
 
@@ -161,7 +163,7 @@ mod tests {
     #[test]
     fn the_websocket_host_the_page_is_told() {
         let host = |addr: &str| {
-            let p = Page::new(addr.parse().unwrap(), false);
+            let p = Page::new(addr.parse().unwrap(), false, false);
             serde_json::from_str::<serde_json::Value>(&p.config_json).unwrap()["ws_host"].clone()
         };
         assert_eq!(host("0.0.0.0:2020"), serde_json::Value::Null);
@@ -169,8 +171,11 @@ mod tests {
         assert_eq!(host("127.0.0.1:2020"), "127.0.0.1");
         assert_eq!(host("[::1]:2020"), "[::1]");
         assert_eq!(host("[::ffff:10.0.0.5]:2020"), "10.0.0.5");
-        let p = Page::new("10.1.2.3:4000".parse().unwrap(), true);
-        assert_eq!(p.config_json, r#"{"ws_host":"10.1.2.3","ws_port":4000,"token_required":true}"#);
+        let p = Page::new("10.1.2.3:4000".parse().unwrap(), false, true);
+        assert_eq!(
+            p.config_json,
+            r#"{"ws_host":"10.1.2.3","ws_port":4000,"ws_tls":false,"token_required":true}"#
+        );
     }
 
     #[test]

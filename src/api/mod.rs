@@ -170,8 +170,10 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
     };
-    let demo =
-        config.demo_page.then(|| demo::Page::new(handle.local_addr(), config.token.is_some()));
+    let demo = config.demo_page.then(|| {
+        let ws = handle.local_addr();
+        demo::Page::new(ws, handle.tls_local_addr() == Some(ws), config.token.is_some())
+    });
     let shared = Arc::new(routes::Shared {
         handle,
         demo,

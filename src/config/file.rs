@@ -31,6 +31,7 @@
 //! [log]       # format, level, periodic stats
 //! [auth]      # connect tokens (JWT), origin allowlist, per-address limits
 //! [history]   # per-group history rules, its bounds, idempotent publish
+//! [tls]       # wss://: certificate and key files, an optional separate listener
 //! ```
 //!
 //! `dist/ringcast.toml` documents every key with its default.
@@ -85,6 +86,8 @@ pub struct ConfigFile {
     pub auth: crate::auth::AuthConfig,
     /// `[history]`: which groups keep a history, its bounds, idempotency keys.
     pub history: crate::history::HistoryConfig,
+    /// `[tls]`: `wss://` certificate, key and listener.
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// `[server]`: where the node listens, how it runs, what client messages do.
@@ -864,6 +867,13 @@ impl ConfigFile {
         // [history]
         self.history.validate_keyed().map_err(|(key, m)| invalid(&format!("history.{key}"), m))?;
         config.history = self.history.clone();
+        // [tls]
+        self.tls.validate().map_err(|m| {
+            // Every message starts with the key it is about ("tls.key_file is set but...").
+            let key = m.split_whitespace().next().unwrap_or("tls").to_owned();
+            invalid(&key, m)
+        })?;
+        config.tls = self.tls.clone();
 
         let mut effective = self.clone();
         effective.server.shards = Some(config.shards);

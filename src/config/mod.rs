@@ -174,6 +174,8 @@ pub struct Config {
     pub session_bytes_max: usize,
     /// Per-group history, recovery and idempotent publish (off unless a rule is given).
     pub history: crate::history::HistoryConfig,
+    /// `wss://`: certificate, key, and where TLS is served (off by default).
+    pub tls: crate::tls::TlsConfig,
     /// Connect tokens, origin allowlist, per-address limits (`[auth]`); off by default.
     pub auth: crate::auth::AuthConfig,
 }
@@ -209,6 +211,7 @@ impl Default for Config {
             commands_flood_close_after: Duration::from_secs(3),
             session_bytes_max: 4096,
             history: crate::history::HistoryConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
             auth: crate::auth::AuthConfig::default(),
         }
     }

@@ -15,6 +15,7 @@ use crate::fanout::{Outbox, SharedFrame};
 use crate::ids::ConnId;
 use crate::proto::CloseCode;
 use crate::proto::Codec;
+use crate::tls::TlsSession;
 
 /// Where a connection is in its life. Variants name who acted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,26 @@ pub(crate) struct Conn {
     /// State only some connections need (a session, a command rate limiter): allocated on
     /// first use, so a plain subscriber pays one pointer.
     pub(crate) ext: Option<Box<ConnExt>>,
+    /// `wss://` connections only: their TLS session. Plain connections pay one null pointer
+    /// and one predictable branch per read and per write start, nothing per frame.
+    pub(crate) tls: Option<Box<TlsConn>>,
+}
+
+/// A TLS connection's extra state.
+#[derive(Debug)]
+pub(crate) struct TlsConn {
+    pub(crate) session: TlsSession,
+    /// Frames whose ciphertext is being written: they stay counted against the outbox budget
+    /// until the kernel has taken all of it (ciphertext never queues beyond one write).
+    pub(crate) in_flight: Vec<SharedFrame>,
+    /// The session failed (its alert is the last thing we send; no close_notify).
+    pub(crate) broken: bool,
+}
+
+impl TlsConn {
+    pub(crate) fn new(session: TlsSession) -> Box<Self> {
+        Box::new(TlsConn { session, in_flight: Vec::new(), broken: false })
+    }
 }
 
 /// Per-connection state that most connections never need.
@@ -84,7 +105,7 @@ pub(crate) struct ConnExt {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, stream: TcpStream, now: Tick) -> Self {
+    pub(crate) fn new(id: ConnId, stream: TcpStream, now: Tick, tls: Option<Box<TlsConn>>) -> Self {
         Conn {
             id,
             stream: Rc::new(stream),
@@ -102,6 +123,7 @@ impl Conn {
             last_rx: now,
             deadline: None,
             ext: None,
+            tls,
         }
     }
 

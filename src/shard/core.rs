@@ -24,7 +24,7 @@ use crate::metrics::Counters;
 use crate::proto::{self, CloseCode, Inbound, Message};
 use crate::route::{Bound, Joined, Left, Router, Selection, Target};
 
-use super::conn::{Conn, Phase, Tick};
+use super::conn::{Conn, Phase, Tick, TlsConn};
 use super::mesh::{Op, Outgoing, Query, Route, ShardMsg};
 use super::node::{Callbacks, ConnInfo, Node};
 use super::reply::{Answer, Reply};
@@ -32,6 +32,9 @@ use super::IDLE_READ_BYTES;
 
 /// Read buffers kept for reuse.
 const READ_POOL_MAX: usize = 64;
+/// Ciphertext write buffers kept for reuse (TLS connections), and the largest one kept.
+const CIPHER_POOL_MAX: usize = 64;
+const CIPHER_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 /// After this many connections were freed (a mass disconnect), the shard asks the allocator to
 /// return free memory to the OS, so resident memory follows the number of connections down.
 const TRIM_AFTER_FREED_CONNECTIONS: usize = 1024;
@@ -85,6 +88,9 @@ pub(crate) struct Core {
     pub(crate) to_read: Vec<(ConnId, Vec<u8>)>,
     read_pool: Vec<Vec<u8>>,
     pub(crate) batch_pool: Vec<Vec<SharedFrame>>,
+    /// TLS only: ciphertext write buffers, and the plaintext of the last read.
+    cipher_pool: Vec<Vec<u8>>,
+    tls_plain: Vec<u8>,
     events: Vec<Inbound>,
     pub(crate) counters: Counters,
     pub(crate) now: Instant,
@@ -250,6 +256,8 @@ impl Core {
             to_read: Vec::new(),
             read_pool: Vec::new(),
             batch_pool: Vec::new(),
+            cipher_pool: Vec::new(),
+            tls_plain: Vec::new(),
             events: Vec::new(),
             counters: Counters::default(),
             now,
@@ -272,6 +280,8 @@ impl Core {
         self.conns.shrink_to_fit();
         self.read_pool.clear();
         self.batch_pool.clear();
+        self.cipher_pool.clear();
+        self.tls_plain = Vec::new();
         self.dirty.shrink_to_fit();
         self.to_read.shrink_to_fit();
         self.recipients = Vec::new();
@@ -896,6 +906,7 @@ impl Core {
         peer: SocketAddr,
         path: String,
         leftover: Vec<u8>,
+        tls: Option<Box<TlsConn>>,
         admitted: super::Admitted,
     ) {
         let entry = self.conns.vacant_entry();
@@ -905,7 +916,7 @@ impl Core {
         }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         let id = ConnId::new(self.node_id, self.id, slot as Slot, self.generations[slot]);
-        entry.insert(Conn::new(id, stream, self.tick));
+        entry.insert(Conn::new(id, stream, self.tick, tls));
         self.counters.connections_open += 1;
         let super::Admitted { mut grant, ip } = admitted;
         // The token's uid is bound before anything else sees the connection (callbacks, the
@@ -934,12 +945,16 @@ impl Core {
         if self.shutting_down.is_some() {
             self.close_conn(id, 1001, "server shutting down");
         }
-        if leftover.is_empty() {
-            self.to_read.push((id, Vec::with_capacity(IDLE_READ_BYTES)));
-        } else {
-            let n = leftover.len();
-            self.on_read(id, Ok(n), leftover);
+        if !leftover.is_empty() {
+            // Plaintext (a `wss://` upgrade's leftover is already decrypted).
+            self.on_plaintext(id, slot, &leftover);
         }
+        if let Some(conn) = self.get_mut(id) {
+            if conn.phase != Phase::Dead {
+                self.to_read.push((id, Vec::with_capacity(IDLE_READ_BYTES)));
+            }
+        }
+        self.finish_if_done(slot);
     }
 
     pub(crate) fn on_read(&mut self, id: ConnId, res: io::Result<usize>, buf: Vec<u8>) {
@@ -959,12 +974,49 @@ impl Core {
         };
         conn.last_rx = self.tick;
         self.counters.bytes_received += n as u64;
+        // Read big next time if this read filled the buffer; otherwise go back to a small one.
+        let full = n == buf.capacity();
+        conn.big_read = full;
+        let tls_outcome = match conn.tls.as_mut() {
+            None => None,
+            Some(_) if conn.phase == Phase::Dead || conn.failed => Some(Ok(Default::default())),
+            Some(tls) => {
+                self.tls_plain.clear();
+                Some(tls.session.handle_read(&buf[..n], &mut self.tls_plain))
+            }
+        };
+        match tls_outcome {
+            None => self.on_plaintext(id, slot, &buf[..n]),
+            Some(outcome) => {
+                // What was decrypted before an error or close_notify still counts.
+                let plain = std::mem::take(&mut self.tls_plain);
+                self.on_plaintext(id, slot, &plain);
+                self.tls_plain = plain;
+                self.after_tls_read(id, slot, outcome);
+            }
+        }
+        let next = self.next_read_buffer(buf, full);
+        if let Some(conn) = self.get_mut(id) {
+            if conn.phase != Phase::Dead {
+                self.to_read.push((id, next));
+            }
+        }
+        self.finish_if_done(slot);
+    }
+
+    /// Bytes the client sent (decrypted for `wss://`): WebSocket frames into the codec, then
+    /// messages to the application or the command protocol.
+    fn on_plaintext(&mut self, id: ConnId, slot: usize, input: &[u8]) {
+        if input.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) else { return };
         let mut out = Vec::new();
         let mut failure = None;
         if conn.phase != Phase::Dead && !conn.failed {
             let events = &mut self.events;
             let max = self.config.message_bytes_max;
-            if let Err(f) = conn.codec.handle_read(&buf[..n], max, &mut out, |e| events.push(e)) {
+            if let Err(f) = conn.codec.handle_read(input, max, &mut out, |e| events.push(e)) {
                 failure = Some(f);
             }
         }
@@ -983,10 +1035,6 @@ impl Core {
                 mark_dirty(conn, slot, &mut self.dirty);
             }
         }
-        // Read big next time if this read filled the buffer; otherwise go back to a small one.
-        let full = n == buf.capacity();
-        conn.big_read = full;
-        let next = self.next_read_buffer(buf, full);
         let mut events = std::mem::take(&mut self.events);
         for event in events.drain(..) {
             match event {
@@ -1023,12 +1071,44 @@ impl Core {
                 mark_dirty(conn, slot, &mut self.dirty);
             }
         }
-        if let Some(conn) = self.get_mut(id) {
-            if conn.phase != Phase::Dead {
-                self.to_read.push((id, next));
+    }
+
+    /// After a `wss://` read: a TLS error fails the session (its alert is flushed, then FIN);
+    /// the peer's close_notify ends the connection like an EOF; records the session owes the
+    /// peer (a key update) are written.
+    fn after_tls_read(
+        &mut self,
+        id: ConnId,
+        slot: usize,
+        outcome: Result<crate::tls::ReadOutcome, rustls::Error>,
+    ) {
+        let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) else { return };
+        let Some(tls) = conn.tls.as_mut() else { return };
+        match outcome {
+            Ok(o) if o.peer_closed => {
+                if conn.phase == Phase::Open {
+                    self.counters.connections_aborted += 1;
+                }
+                conn.kill();
+            }
+            Ok(_) => {
+                if tls.session.wants_write() {
+                    mark_dirty(conn, slot, &mut self.dirty);
+                }
+            }
+            Err(e) => {
+                self.counters.tls_errors += 1;
+                tls.broken = true;
+                tracing::debug!(conn = %id, peer = %conn.peer(), "TLS error: {e}");
+                conn.failed = true;
+                conn.outbox.discard_queued();
+                if conn.phase == Phase::Open {
+                    conn.phase = Phase::Closing;
+                    conn.deadline = None;
+                }
+                mark_dirty(conn, slot, &mut self.dirty);
             }
         }
-        self.finish_if_done(slot);
     }
 
     fn next_read_buffer(&mut self, mut buf: Vec<u8>, big: bool) -> Vec<u8> {
@@ -1084,13 +1164,98 @@ impl Core {
         self.finish_if_done(slot);
     }
 
-    /// A closing connection whose outbox is flushed sends FIN and waits for the peer's EOF.
+    /// `wss://`: encrypt the queued frames (one batch, as few TLS records as fit) together with
+    /// any record the session owes (key update, alert; close_notify once a closing connection
+    /// is flushed) into one ciphertext buffer for one write. `None`: nothing to write.
+    ///
+    /// The batch's frames stay in `TlsConn::in_flight`, counted against the outbox budget,
+    /// until the write completes; the ciphertext is this connection's alone (TLS encrypts per
+    /// connection), while the frames it came from are still the shared broadcast buffers.
+    pub(crate) fn start_tls_write(
+        &mut self,
+        slot: usize,
+    ) -> Option<(ConnId, std::rc::Rc<TcpStream>, Vec<u8>)> {
+        let Core { conns, cipher_pool, counters, .. } = self;
+        let conn = conns.get_mut(slot)?;
+        let tls = conn.tls.as_mut()?;
+        debug_assert!(tls.in_flight.is_empty() && !conn.writing);
+        let mut out = cipher_pool.pop().unwrap_or_default();
+        if !conn.outbox.is_empty() && !tls.broken {
+            conn.outbox.take_batch(&mut tls.in_flight);
+            let mut parts: Vec<std::io::IoSlice<'_>> =
+                tls.in_flight.iter().map(|f| std::io::IoSlice::new(f.as_slice())).collect();
+            if tls.session.encrypt(&mut parts, &mut out).is_err() {
+                // Only after a TLS error, which `after_tls_read` already handled.
+                drop(parts);
+                tls.broken = true;
+                conn.outbox.abandon(&mut tls.in_flight);
+                conn.outbox.discard_queued();
+            }
+        }
+        if conn.phase == Phase::Closing && conn.outbox.is_empty() && !tls.broken {
+            tls.session.send_close_notify();
+        }
+        tls.session.write_pending(&mut out);
+        if out.is_empty() {
+            conn.outbox.complete(&mut tls.in_flight, 0);
+            cipher_pool.push(out);
+            return None;
+        }
+        conn.writing = true;
+        counters.writes += 1;
+        Some((conn.id, conn.stream.clone(), out))
+    }
+
+    /// A `wss://` write completed (all of it, or failed).
+    pub(crate) fn on_tls_write(&mut self, id: ConnId, res: io::Result<()>, mut buf: Vec<u8>) {
+        let slot = id.slot() as usize;
+        if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
+            conn.writing = false;
+            if let Some(tls) = conn.tls.as_mut() {
+                let ok = res.is_ok();
+                if ok {
+                    self.counters.bytes_written += buf.len() as u64;
+                    let plain: usize = tls.in_flight.iter().map(SharedFrame::len).sum();
+                    conn.outbox.complete(&mut tls.in_flight, plain);
+                } else {
+                    conn.outbox.abandon(&mut tls.in_flight);
+                }
+                if !ok {
+                    if conn.phase == Phase::Open {
+                        self.counters.connections_aborted += 1;
+                    }
+                    conn.kill();
+                }
+                let Some(tls) = conn.tls.as_ref() else { return };
+                let owed = !conn.outbox.is_empty()
+                    || tls.session.wants_write()
+                    || (conn.phase == Phase::Closing
+                        && !tls.broken
+                        && !tls.session.close_notify_sent());
+                if conn.phase != Phase::Dead && owed {
+                    mark_dirty(conn, slot, &mut self.dirty);
+                }
+            }
+            self.maybe_send_fin(slot);
+        }
+        buf.clear();
+        if buf.capacity() <= CIPHER_BUFFER_KEEP_BYTES && self.cipher_pool.len() < CIPHER_POOL_MAX {
+            self.cipher_pool.push(buf);
+        }
+        self.finish_if_done(slot);
+    }
+
+    /// A closing connection whose outbox is flushed sends FIN and waits for the peer's EOF
+    /// (`wss://`: after its close_notify, or its alert, is written).
     pub(crate) fn maybe_send_fin(&mut self, slot: usize) {
         if let Some(conn) = self.conns.get_mut(slot) {
             if conn.phase == Phase::Closing
                 && !conn.writing
                 && conn.outbox.is_empty()
                 && !conn.fin_sent
+                && conn.tls.as_ref().is_none_or(|t| {
+                    !t.session.wants_write() && (t.broken || t.session.close_notify_sent())
+                })
             {
                 conn.fin_sent = true;
                 let _ = conn.stream.shutdown(std::net::Shutdown::Write);

@@ -17,6 +17,7 @@ mod ips;
 pub(crate) mod mesh;
 pub(crate) mod node;
 pub(crate) mod reply;
+mod tls_io;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -30,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::command::JoinMatcher;
@@ -39,7 +39,8 @@ use crate::fanout::SharedFrame;
 use crate::ids::{ConnId, NodeId};
 use crate::metrics::SharedCounters;
 use crate::proto::handshake;
-use conn::Phase;
+use crate::tls::TlsAcceptor;
+use conn::{Phase, TlsConn};
 use mesh::ShardMsg;
 
 pub(crate) use self::core::Core;
@@ -66,6 +67,8 @@ pub(crate) struct Launched {
     pub(crate) node: Arc<Node>,
     pub(crate) threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
     pub(crate) local_addr: SocketAddr,
+    /// Where `wss://` is served, if anywhere (the main address or `tls.listen`).
+    pub(crate) tls_addr: Option<SocketAddr>,
 }
 
 impl Launched {
@@ -100,15 +103,37 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     config.history.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let history = crate::history::MemoryHistory::new(&config.history)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    config.tls.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let tls = match config.tls.enabled() {
+        true => Some(
+            TlsAcceptor::new(&config.tls)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+        ),
+        false => None,
+    };
+    // TLS on the main listener unless it has its own address (see `TlsConfig`).
+    let main_tls = tls.is_some() && config.tls.listen.is_none();
     let auth = crate::auth::Policy::new(&config.auth, config.permissions.group_id_bytes_max)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let first = bind_reuseport(config.listen).map_err(|e| {
         io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
     let local_addr = first.local_addr()?;
-    let mut listeners = vec![first];
+    let mut listeners: Vec<Vec<(TcpListener, bool)>> = vec![vec![(first, main_tls)]];
     for _ in 1..shards {
-        listeners.push(bind_reuseport(local_addr)?);
+        listeners.push(vec![(bind_reuseport(local_addr)?, main_tls)]);
+    }
+    let mut tls_addr = main_tls.then_some(local_addr);
+    if let (Some(_), Some(addr)) = (&tls, config.tls.listen) {
+        let first = bind_reuseport(addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {addr} (tls.listen): {e}"))
+        })?;
+        let addr = first.local_addr()?;
+        tls_addr = Some(addr);
+        listeners[0].push((first, true));
+        for shard in listeners.iter_mut().skip(1) {
+            shard.push((bind_reuseport(addr)?, true));
+        }
     }
     let mut links = Vec::with_capacity(shards);
     let mut inboxes = Vec::with_capacity(shards);
@@ -133,6 +158,7 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         started: std::time::Instant::now(),
         history_on: config.history.enabled(),
         history: Arc::new(history),
+        tls,
         ips: ips::IpLimits::new(&auth),
         auth,
     });
@@ -141,7 +167,7 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     let callbacks = Arc::new(callbacks);
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<usize>>();
     let mut threads = Vec::with_capacity(shards);
-    for (id, (listener, (inbox, efd))) in listeners.into_iter().zip(inboxes).enumerate() {
+    for (id, (listeners, (inbox, efd))) in listeners.into_iter().zip(inboxes).enumerate() {
         let cpu = (config.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let (config, callbacks, node, ready, join_matcher) = (
             config.clone(),
@@ -175,12 +201,12 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
                     }
                 };
                 let core = Core::new(id, config, node, callbacks, join_matcher);
-                rt.block_on(run(core, listener, inbox, efd, cpu, ready))
+                rt.block_on(run(core, listeners, inbox, efd, cpu, ready))
             })?;
         threads.push(thread);
     }
     drop(ready_tx);
-    let launched = Launched { node, threads, local_addr };
+    let launched = Launched { node, threads, local_addr, tls_addr };
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(_)) => {}
@@ -233,15 +259,23 @@ enum Handshake {
         stream: TcpStream,
         peer: SocketAddr,
         path: String,
+        /// Plaintext that followed the upgrade request (already decrypted for `wss://`).
         leftover: Vec<u8>,
         admitted: Admitted,
+        tls: Option<Box<TlsConn>>,
     },
     Rejected {
         status: u16,
         why: Refused,
         peer: SocketAddr,
+        tls: bool,
     },
-    Failed,
+    /// Gone before an answer: EOF, reset, write error, or a failed TLS handshake
+    /// (`tls_failed`); `tls_established`: the TLS handshake had completed.
+    Failed {
+        tls_failed: bool,
+        tls_established: bool,
+    },
 }
 
 /// What the auth layer decided for an upgrade it let through.
@@ -273,7 +307,8 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Read the upgrade request (bounded in bytes and time), decide on it (rate, origin, token,
+/// Read the upgrade request (bounded in bytes and time; for `wss://` the TLS handshake comes
+/// first, inside the same time bound), decide on it (rate, origin, token,
 /// per-address and node limits, in that order; every refusal before a slot is taken), answer
 /// it. `rate_limited`: the address was over its handshake rate at accept; the request is still
 /// read (bounded) so the 429 reaches the client instead of a reset.
@@ -282,64 +317,78 @@ async fn handshake(
     peer: SocketAddr,
     config: Arc<Config>,
     node: Arc<Node>,
+    tls: Option<Box<TlsConn>>,
     rate_limited: bool,
 ) -> Handshake {
     let max = config.header_bytes_max;
+    let mut io = tls_io::UpgradeIo::new(&stream, tls);
     let read = async {
         let mut buf: Vec<u8> = Vec::with_capacity(1024.min(max));
         loop {
-            let len = buf.len();
-            if len == buf.capacity() {
-                buf.reserve((buf.capacity()).min(max + 1 - buf.len()).max(1));
-            }
-            let (res, slice) = stream.read(buf.slice(len..)).await;
-            buf = slice.into_inner();
-            match res {
-                Ok(0) | Err(_) => return Err(None),
-                Ok(_) => {}
+            if let Err(stop) = io.read(&mut buf, max).await {
+                return Err((None, stop));
             }
             match handshake::parse(&buf, max) {
                 Ok(None) => continue,
                 Ok(Some(accepted)) => return Ok((accepted, buf)),
-                Err(rejection) => return Err(Some(rejection)),
+                Err(rejection) => return Err((Some(rejection), tls_io::IoStop::Gone)),
             }
         }
     };
     let outcome = match tokio::time::timeout(config.handshake_timeout, read).await {
         Ok(r) => r,
-        Err(_) => {
-            Err(Some(handshake::Rejection::BadRequest("timed out reading the upgrade request")))
+        Err(_) => Err((
+            Some(handshake::Rejection::BadRequest("timed out reading the upgrade request")),
+            tls_io::IoStop::Gone,
+        )),
+    };
+    let is_tls = io.tls.is_some();
+    if is_tls && !io.tls_established() {
+        // A TLS handshake that did not complete gets no HTTP answer (there is no channel).
+        if let Err((_, tls_io::IoStop::Tls(e))) = &outcome {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
         }
-    };
-    let write = |bytes: Vec<u8>| async {
-        tokio::time::timeout(config.handshake_timeout, stream.write_all(bytes))
-            .await
-            .ok()
-            .and_then(|(r, _)| r.ok())
-    };
+        return Handshake::Failed { tls_failed: true, tls_established: false };
+    }
+    let timeout = config.handshake_timeout;
     let decided = match outcome {
         Ok((accepted, buf)) => {
             decide(&accepted, peer, &node, rate_limited).map(|d| (d, accepted, buf))
         }
-        Err(Some(rejection)) => Err((rejection, Refused::Other)),
-        Err(None) => return Handshake::Failed,
+        Err((Some(rejection), _)) => Err((rejection, Refused::Other)),
+        Err((None, stop)) => {
+            if let tls_io::IoStop::Tls(e) = stop {
+                tracing::debug!(%peer, "TLS error during the upgrade: {e}");
+            }
+            return Handshake::Failed { tls_failed: false, tls_established: is_tls };
+        }
     };
     match decided {
         Ok(((response, path, admitted), accepted, buf)) => {
-            if write(response).await.is_none() {
+            if tokio::time::timeout(timeout, io.write(response)).await.ok().flatten().is_none() {
                 node.release_slot();
                 if let Some(key) = admitted.ip {
                     node.ips.close(key);
                 }
-                return Handshake::Failed;
+                return Handshake::Failed { tls_failed: false, tls_established: is_tls };
             }
             let leftover = buf[accepted.consumed..].to_vec();
-            Handshake::Accepted { stream, peer, path, leftover, admitted }
+            let mut tls = io.tls.take();
+            if let Some(tls) = tls.as_mut() {
+                tls.session.handshake_done();
+            }
+            drop(io);
+            Handshake::Accepted { stream, peer, path, leftover, admitted, tls }
         }
         Err((rejection, why)) => {
-            write(rejection.response()).await;
-            let _ = stream.shutdown(std::net::Shutdown::Write);
-            Handshake::Rejected { status: rejection.status(), why, peer }
+            // The refusal goes through TLS for `wss://`; `finish` sends close_notify (TLS)
+            // and shuts the write side down.
+            let _ = tokio::time::timeout(timeout, async {
+                io.write(rejection.response()).await;
+                io.finish().await;
+            })
+            .await;
+            Handshake::Rejected { status: rejection.status(), why, peer, tls: is_tls }
         }
     }
 }
@@ -386,21 +435,26 @@ fn decide(
 /// The shard's event loop; returns when shutdown has closed every connection.
 async fn run(
     mut core: Core,
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, bool)>,
     inbox: Receiver<ShardMsg>,
     wake_file: std::fs::File,
     cpu: Option<usize>,
     ready: mpsc::Sender<io::Result<usize>>,
 ) -> io::Result<()> {
     let shard = core.id;
-    let mut listener = Some(Rc::new(tokio_uring::net::TcpListener::from_std(listener)));
+    // Each listener with whether it serves TLS and how many accepts it has in flight.
+    let mut listeners: Vec<(Rc<tokio_uring::net::TcpListener>, bool, usize)> = listeners
+        .into_iter()
+        .map(|(l, tls)| (Rc::new(tokio_uring::net::TcpListener::from_std(l)), tls, 0))
+        .collect();
     let wake = Rc::new(tokio_uring::fs::File::from_std(wake_file));
     let wake_read = |buf: Vec<u8>| {
         let wake = wake.clone();
         async move { wake.read_at(buf, 0).await }
     };
     let mut wake_fut = Box::pin(wake_read(Vec::with_capacity(8)));
-    let accept = |l: Rc<tokio_uring::net::TcpListener>| async move { l.accept().await };
+    let accept =
+        |l: Rc<tokio_uring::net::TcpListener>, i: usize| async move { (i, l.accept().await) };
     let read_op = |id: ConnId, stream: Rc<TcpStream>, buf: Vec<u8>| async move {
         let (res, buf) = stream.read(buf).await;
         (id, res, buf)
@@ -413,6 +467,12 @@ async fn run(
     let mut handshakes = FuturesUnordered::new();
     let mut reads = FuturesUnordered::new();
     let mut writes = FuturesUnordered::new();
+    // Ciphertext writes of `wss://` connections (a separate set: the plain path is unchanged).
+    let tls_write_op = |id: ConnId, stream: Rc<TcpStream>, buf: Vec<u8>| async move {
+        let (res, buf) = stream.write_all(buf).await;
+        (id, res, buf)
+    };
+    let mut tls_writes = FuturesUnordered::new();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut timers: Vec<_> = if shard == 0 {
@@ -430,10 +490,12 @@ async fn run(
     };
     let mut accept_pause: Option<Pin<Box<tokio::time::Sleep>>> = None;
     tracing::debug!(shard, ?cpu, "shard accepting");
-    // Healthy from the moment `launch` may return: a scrape or /readyz right after start must
-    // not see a shard that has not run its first loop turn yet as stalled.
-    core.node.health[shard].publish_accepting(listener.is_some());
-    core.node.health[shard].publish_heartbeat(core.node.started.elapsed());
+    // Ready from the moment `start` returns: /readyz must not answer 503 for a node that has
+    // just said it is listening (the loop's first turn comes right after this).
+    let health = &core.node.health[shard];
+    health
+        .publish_heartbeat(std::time::Instant::now().saturating_duration_since(core.node.started));
+    health.publish_accepting(!listeners.is_empty());
     let _ = ready.send(Ok(shard));
     drop(ready);
 
@@ -471,16 +533,46 @@ async fn run(
             if accept_pause.as_mut().is_some_and(|p| p.as_mut().poll(cx).is_ready()) {
                 accept_pause = None;
             }
-            while let Poll::Ready(Some(res)) = accepts.poll_next_unpin(cx) {
+            while let Poll::Ready(Some((i, res))) = accepts.poll_next_unpin(cx) {
                 progress = true;
                 let res: io::Result<(TcpStream, SocketAddr)> = res;
+                let tls = match listeners.get_mut(i) {
+                    Some((_, tls, in_flight)) => {
+                        *in_flight -= 1;
+                        *tls
+                    }
+                    None => false,
+                };
                 match res {
                     Ok((stream, peer)) => {
                         core.counters.connections_accepted += 1;
                         let _ = stream.set_nodelay(true);
                         let rate = core.node.ips.handshake(peer.ip(), core.now);
                         core.counters.ip_table_evictions += rate.evicted as u64;
-                        handshakes.push(handshake(stream, peer, core.config.clone(), core.node.clone(), !rate.allowed));
+                        if !rate.allowed && tls {
+                            // A plain client over its rate still reads its 429; a TLS one is
+                            // dropped before the (costly) TLS handshake: that cost is what
+                            // the rate limit is there to bound.
+                            core.counters.handshakes_rejected += 1;
+                            core.counters.handshakes_rate_limited += 1;
+                            core.log_limiter.warn("ip-rate", || {
+                                format!("dropping wss:// connections from {}: over auth.handshakes_per_ip_per_sec", peer.ip())
+                            });
+                            drop(stream);
+                            continue;
+                        }
+                        let tls = match (tls, &core.node.tls) {
+                            (true, Some(acceptor)) => match acceptor.session() {
+                                Ok(session) => Some(TlsConn::new(session)),
+                                Err(e) => {
+                                    core.counters.tls_handshakes_failed += 1;
+                                    core.log_limiter.warn("tls-session", || format!("cannot start a TLS session: {e}"));
+                                    continue;
+                                }
+                            },
+                            _ => None,
+                        };
+                        handshakes.push(handshake(stream, peer, core.config.clone(), core.node.clone(), tls, !rate.allowed));
                     }
                     Err(e) => {
                         core.counters.accept_errors += 1;
@@ -492,28 +584,34 @@ async fn run(
                 }
             }
             if core.shutting_down.is_some() {
-                if listener.take().is_some() {
+                if !listeners.is_empty() {
+                    listeners.clear();
                     accepts.clear();
                     handshakes.clear();
                 }
-            } else if let Some(l) = &listener {
-                while accept_pause.is_none()
-                    && accepts.len() < ACCEPTS_IN_FLIGHT
-                    && handshakes.len() + accepts.len() < core.config.handshakes_per_shard_max
-                {
-                    accepts.push(accept(l.clone()));
-                    progress = true;
+            } else {
+                for (i, (l, _, in_flight)) in listeners.iter_mut().enumerate() {
+                    while accept_pause.is_none()
+                        && *in_flight < ACCEPTS_IN_FLIGHT
+                        && handshakes.len() + accepts.len() < core.config.handshakes_per_shard_max
+                    {
+                        accepts.push(accept(l.clone(), i));
+                        *in_flight += 1;
+                        progress = true;
+                    }
                 }
             }
 
             while let Poll::Ready(Some(outcome)) = handshakes.poll_next_unpin(cx) {
                 progress = true;
                 match outcome {
-                    Handshake::Accepted { stream, peer, path, leftover, admitted } => {
-                        core.insert(stream, peer, path, leftover, admitted)
+                    Handshake::Accepted { stream, peer, path, leftover, admitted, tls } => {
+                        core.counters.tls_handshakes += u64::from(tls.is_some());
+                        core.insert(stream, peer, path, leftover, tls, admitted)
                     }
-                    Handshake::Rejected { status, why, peer } => {
+                    Handshake::Rejected { status, why, peer, tls } => {
                         let c = &mut core.counters;
+                        c.tls_handshakes += u64::from(tls);
                         c.handshakes_rejected += 1;
                         match why {
                             Refused::Full => {
@@ -540,7 +638,11 @@ async fn run(
                         }
                         tracing::debug!(shard, status, ?why, %peer, "upgrade refused");
                     }
-                    Handshake::Failed => core.counters.handshakes_rejected += 1,
+                    Handshake::Failed { tls_failed, tls_established } => {
+                        core.counters.handshakes_rejected += 1;
+                        core.counters.tls_handshakes_failed += u64::from(tls_failed);
+                        core.counters.tls_handshakes += u64::from(tls_established);
+                    }
                 }
             }
 
@@ -551,6 +653,10 @@ async fn run(
             while let Poll::Ready(Some((id, res, batch))) = writes.poll_next_unpin(cx) {
                 progress = true;
                 core.on_write(id, res, batch);
+            }
+            while let Poll::Ready(Some((id, res, buf))) = tls_writes.poll_next_unpin(cx) {
+                progress = true;
+                core.on_tls_write(id, res, buf);
             }
 
             if housekeeping.poll_tick(cx).is_ready() {
@@ -580,6 +686,16 @@ async fn run(
                 if conn.writing || conn.phase == Phase::Dead {
                     continue;
                 }
+                if conn.tls.is_some() {
+                    match core.start_tls_write(slot) {
+                        Some((id, stream, buf)) => {
+                            tls_writes.push(tls_write_op(id, stream, buf));
+                            progress = true;
+                        }
+                        None => core.maybe_send_fin(slot),
+                    }
+                    continue;
+                }
                 if conn.outbox.is_empty() {
                     core.maybe_send_fin(slot);
                     continue;
@@ -596,7 +712,7 @@ async fn run(
 
             core.node.counters[shard].publish(&core.counters);
             core.node.health[shard].publish_accepting(
-                listener.is_some() && accept_pause.is_none() && core.shutting_down.is_none(),
+                !listeners.is_empty() && accept_pause.is_none() && core.shutting_down.is_none(),
             );
             if core.done() {
                 return Poll::Ready(());

@@ -70,6 +70,8 @@ pub(crate) struct Node {
     pub(crate) history_on: bool,
     /// Where histories and idempotency keys live (in memory on a single node).
     pub(crate) history: Arc<dyn HistoryBackend>,
+    /// `wss://` sessions start here; its certificate store reloads on `SIGHUP`.
+    pub(crate) tls: Option<crate::tls::TlsAcceptor>,
     /// Connect authentication and origin policy, compiled from `Config::auth`.
     pub(crate) auth: crate::auth::Policy,
     /// Per-address handshake rate and open-connection counts.

@@ -5,6 +5,9 @@
 //   RINGCAST_DEMO_URL        http://127.0.0.1:PORT/ of a --demo daemon without a token
 //   RINGCAST_DEMO_TOKEN_URL  the same for a --demo daemon started with --api-token
 //   RINGCAST_DEMO_TOKEN      that token
+//   RINGCAST_DEMO_TLS_URL    optional: the same for a --demo daemon whose WebSocket listener
+//                            speaks wss:// only (a test certificate: that browser is started
+//                            with --ignore-certificate-errors)
 //   RINGCAST_DEMO_SCREENSHOT optional: write a screenshot of two clients chatting there
 //   CHROMIUM                 optional: the browser (default /usr/bin/chromium)
 //
@@ -21,6 +24,7 @@ const WAIT_MS = 10_000;       // any one thing the page should show
 const baseUrl = need('RINGCAST_DEMO_URL');
 const tokenUrl = need('RINGCAST_DEMO_TOKEN_URL');
 const token = need('RINGCAST_DEMO_TOKEN');
+const tlsUrl = process.env.RINGCAST_DEMO_TLS_URL;
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 
 function need(name) {
@@ -119,25 +123,52 @@ async function push(page, target, message) {
   await page.click('#push-form button');
 }
 
-async function main() {
+const BROWSER_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+async function withBrowser(extraArgs, run) {
   const profile = mkdtempSync(joinPath(tmpdir(), 'ringcast-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath,
     headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
+    args: [...BROWSER_ARGS, ...extraArgs],
     viewport: { width: 1200, height: 980 },
     timeout: 30_000,
   });
   try {
-    await twoClients(context);
-    await withToken(context);
+    await run(context);
   } finally {
     await context.close();
     rmSync(profile, { recursive: true, force: true });
   }
+}
+
+async function main() {
+  await withBrowser([], async (context) => {
+    await twoClients(context);
+    await withToken(context);
+  });
+  if (tlsUrl) {
+    // Only this browser skips certificate checks (the test CA is made per run).
+    await withBrowser(['--ignore-certificate-errors'], overTls);
+  }
+}
+
+/** The page against a node whose WebSocket listener is wss:// only. */
+async function overTls(context) {
+  const page = await context.newPage();
+  const problems = watch(page, 'TLS');
+  assert.equal((await page.goto(tlsUrl)).status(), 200);
+  await clientId(page);
+  assert.match(await text(page, '#ws-url'), /^wss:\/\//, 'the page chose wss://');
+  await join(page, 'secure');
+  await push(page, 'group:secure', 'pushed to a wss:// client');
+  await waitMessage(page, 'pushed to a wss:// client', 'a push over wss://');
+  step('over wss://: welcome, join and a push through the API');
+  assert.deepEqual(problems, [], 'the page reported problems');
+  await page.close();
 }
 
 async function twoClients(context) {

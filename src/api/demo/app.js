@@ -72,7 +72,8 @@ function wsUrl() {
   // A URL in the fragment wins (#ws=ws://host:port/), for set-ups behind a proxy.
   const fragment = new URLSearchParams(location.hash.slice(1)).get('ws');
   if (fragment) return fragment;
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  // wss: when the listener speaks TLS only, or when the page itself came over https.
+  const scheme = state.config.ws_tls || location.protocol === 'https:' ? 'wss:' : 'ws:';
   // ws_host is null when the node listens on every address: use the host this page came
   // from (location.hostname keeps an IPv6 address in brackets).
   const host = state.config.ws_host ?? location.hostname;

@@ -22,6 +22,11 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With extra redis-server arguments (cluster mode).
+    fn start_with(extra: &[&str]) -> Redis {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir =
             std::env::temp_dir().join(format!("ringcast-hredis-{}-{port}", std::process::id()));
@@ -31,6 +36,7 @@ impl Redis {
             .args(["--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"])
             .arg("--dir")
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -50,6 +56,10 @@ impl Redis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
     }
 
     fn flushall(&self) {
@@ -243,4 +253,91 @@ async fn an_idempotency_key_is_seen_by_every_node() {
     tokio::time::sleep(window + Duration::from_millis(300)).await;
     assert_eq!(b.idempotency_claim("order-1").await.unwrap(), Claim::New);
     assert_eq!(b.counters().duplicates.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// Three cluster-mode redis-servers made one Redis Cluster with plain commands (slots split in
+/// three, `CLUSTER MEET`), no replicas.
+fn redis_cluster() -> Vec<Redis> {
+    let nodes: Vec<Redis> = (0..3)
+        .map(|i| {
+            let conf = format!("nodes-{}-{i}.conf", std::process::id());
+            Redis::start_with(&["--cluster-enabled", "yes", "--cluster-config-file", &conf])
+        })
+        .collect();
+    let per = 16384 / 3;
+    for (i, n) in nodes.iter().enumerate() {
+        let (from, to) = (i * per, if i == 2 { 16383 } else { (i + 1) * per - 1 });
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(from)
+            .arg(to)
+            .query(&mut n.conn())
+            .unwrap();
+    }
+    for n in &nodes[1..] {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(n.port)
+            .query(&mut nodes[0].conn())
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|n| {
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut n.conn()).unwrap();
+        let known: String = redis::cmd("CLUSTER").arg("NODES").query(&mut n.conn()).unwrap();
+        info.contains("cluster_state:ok") && known.lines().count() == 3
+    }) {
+        assert!(Instant::now() < deadline, "the Redis Cluster did not form");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nodes
+}
+
+/// On a Redis Cluster the script's keys and the group's channel share a hash slot, so the
+/// append can `SPUBLISH` in the same atomic step (also for a group id with a hash tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_appends_spublish_in_offset_order_and_read_from_any_node() {
+    use redis::cluster::ClusterClient;
+    let nodes = redis_cluster();
+    let urls: Vec<String> = nodes.iter().map(Redis::url).collect();
+    let (push_tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let sub_client = ClusterClient::builder(urls.clone())
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(push_tx)
+        .build()
+        .unwrap();
+    let mut sub = sub_client.get_async_connection().await.unwrap();
+    let backend = |conn| {
+        RedisHistory::new(conn, "rc", PublishOn::Sharded, Bytes::new(), Duration::from_secs(60))
+    };
+    let client = ClusterClient::new(urls).unwrap();
+    let a = backend(client.get_async_connection().await.unwrap());
+    let b = backend(client.get_async_connection().await.unwrap());
+    let l = limits(1000, Duration::from_secs(600));
+    for group in ["room", "team{x}y"] {
+        sub.ssubscribe(a.channel(group)).await.unwrap();
+        let run = |h: RedisHistory<_>| async move {
+            for i in 0..50 {
+                h.append(group, l, &Message::text(format!("m{i}"))).await.unwrap();
+            }
+        };
+        tokio::join!(run(a.clone()), run(b.clone()));
+        let mut offsets_seen = Vec::new();
+        while offsets_seen.len() < 100 {
+            let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+                .await
+                .expect("a pushed message")
+                .unwrap();
+            if push.kind != redis::PushKind::SMessage {
+                continue;
+            }
+            let body: Vec<u8> = redis::FromRedisValue::from_redis_value(&push.data[1]).unwrap();
+            offsets_seen.push(decode_positioned(&body).unwrap().position.offset);
+        }
+        assert_eq!(offsets_seen, (1..=100).collect::<Vec<u64>>(), "{group}: offset order");
+        let tail = b.read(&g(group), l, ReadFrom::Last(3), 10).await.unwrap();
+        assert_eq!(offsets(&tail), [98, 99, 100]);
+    }
+    drop(nodes);
 }

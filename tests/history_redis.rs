@@ -1,6 +1,8 @@
 //! The Redis history backend (`ringcast::history::redis`) against a real redis-server started
 //! by each test: two backends over two connections stand for two nodes of a cluster.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -340,4 +342,116 @@ async fn on_a_redis_cluster_appends_spublish_in_offset_order_and_read_from_any_n
         assert_eq!(offsets(&tail), [98, 99, 100]);
     }
     drop(nodes);
+}
+
+/// Two nodes (each its own shards and HTTP API) keeping idempotency keys in one Redis: the same
+/// `Idempotency-Key` sent to both delivers once; the second node answers with the first
+/// node's answer, flagged, and delivers nothing to its own members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_sent_to_two_nodes_delivers_once() {
+    use futures_util::SinkExt;
+    use ringcast::api::{ApiConfig, RedisKeysConfig};
+    use ringcast::config::Permissions;
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let r = Redis::start();
+    let start = || {
+        let node = common::start(ringcast::Config {
+            on_message: ringcast::OnMessage::Commands,
+            welcome: Some(false),
+            permissions: Permissions::demo(),
+            history: ringcast::history::HistoryConfig {
+                rules: vec!["chat:*=100,10m".parse().unwrap()],
+                ..Default::default()
+            },
+            ..common::config()
+        });
+        let api = ringcast::api::spawn(
+            node.clone(),
+            ApiConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                idempotency_redis: Some(RedisKeysConfig {
+                    urls: vec![r.url()],
+                    namespace: "rc".into(),
+                    window: Duration::from_secs(60),
+                }),
+                ..ApiConfig::default()
+            },
+        )
+        .expect("the API connects to Redis");
+        (node, api)
+    };
+    let ((node_a, api_a), (node_b, api_b)) = (start(), start());
+    let member = |addr| async move {
+        let mut ws = common::connect(addr).await;
+        let join = json!({"cmd":"add_group","group_id":"chat:x","id":1});
+        ws.send(WsMessage::text(join.to_string())).await.unwrap();
+        let ok: Value =
+            serde_json::from_str(common::next_data(&mut ws, 10).await.to_text().unwrap()).unwrap();
+        assert_eq!(ok["type"], "ok", "{ok}");
+        ws
+    };
+    let (mut on_a, mut on_b) =
+        (member(node_a.local_addr()).await, member(node_b.local_addr()).await);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let publish = |api: std::net::SocketAddr, data: &str, key: &str| {
+        let req = http
+            .post(format!("http://{api}/api/publish"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"data": data, "to": {"groups": ["chat:x"]}}));
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let first = publish(api_a.local_addr(), "once", "order-7").await;
+    assert!(first.get("duplicate").is_none(), "{first}");
+    assert_eq!(first["queued"], 1);
+    let again = publish(api_b.local_addr(), "once", "order-7").await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["positions"], first["positions"], "the first node's answer");
+    // Also as a batch item on the second node.
+    let batch: Value = http
+        .post(format!("http://{}/api/publish/batch", api_b.local_addr()))
+        .json(&json!({"publishes":[{"data":"once","to":{"groups":["chat:x"]},"idempotency_key":"order-7"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(batch["results"][0]["duplicate"], true, "{batch}");
+    // Delivered once, on the node that took it first: the second node's member gets the
+    // next message first.
+    publish(api_b.local_addr(), "marker-b", "m-b").await;
+    publish(api_a.local_addr(), "marker-a", "m-a").await;
+    assert_eq!(common::next_data(&mut on_b, 10).await.to_text().unwrap(), "marker-b");
+    assert_eq!(common::next_data(&mut on_a, 10).await.to_text().unwrap(), "once");
+    assert_eq!(common::next_data(&mut on_a, 10).await.to_text().unwrap(), "marker-a");
+    // Redis gone: a keyed publish is refused with 503 (nothing published, the publisher
+    // retries), never delivered without its key being checked; unkeyed ones still go.
+    drop(r);
+    let resp = http
+        .post(format!("http://{}/api/publish", api_a.local_addr()))
+        .header("Idempotency-Key", "order-8")
+        .json(&json!({"data": "unchecked", "to": {"groups": ["chat:x"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap_or_default().contains("idempotency"), "{body}");
+    let plain = http
+        .post(format!("http://{}/api/publish", api_a.local_addr()))
+        .json(&json!({"data": "plain", "to": {"groups": ["chat:x"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    assert_eq!(common::next_data(&mut on_a, 10).await.to_text().unwrap(), "plain");
+    drop((api_a, api_b));
+    node_a.shutdown();
+    node_b.shutdown();
 }

@@ -18,6 +18,7 @@ mod body;
 mod coalesce;
 mod demo;
 mod error;
+mod keys;
 mod observe;
 mod routes;
 mod service;
@@ -37,6 +38,7 @@ use tokio::sync::{watch, Semaphore};
 pub use body::parse_any_body;
 pub use body::{BATCH_PUBLISHES_MAX, TARGETS_MAX};
 pub use error::{ApiError, ErrorKind};
+pub use keys::RedisKeysConfig;
 pub use stats::ApiStats;
 
 use crate::Handle;
@@ -74,6 +76,9 @@ pub struct ApiConfig {
     pub observability: crate::observe::Observability,
     /// The node's configured bounds, exported beside their gauges in `/metrics`.
     pub node_limits: crate::observe::NodeLimits,
+    /// Keep idempotency keys in Redis, shared by every node using it (a cluster); `None`: in
+    /// the node's own store. Connected when the API starts ([`spawn`] fails if it cannot).
+    pub idempotency_redis: Option<RedisKeysConfig>,
 }
 
 impl Default for ApiConfig {
@@ -90,6 +95,7 @@ impl Default for ApiConfig {
             demo_page: false,
             observability: Default::default(),
             node_limits: Default::default(),
+            idempotency_redis: None,
         }
     }
 }
@@ -170,12 +176,20 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
     };
+    // Connected on the API's runtime (where the connection's task will run), from a helper
+    // thread: `spawn` may itself be called from inside another runtime.
+    let keys = std::thread::scope(|sc| {
+        sc.spawn(|| runtime.block_on(keys::Keys::new(&handle, config.idempotency_redis.as_ref())))
+            .join()
+    })
+    .map_err(|_| io::Error::other("idempotency keys: connecting to Redis panicked"))??;
     let demo = config.demo_page.then(|| {
         let ws = handle.local_addr();
         demo::Page::new(ws, handle.tls_local_addr() == Some(ws), config.token.is_some())
     });
     let shared = Arc::new(routes::Shared {
         handle,
+        keys,
         demo,
         limits: body::Limits { name_bytes_max: config.group_id_bytes_max },
         shard_timeout: config.shard_timeout,

@@ -29,6 +29,8 @@ use crate::{Handle, Pending};
 /// What every handler shares.
 pub(crate) struct Shared {
     pub(crate) handle: Handle,
+    /// Where idempotency keys live (the node's store, or Redis shared by every node).
+    pub(crate) keys: super::keys::Keys,
     /// The demo page, when it is on (`ApiConfig::demo_page`).
     pub(crate) demo: Option<demo::Page>,
     pub(crate) limits: Limits,
@@ -267,26 +269,38 @@ fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// A claimed idempotency key: released when dropped (the publish failed, or the request was
 /// abandoned) unless completed with the answer.
 struct KeyGuard {
-    handle: crate::Handle,
+    keys: super::keys::Keys,
     key: Option<String>,
 }
 
 impl KeyGuard {
     /// Claim `key`. A duplicate is answered (`Err`) with the remembered answer, flagged; a key
     /// in flight with 409.
-    fn claim(handle: &crate::Handle, key: String) -> Result<KeyGuard, Box<Answer>> {
-        match handle.idempotency_claim(&key) {
-            Claim::New => Ok(KeyGuard { handle: handle.clone(), key: Some(key) }),
-            Claim::Duplicate(answer) => Err(Box::new(Ok(json_bytes(duplicate_of(&answer))))),
-            Claim::InProgress => Err(Box::new(Err(ApiError::conflict(
+    async fn claim(keys: &super::keys::Keys, key: String) -> Result<KeyGuard, Box<Answer>> {
+        match keys.claim(&key).await {
+            Ok(Claim::New) => Ok(KeyGuard { keys: keys.clone(), key: Some(key) }),
+            Ok(Claim::Duplicate(answer)) => Err(Box::new(Ok(json_bytes(duplicate_of(&answer))))),
+            Ok(Claim::InProgress) => Err(Box::new(Err(ApiError::conflict(
                 "a publish with this idempotency key is in progress; retry once it is answered",
             )))),
+            Err(e) => Err(Box::new(Err(e))),
         }
     }
 
-    fn complete(mut self, answer: &[u8]) {
+    /// Claim `key` if given.
+    async fn claim_opt(
+        keys: &super::keys::Keys,
+        key: Option<String>,
+    ) -> Result<Option<KeyGuard>, Box<Answer>> {
+        match key {
+            None => Ok(None),
+            Some(k) => KeyGuard::claim(keys, k).await.map(Some),
+        }
+    }
+
+    async fn complete(mut self, answer: &[u8]) {
         if let Some(key) = self.key.take() {
-            self.handle.idempotency_complete(&key, Bytes::copy_from_slice(answer));
+            self.keys.complete(&key, answer).await;
         }
     }
 }
@@ -294,7 +308,7 @@ impl KeyGuard {
 impl Drop for KeyGuard {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.handle.idempotency_release(&key);
+            self.keys.release(key);
         }
     }
 }
@@ -390,7 +404,7 @@ async fn publish(State(s): St, req: Request) -> Answer {
         (a, b) => a.or(b),
     };
     let p = parsed.into_publish(Prefix(None), &body, s.limits).map_err(ApiError::bad_request)?;
-    let guard = match key.map(|k| KeyGuard::claim(&s.handle, k)).transpose() {
+    let guard = match KeyGuard::claim_opt(&s.keys, key).await {
         Ok(g) => g,
         Err(answer) => return *answer,
     };
@@ -401,7 +415,7 @@ async fn publish(State(s): St, req: Request) -> Answer {
         None => Ok(answer),
         Some(guard) => {
             let body = reports_body(std::slice::from_ref(&report), false);
-            guard.complete(&body);
+            guard.complete(&body).await;
             Ok(json_bytes(body))
         }
     }
@@ -417,7 +431,7 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
         BatchError::Json(e) => ApiError::bad_json(&e),
         BatchError::Invalid(msg) => ApiError::bad_request(msg),
     })?;
-    let whole = match header.map(|k| KeyGuard::claim(&s.handle, k)).transpose() {
+    let whole = match KeyGuard::claim_opt(&s.keys, header).await {
         Ok(g) => g,
         Err(answer) => return *answer,
     };
@@ -433,7 +447,7 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
             None => answer,
             Some(guard) => {
                 let body = reports_body(&reports, true);
-                guard.complete(&body);
+                guard.complete(&body).await;
                 json_bytes(body)
             }
         });
@@ -458,8 +472,8 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
         batch.into_iter().zip(keys.into_iter().chain(std::iter::repeat(None))).enumerate()
     {
         if let Some(k) = k {
-            match s.handle.idempotency_claim(&k) {
-                Claim::New => guards.push((i, KeyGuard { handle: s.handle.clone(), key: Some(k) })),
+            match s.keys.claim(&k).await? {
+                Claim::New => guards.push((i, KeyGuard { keys: s.keys.clone(), key: Some(k) })),
                 Claim::Duplicate(answer) => {
                     remembered[i] = Some(duplicate_of(&answer));
                     continue;
@@ -503,14 +517,14 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
             one_report(&mut out, r, &mut num);
             if guards.peek().is_some_and(|(j, _)| *j == i) {
                 if let Some((_, guard)) = guards.next() {
-                    guard.complete(&out[start..]);
+                    guard.complete(&out[start..]).await;
                 }
             }
         }
     }
     out.extend_from_slice(b"]}");
     if let Some(guard) = whole {
-        guard.complete(&out);
+        guard.complete(&out).await;
     }
     Ok(json_bytes(out))
 }

@@ -848,6 +848,8 @@ impl ConfigFile {
                     inbox_events_max: l.inbox_events_max,
                     outbox_bytes_max: l.outbox_bytes_max,
                 },
+                // Shared keys come with a cluster's Redis; a single node keeps its own.
+                idempotency_redis: None,
             })
         } else {
             None

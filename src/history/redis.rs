@@ -167,6 +167,73 @@ if redis.call('GET', KEYS[1]) == 'p' then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
 
+/// A connection to one Redis (`ConnectionManager`: reconnects by itself) or to a Redis Cluster
+/// (routes each command by its keys' slot). Cheap to clone: both are multiplexed.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// One Redis.
+    Single(redis::aio::ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl RedisConn {
+    /// Connect: one URL is one Redis, several are the seeds of a Redis Cluster. Must run on
+    /// the tokio runtime that will use the connection (its driver task lives there).
+    pub async fn connect(urls: &[String]) -> RedisResult<RedisConn> {
+        let timeout = Duration::from_secs(2);
+        match urls {
+            [] => Err(err("no Redis URL")),
+            [one] => {
+                let client = redis::Client::open(one.as_str())?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout)
+                    .set_number_of_retries(2);
+                Ok(RedisConn::Single(
+                    redis::aio::ConnectionManager::new_with_config(client, config).await?,
+                ))
+            }
+            many => {
+                let client = redis::cluster::ClusterClient::builder(many.to_vec())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .build()?;
+                Ok(RedisConn::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// Where an append's positioned message goes besides the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishOn {

@@ -485,6 +485,11 @@ impl Handle {
         self.node.history.idempotency_release(key);
     }
 
+    /// Count a keyed publish answered as a duplicate by a shared store (Redis).
+    pub(crate) fn count_idempotency_duplicate(&self) {
+        self.node.history.count_duplicate();
+    }
+
     /// History and idempotency counters.
     pub fn history_counters(&self) -> HistoryCounters {
         self.node.history.counters()

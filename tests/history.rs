@@ -347,7 +347,9 @@ async fn history_by_command_and_by_http() {
     let r = json_of(&mut ws).await;
     assert_eq!(r["type"], "error", "{r}");
     // A plain member (no envelope) still gets seed 004's plain text.
-    send(&mut ws, json!({"cmd":"add_group","group_id":"chat:h"})).await;
+    send(&mut ws, json!({"cmd":"add_group","group_id":"chat:h","id":9})).await;
+    // Joined before the publish is sent (the reply comes after the join is applied).
+    assert_eq!(json_of(&mut ws).await["id"], 9);
     publish(d.api, json!({"data":"plain","to":{"groups":["chat:h"]}}), None).await;
     assert_eq!(next_data(&mut ws, 10).await, WsMessage::text("plain"));
 

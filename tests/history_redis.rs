@@ -423,6 +423,8 @@ async fn the_same_idempotency_key_sent_to_two_nodes_delivers_once() {
         .await
         .unwrap();
     assert_eq!(batch["results"][0]["duplicate"], true, "{batch}");
+    assert_eq!(node_b.history_counters().idempotency_duplicates, 2, "counted where answered");
+    assert_eq!(node_a.history_counters().idempotency_duplicates, 0);
     // Delivered once, on the node that took it first: the second node's member gets the
     // next message first.
     publish(api_b.local_addr(), "marker-b", "m-b").await;

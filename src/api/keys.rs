@@ -26,7 +26,8 @@ pub struct RedisKeysConfig {
 #[derive(Clone)]
 pub(crate) enum Keys {
     Node(Handle),
-    Redis(RedisHistory<RedisConn>),
+    /// The shared store, and the node (whose counters include the duplicates found here).
+    Redis(Box<RedisHistory<RedisConn>>, Handle),
 }
 
 impl Keys {
@@ -42,13 +43,16 @@ impl Keys {
                 cfg.urls.join(", ")
             ))
         })?;
-        Ok(Keys::Redis(RedisHistory::new(
-            conn,
-            &cfg.namespace,
-            PublishOn::Nothing,
-            Bytes::new(),
-            cfg.window,
-        )))
+        Ok(Keys::Redis(
+            Box::new(RedisHistory::new(
+                conn,
+                &cfg.namespace,
+                PublishOn::Nothing,
+                Bytes::new(),
+                cfg.window,
+            )),
+            handle.clone(),
+        ))
     }
 
     /// Check `key` and claim it if new. Redis unreachable: 503 (the publisher retries; nothing
@@ -56,11 +60,17 @@ impl Keys {
     pub(crate) async fn claim(&self, key: &str) -> Result<Claim<Bytes>, ApiError> {
         match self {
             Keys::Node(h) => Ok(h.idempotency_claim(key)),
-            Keys::Redis(r) => r.idempotency_claim(key).await.map_err(|e| {
-                ApiError::unavailable(format!(
-                    "idempotency keys unavailable (Redis: {e}); nothing was published, retry"
-                ))
-            }),
+            Keys::Redis(r, h) => {
+                let claim = r.idempotency_claim(key).await.map_err(|e| {
+                    ApiError::unavailable(format!(
+                        "idempotency keys unavailable (Redis: {e}); nothing was published, retry"
+                    ))
+                })?;
+                if matches!(claim, Claim::Duplicate(_)) {
+                    h.count_idempotency_duplicate();
+                }
+                Ok(claim)
+            }
         }
     }
 
@@ -68,7 +78,7 @@ impl Keys {
     pub(crate) async fn complete(&self, key: &str, answer: &[u8]) {
         match self {
             Keys::Node(h) => h.idempotency_complete(key, Bytes::copy_from_slice(answer)),
-            Keys::Redis(r) => {
+            Keys::Redis(r, _) => {
                 if let Err(e) = r.idempotency_complete(key, answer).await {
                     // The key stays claimed until its window passes: a repeat gets 409, never a
                     // second delivery.
@@ -85,8 +95,8 @@ impl Keys {
     pub(crate) fn release(&self, key: String) {
         match self {
             Keys::Node(h) => h.idempotency_release(&key),
-            Keys::Redis(r) => {
-                let r = r.clone();
+            Keys::Redis(r, _) => {
+                let r = (**r).clone();
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {
                         if let Err(e) = r.idempotency_release(&key).await {

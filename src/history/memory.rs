@@ -262,6 +262,10 @@ impl HistoryBackend for MemoryHistory {
         self.idempotency.lock().unwrap_or_else(|e| e.into_inner()).release(key);
     }
 
+    fn count_duplicate(&self) {
+        self.duplicates.fetch_add(1, Relaxed);
+    }
+
     fn sweep(&self, now: Instant) {
         if !self.rules.is_empty() {
             // A quarter of the stripes per call.

@@ -225,6 +225,10 @@ pub trait HistoryBackend: Send + Sync {
     /// Forget a claimed key whose publish failed.
     fn idempotency_release(&self, key: &str);
 
+    /// Count a duplicate found by a store outside this backend (idempotency keys in Redis),
+    /// so `idempotency_duplicates` covers every keyed publish the node answered.
+    fn count_duplicate(&self);
+
     /// Evict what has aged out (a slice of the store per call; call it every few hundred ms).
     fn sweep(&self, now: Instant);
 

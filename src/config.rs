@@ -164,6 +164,8 @@ pub struct Config {
     pub commands_flood_close_after: Duration,
     /// Largest per-connection session (its JSON text), in bytes.
     pub session_bytes_max: usize,
+    /// Clustering over Redis (off unless URLs are set): `[cluster]`, `--cluster*`.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for Config {
@@ -196,6 +198,7 @@ impl Default for Config {
             commands_burst: 200,
             commands_flood_close_after: Duration::from_secs(3),
             session_bytes_max: 4096,
+            cluster: Default::default(),
         }
     }
 }

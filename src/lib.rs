@@ -1,6 +1,7 @@
 //! ringcast
 pub mod addressing;
 pub mod api;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod fanout;

@@ -175,6 +175,64 @@ struct ServeArgs {
     /// Log the node's counters at this interval, e.g. "10s"; "0s" disables.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     stats_interval: Duration,
+    // ---- cluster (src/cluster/config.rs) ----
+    /// Join a cluster over Redis: redis://host:port (one Redis, classic pub/sub), or with
+    /// --cluster-bus sharded the comma-separated seed nodes of a Redis Cluster. Off by default
+    /// (a single node needs no Redis).
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    cluster: Vec<String>,
+    /// Pub/sub flavour: classic (PUBLISH/SUBSCRIBE on one Redis) or sharded
+    /// (SPUBLISH/SSUBSCRIBE on a Redis Cluster, Redis >= 7).
+    #[arg(long, value_enum, default_value = "classic")]
+    cluster_bus: ClusterBusArg,
+    /// Prefix of the cluster's Redis channels and keys (several clusters can share a Redis).
+    #[arg(long, default_value = "ringcast")]
+    cluster_namespace: String,
+    /// Interval of presence heartbeats; a dead node vanishes within three of them.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    cluster_heartbeat_interval: Duration,
+    /// How long a group's or uid's channel stays subscribed after its last local member left
+    /// (no churn when members come and go).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    cluster_unsubscribe_linger: Duration,
+    /// Longest a cluster-wide query (stats, group, uid, client) waits for other nodes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    cluster_query_timeout: Duration,
+    /// Local publishes waiting to go to Redis; past it they are dropped and counted.
+    #[arg(long, default_value_t = 64 * 1024)]
+    cluster_outbound_messages_max: usize,
+    /// Messages from Redis waiting to be delivered; past it they are dropped and counted.
+    #[arg(long, default_value_t = 64 * 1024)]
+    cluster_inbound_messages_max: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ClusterBusArg {
+    /// PUBLISH/SUBSCRIBE on one Redis (or a primary with replicas).
+    Classic,
+    /// SPUBLISH/SSUBSCRIBE on a Redis Cluster.
+    Sharded,
+}
+
+impl ServeArgs {
+    fn cluster_config(&self) -> anyhow::Result<ringcast::cluster::ClusterConfig> {
+        let c = ringcast::cluster::ClusterConfig {
+            urls: self.cluster.iter().filter(|u| !u.is_empty()).cloned().collect(),
+            bus: match self.cluster_bus {
+                ClusterBusArg::Classic => ringcast::cluster::BusMode::Classic,
+                ClusterBusArg::Sharded => ringcast::cluster::BusMode::Sharded,
+            },
+            namespace: self.cluster_namespace.clone(),
+            heartbeat_interval: self.cluster_heartbeat_interval,
+            unsubscribe_linger: self.cluster_unsubscribe_linger,
+            query_timeout: self.cluster_query_timeout,
+            outbound_messages_max: self.cluster_outbound_messages_max,
+            inbound_messages_max: self.cluster_inbound_messages_max,
+            ..Default::default()
+        };
+        c.validate().map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+        Ok(c)
+    }
 }
 
 /// A parsed `--cpus` value (a newtype so clap treats it as one value, not many).
@@ -283,6 +341,7 @@ impl ServeArgs {
         c.close_timeout = self.close_timeout;
         c.shutdown_timeout = self.shutdown_timeout;
         c.inbox_events_max = self.inbox_events_max.max(1);
+        c.cluster = self.cluster_config()?;
         Ok(c)
     }
 }
@@ -327,6 +386,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
     }
     let config = args.config()?;
+    let config_cluster = config.cluster.clone();
     let shards = config.shards;
     let handle = Server::builder().config(config).start().context("starting ringcast")?;
     tracing::info!(
@@ -335,6 +395,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "connection capacity (open-file limit minus reserved descriptors)"
     );
     tracing::info!("listening on {}", handle.local_addr());
+    let cluster = if config_cluster.enabled() {
+        match ringcast::cluster::spawn(handle.clone(), config_cluster) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                handle.shutdown();
+                let _ = handle.join();
+                return Err(e).context("joining the cluster");
+            }
+        }
+    } else {
+        None
+    };
     let api = if args.no_api {
         None
     } else {
@@ -343,6 +415,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             token: args.api_token.clone().filter(|t| !t.is_empty()),
             body_bytes_max: args.api_body_bytes_max,
             group_id_bytes_max: args.group_id_bytes_max,
+            cluster: cluster.as_ref().map(|c| c.cluster()),
             ..Default::default()
         };
         match ringcast::api::spawn(handle.clone(), api_config) {
@@ -377,6 +450,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         STOP.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(api) = api {
             api.shutdown();
+        }
+        if let Some(cluster) = cluster {
+            cluster.shutdown();
         }
         handle.shutdown();
     });

@@ -158,6 +158,11 @@ impl Handle {
         self.local_addr
     }
 
+    /// The state shards and handles share (for the cluster task).
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.node.links.len()
@@ -213,6 +218,23 @@ impl Handle {
             })
             .collect();
         self.node.handle_frames_encoded.fetch_add(n as u64, Ordering::Relaxed);
+        if !self.node.tap_publish(&outgoing) && self.node.handle_log_due() {
+            tracing::warn!(
+                "cluster outbound queue full: publish not sent to the other nodes (at most one \
+                 such line per second; cluster.outbound_dropped counts them all)"
+            );
+        }
+        self.deliver(outgoing, want_reply)
+    }
+
+    /// Queue already encoded publishes to this node's shards (no cluster hand-off: the
+    /// cluster task uses this for publishes that came from other nodes).
+    pub(crate) fn deliver(
+        &self,
+        outgoing: Arc<[Outgoing]>,
+        want_reply: bool,
+    ) -> Result<Pending<Vec<PublishReport>>, RequestError> {
+        let n = outgoing.len();
         let mut req = Request::new();
         let missed = self.node.send_publish(&outgoing, None, want_reply.then_some(&mut req));
         if missed > 0 {

@@ -60,6 +60,9 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
     /// Time [`ApiServer::shutdown`] lets in-flight requests finish before dropping them.
     pub shutdown_timeout: Duration,
+    /// The cluster backplane, when the node is clustered: queries answer cluster-wide and
+    /// `/api/stats` shows the backplane.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Default for ApiConfig {
@@ -73,6 +76,7 @@ impl Default for ApiConfig {
             connections_max: 1024,
             header_read_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
+            cluster: None,
         }
     }
 }
@@ -160,6 +164,7 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
         body_bytes_max: config.body_bytes_max,
         counters: Default::default(),
         coalescer: Default::default(),
+        cluster: config.cluster.clone(),
     });
     let service = service::ApiService {
         app: routes::router(shared.clone()),

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Single publishes of one tick go to the node as one batch.
     pub(crate) coalescer: Arc<Coalescer>,
+    /// The cluster backplane, if clustered: queries answer cluster-wide.
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
 }
 
 type St = State<Arc<Shared>>;
@@ -42,6 +44,18 @@ impl Shared {
     /// Wait for the shards' answer, at most `shard_timeout`.
     async fn ask<T>(&self, pending: Pending<T>) -> Result<T, ApiError> {
         match tokio::time::timeout(self.shard_timeout, pending).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(_) => Err(RequestError::Timeout.into()),
+        }
+    }
+
+    /// A cluster-wide query: bounded by the cluster's `query_timeout` (nodes that did not
+    /// answer are listed as missing) and, as a backstop, by `shard_timeout`.
+    async fn ask_cluster<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, RequestError>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.shard_timeout, f).await {
             Ok(r) => r.map_err(ApiError::from),
             Err(_) => Err(RequestError::Timeout.into()),
         }
@@ -304,6 +318,9 @@ async fn leave(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer
 /// `GET /api/groups/{group}`
 async fn group(State(s): St, Params(g): Params<String>) -> Answer {
     let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
+    if let Some(c) = &s.cluster {
+        return ok(&s.ask_cluster(c.group(group)).await?);
+    }
     ok(&s.ask(s.handle.group(group)).await?)
 }
 
@@ -333,6 +350,9 @@ async fn groups(State(s): St) -> Answer {
 /// hold (GatewayWorker's `isOnline`).
 async fn client(State(s): St, Params(c): Params<String>) -> Answer {
     let id = conn(&c)?;
+    if let Some(c) = &s.cluster {
+        return ok(&s.ask_cluster(c.client(id)).await?);
+    }
     ok(&s.ask(s.handle.client(id)).await?)
 }
 
@@ -384,6 +404,9 @@ async fn merge_session(State(s): St, Params(c): Params<String>, req: Request) ->
 /// `GET /api/uids/{uid}`
 async fn uid(State(s): St, Params(u): Params<String>) -> Answer {
     let uid = body::uid(&u, &"uid", s.limits).map_err(ApiError::bad_request)?;
+    if let Some(c) = &s.cluster {
+        return ok(&s.ask_cluster(c.uid(uid)).await?);
+    }
     ok(&s.ask(s.handle.uid(uid)).await?)
 }
 
@@ -396,9 +419,24 @@ async fn stats(State(s): St) -> Answer {
         #[serde(flatten)]
         node: Stats,
         api: ApiStats,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cluster: Option<ClusterView>,
+    }
+    /// The backplane's state and counters, and every node's totals.
+    #[derive(Serialize)]
+    struct ClusterView {
+        backplane: crate::cluster::BackplaneStatus,
+        #[serde(flatten)]
+        stats: crate::cluster::ClusterAnswer<crate::cluster::ClusterStats>,
     }
     let node = s.ask(s.handle.stats()).await?;
-    ok(&WithApi { node, api: s.counters.snapshot() })
+    let cluster = match &s.cluster {
+        Some(c) => {
+            Some(ClusterView { backplane: c.status(), stats: s.ask_cluster(c.stats()).await? })
+        }
+        None => None,
+    };
+    ok(&WithApi { node, api: s.counters.snapshot(), cluster })
 }
 
 /// `GET /api/metrics`: the node's counters, summed over its shards.

@@ -274,6 +274,13 @@ impl Core {
     }
 
     fn publish_batch(&mut self, batch: Arc<[Outgoing]>) -> PublishReport {
+        if !self.node.tap_publish(&batch) {
+            self.log_limiter.warn("cluster", || {
+                "cluster outbound queue full: publish not sent to the other nodes \
+                 (cluster.outbound_dropped counts them)"
+                    .to_owned()
+            });
+        }
         let missed = self.node.send_publish(&batch, Some(self.id), None);
         if missed > 0 {
             self.counters.mesh_dropped += missed as u64;
@@ -441,7 +448,7 @@ impl Core {
         if let Op::Dissolve(g) = &op {
             let removed = self.router.dissolve(g);
             if !removed.is_empty() {
-                self.node.groups.remove(g, self.id);
+                self.node.group_remove(g, self.id);
             }
             return Answer::Dissolved(removed.len() as u64);
         }
@@ -463,7 +470,7 @@ impl Core {
                 Left::NotMember => Applied::Unchanged,
                 Left::Removed { last } => {
                     if last {
-                        self.node.groups.remove(&g, self.id);
+                        self.node.group_remove(&g, self.id);
                     }
                     Applied::Done
                 }
@@ -474,10 +481,10 @@ impl Core {
                 } else {
                     let Bound { first, previous } = self.router.bind_uid(slot, &uid);
                     if first {
-                        self.node.uids.add(&uid, self.id);
+                        self.node.uid_add(&uid, self.id);
                     }
                     if let Some((prev, true)) = previous {
-                        self.node.uids.remove(&prev, self.id);
+                        self.node.uid_remove(&prev, self.id);
                     }
                     Applied::Done
                 }
@@ -486,7 +493,7 @@ impl Core {
                 None => Applied::Unchanged,
                 Some((uid, emptied)) => {
                     if emptied {
-                        self.node.uids.remove(&uid, self.id);
+                        self.node.uid_remove(&uid, self.id);
                     }
                     Applied::Done
                 }
@@ -506,7 +513,7 @@ impl Core {
             Ok(Joined::Already) => Applied::Unchanged,
             Ok(Joined::Added { first }) => {
                 if first {
-                    self.node.groups.add(g, self.id);
+                    self.node.group_add(g, self.id);
                 }
                 Applied::Done
             }
@@ -688,7 +695,7 @@ impl Core {
             },
             Command::LeaveGroup { group } => {
                 if let Left::Removed { last: true } = self.router.leave(slot, &group) {
-                    self.node.groups.remove(&group, self.id);
+                    self.node.group_remove(&group, self.id);
                 }
                 Ok(())
             }
@@ -936,10 +943,10 @@ impl Core {
         self.freed_since_trim += 1;
         let released = self.router.close(slot as Slot);
         for g in &released.emptied_groups {
-            self.node.groups.remove(g, self.id);
+            self.node.group_remove(g, self.id);
         }
         if let Some((uid, true)) = &released.uid {
-            self.node.uids.remove(uid, self.id);
+            self.node.uid_remove(uid, self.id);
         }
         self.node.release_slot();
         self.counters.connections_open -= 1;

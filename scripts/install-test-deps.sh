@@ -6,8 +6,10 @@
 # Idempotent: a second run checks what is there and installs nothing new.
 #
 # What it installs:
-#   1. Debian packages (as root, non-interactive): redis-server, for a later stage's tests.
-#      Set RINGCAST_SKIP_APT=1 to skip this step.
+#   1. Debian packages (as root, non-interactive): redis-server and redis-tools (redis-cli), for
+#      the cluster tests (tests/cluster.rs start their own redis-server processes, including a
+#      three-master Redis Cluster, which needs Redis >= 7 for sharded pub/sub: Debian 12's
+#      redis-server is 7.0). Set RINGCAST_SKIP_APT=1 to skip this step.
 #   2. .autobahn/venv: a Python 2.7 virtualenv (gitignored) built from pyenv's 2.7.18, with
 #      Autobahn|Testsuite (`wstest`) and a fully pinned dependency set, for tests/autobahn.rs.
 #      Set PY27=/path/to/python2.7 to use another interpreter.
@@ -23,22 +25,24 @@ die() { log "ERROR: $*"; exit 1; }
 # ---------------------------------------------------------------------------------------------
 # 1. Debian packages
 # ---------------------------------------------------------------------------------------------
-APT_PACKAGES=(redis-server)    # command name == package name for everything listed here
+# package:command pairs (a package is installed when its command is missing)
+APT_PACKAGES=(redis-server:redis-server redis-tools:redis-cli)
 
 install_apt_packages() {
     if [[ "${RINGCAST_SKIP_APT:-0}" == 1 ]]; then
         log "apt: skipped (RINGCAST_SKIP_APT=1)"
         return
     fi
-    local missing=() p
-    for p in "${APT_PACKAGES[@]}"; do
-        if command -v "$p" >/dev/null 2>&1; then
-            log "apt: $p already installed ($(command -v "$p"))"
+    local missing=() pair p c
+    for pair in "${APT_PACKAGES[@]}"; do
+        p="${pair%%:*}" c="${pair##*:}"
+        if command -v "$c" >/dev/null 2>&1; then
+            log "apt: $p already installed ($(command -v "$c"))"
         else
             missing+=("$p")
         fi
     done
-    [[ ${#missing[@]} -eq 0 ]] && return
+    [[ ${#missing[@]} -eq 0 ]] && { check_redis_version; return; }
 
     local sudo=()
     if [[ "$(id -u)" != 0 ]]; then
@@ -51,9 +55,21 @@ install_apt_packages() {
     log "apt: apt-get install -y --no-install-recommends ${missing[*]}"
     "${sudo[@]}" apt-get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
-    for p in "${missing[@]}"; do
-        command -v "$p" >/dev/null 2>&1 || die "apt: $p still not on PATH after install"
+    for pair in "${APT_PACKAGES[@]}"; do
+        c="${pair##*:}"
+        command -v "$c" >/dev/null 2>&1 || die "apt: $c still not on PATH after install"
     done
+    check_redis_version
+}
+
+# Sharded pub/sub (SSUBSCRIBE/SPUBLISH), used by the Redis Cluster tests, needs Redis >= 7.
+check_redis_version() {
+    local v major
+    v="$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')"
+    major="${v%%.*}"
+    [[ -n "$major" && "$major" -ge 7 ]] \
+        || die "redis-server $v is older than 7 (no sharded pub/sub); on Debian 11 install it from bullseye-backports or use Debian 12+"
+    log "apt: redis-server $v (>= 7: sharded pub/sub available)"
 }
 
 # ---------------------------------------------------------------------------------------------

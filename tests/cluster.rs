@@ -419,3 +419,42 @@ async fn redis_cluster_with_sharded_pubsub() {
     let cl = get(b, &format!("/api/clients/{c1_id}")).await;
     assert_eq!(cl["online"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_never_blocks_local_delivery() {
+    let redis = Redis::start();
+    let a = Node::start(BIN, &node_args(&redis.url(), &["--cluster-outbound-messages-max", "64"]));
+    let b = Node::start(BIN, &node_args(&redis.url(), &[]));
+    let (mut a1, _) = client(&a).await;
+    let (mut b1, _) = client(&b).await;
+    // Redis stops answering anyone for 3 s (a stalled or flooded link).
+    let _: () =
+        redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("ALL").query(&mut redis.conn()).unwrap();
+    let started = Instant::now();
+    for batch in 0..10 {
+        let publishes: Vec<Value> = (0..50)
+            .map(|i| json!({"data": format!("m{}", batch * 50 + i), "to": {"all": true}}))
+            .collect();
+        post(&a, "/api/publish/batch", json!({"publishes": publishes})).await;
+    }
+    // Local clients get all 500 at once: the shards never wait for Redis.
+    for i in 0..500 {
+        expect_text(&mut a1, &format!("m{i}")).await;
+    }
+    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    // The bounded outbound queue overflowed: counted.
+    let k = backplane(&a).await["counters"].clone();
+    assert!(k["outbound_dropped"].as_u64().unwrap() >= 50, "{k}");
+    // Once Redis answers again, cross-node delivery resumes without a restart.
+    wait_for(20, "cross-node delivery after the stall", async || {
+        publish(&a, "back", json!({"all": true}), &[]).await;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), next_data(&mut b1, 10)).await {
+                Ok(WsMessage::Text(t)) if t.as_str() == "back" => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+}

@@ -524,6 +524,9 @@ async fn outbound(
             return;
         }
         msgs.clear();
+        if let Some(tap) = &inner.handle.node().tap {
+            tap.taken(batches.iter().map(|b| b.len()).sum());
+        }
         for b in batches.drain(..) {
             for o in b.iter() {
                 encode_outgoing(&inner, o, &mut msgs);

@@ -6,7 +6,7 @@
 //! Present only when clustering is configured; a single node pays one `Option` check per
 //! publish and per first-join / last-leave.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
@@ -36,8 +36,11 @@ pub(crate) struct Tap {
     pub(crate) hints_overflowed: AtomicBool,
     /// Wakes the cluster task after an overflow.
     pub(crate) overflow_notify: Notify,
-    /// Publish batches dropped because the outbound queue was full.
+    /// Publishes dropped because the outbound queue was full.
     pub(crate) outbound_dropped: AtomicU64,
+    /// Publishes (not batches) in the outbound queue: the queue's bound is in messages.
+    queued_messages: AtomicUsize,
+    messages_max: usize,
     /// Receivers, taken once by the cluster task.
     pub(crate) receivers: Mutex<Option<Receivers>>,
 }
@@ -49,9 +52,11 @@ pub(crate) struct Receivers {
 }
 
 impl Tap {
-    /// Queues of `publishes_max` batches and `hints_max` hints.
-    pub(crate) fn new(publishes_max: usize, hints_max: usize) -> Tap {
-        let (ptx, prx) = mpsc::channel(publishes_max.max(1));
+    /// Queues of `messages_max` publishes and `hints_max` hints.
+    pub(crate) fn new(messages_max: usize, hints_max: usize) -> Tap {
+        // A batch holds at least one publish, so the channel never holds more batches than
+        // the message bound allows.
+        let (ptx, prx) = mpsc::channel(messages_max.max(1));
         let (htx, hrx) = mpsc::channel(hints_max.max(1));
         Tap {
             publishes: ptx,
@@ -59,6 +64,8 @@ impl Tap {
             hints_overflowed: AtomicBool::new(false),
             overflow_notify: Notify::new(),
             outbound_dropped: AtomicU64::new(0),
+            queued_messages: AtomicUsize::new(0),
+            messages_max: messages_max.max(1),
             receivers: Mutex::new(Some(Receivers { publishes: prx, hints: hrx })),
         }
     }
@@ -66,11 +73,19 @@ impl Tap {
     /// Hand a batch of local publishes to the cluster task; `false` (and counted) if its
     /// queue is full.
     pub(crate) fn publish(&self, batch: &OutboundBatch) -> bool {
-        if self.publishes.try_send(batch.clone()).is_ok() {
+        let n = batch.len();
+        let before = self.queued_messages.fetch_add(n, Ordering::AcqRel);
+        if before + n <= self.messages_max && self.publishes.try_send(batch.clone()).is_ok() {
             return true;
         }
-        self.outbound_dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.queued_messages.fetch_sub(n, Ordering::AcqRel);
+        self.outbound_dropped.fetch_add(n as u64, Ordering::Relaxed);
         false
+    }
+
+    /// The cluster task took `n` publishes out of the queue.
+    pub(crate) fn taken(&self, n: usize) {
+        self.queued_messages.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// Report an interest change.

@@ -159,4 +159,17 @@ mod tests {
         assert!(on(&|c| c.heartbeat_interval = Duration::from_millis(1)).is_err());
         assert!(on(&|c| c.batch_messages_max = 0).unwrap_err().contains("batch_messages_max"));
     }
+
+    #[test]
+    fn deserializes_as_a_config_section() {
+        let c: ClusterConfig = serde_json::from_str(
+            r#"{"urls":["redis://127.0.0.1:7001"],"bus":"sharded","heartbeat_interval":"250ms"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bus, BusMode::Sharded);
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(c.namespace, "ringcast", "unset keys keep their defaults");
+        let e = serde_json::from_str::<ClusterConfig>(r#"{"url":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
 }

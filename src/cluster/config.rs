@@ -21,7 +21,7 @@ pub enum BusMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Redis URLs (`redis://host:port`); several are seed nodes of a Redis Cluster. Empty:
+    /// Redis URLs (`redis://[user:password@]host:port`); several are seed nodes of a Redis Cluster. Empty:
     /// clustering is off.
     pub urls: Vec<String>,
     /// Classic pub/sub on one Redis, or sharded pub/sub on a Redis Cluster.
@@ -86,8 +86,11 @@ impl ClusterConfig {
             return Ok(());
         }
         for u in &self.urls {
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                return Err(format!("cluster URL {u:?} must start with redis:// or rediss://"));
+            if !u.starts_with("redis://") {
+                return Err(format!(
+                    "cluster URL {u:?} must start with redis:// (TLS to Redis, rediss://, is \
+                     not built in)"
+                ));
             }
         }
         if self.bus == BusMode::Classic && self.urls.len() > 1 {

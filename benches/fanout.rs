@@ -1,4 +1,7 @@
-//! Fan-out macro benchmark: ringcast vs an in-tree tokio + tokio-tungstenite baseline server.
+//! Fan-out macro benchmark: ringcast vs an in-tree tokio + tokio-tungstenite baseline server and
+//! the registry peers people deploy (Node.js `ws` from npm, Python `websockets` from PyPI,
+//! installed by the harness into `results/tmp/peers/`; a peer whose runtime is missing is
+//! skipped and the results say so).
 //!
 //! `cargo bench --bench fanout` runs the full suite and writes `results/*.json`, `results/*.svg`
 //! and `results/README.md`; `cargo bench --bench fanout -- --quick` (or `RINGCAST_BENCH_QUICK=1`)
@@ -16,6 +19,8 @@ mod baseline;
 mod charts;
 #[path = "fanout/idle.rs"]
 mod idle;
+#[path = "fanout/peers.rs"]
+mod peers;
 #[path = "fanout/procs.rs"]
 mod procs;
 #[path = "fanout/report.rs"]
@@ -81,19 +86,25 @@ fn role_idle() -> Result<()> {
     idle::run(&target, n, Duration::from_secs(hold))
 }
 
-/// The two servers under test.
+/// The servers under test: ringcast, the in-tree baseline, and the registry peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Server {
     Ringcast,
     Baseline,
+    NodeWs,
+    PythonWebsockets,
 }
 
 impl Server {
-    pub const ALL: [Server; 2] = [Server::Ringcast, Server::Baseline];
+    pub const ALL: [Server; 4] =
+        [Server::Ringcast, Server::Baseline, Server::NodeWs, Server::PythonWebsockets];
+    pub const PEERS: [Server; 2] = [Server::NodeWs, Server::PythonWebsockets];
     pub fn key(self) -> &'static str {
         match self {
             Server::Ringcast => "ringcast",
             Server::Baseline => "baseline",
+            Server::NodeWs => "node-ws",
+            Server::PythonWebsockets => "python-websockets",
         }
     }
 }
@@ -114,6 +125,8 @@ pub struct Config {
     pub bench_command: String,
     /// The `cargo build` commands run to get the binaries.
     pub build_commands: Vec<String>,
+    /// Registry peers: how to start each, or why it is skipped.
+    pub peers: Vec<(Server, std::result::Result<peers::Peer, String>)>,
 }
 
 fn harness() -> Result<()> {
@@ -174,7 +187,26 @@ fn harness() -> Result<()> {
     let procs::Binaries { ringcast_bin, loadgen_bin, build_commands } =
         procs::Binaries::resolve(&workspace, report_only)?;
 
+    let peers: Vec<(Server, std::result::Result<peers::Peer, String>)> = if report_only {
+        Vec::new()
+    } else {
+        Server::PEERS
+            .into_iter()
+            .map(|s| {
+                let p = match s {
+                    Server::NodeWs => peers::node_ws(&workspace),
+                    _ => peers::python_websockets(&workspace),
+                };
+                match &p {
+                    Ok(p) => eprintln!("fanout: peer {}: {}", s.key(), p.version),
+                    Err(e) => eprintln!("fanout: peer {} SKIPPED: {e}", s.key()),
+                }
+                (s, p)
+            })
+            .collect()
+    };
     let cfg = Config {
+        peers,
         quick,
         workspace,
         out_dir,
@@ -249,8 +281,14 @@ fn harness() -> Result<()> {
 fn run_scenario(cfg: &Config, meta: &report::Meta, sc: &Scenario) -> Value {
     let mut per_server = serde_json::Map::new();
     for server in Server::ALL {
+        if let Some((_, Err(why))) = cfg.peers.iter().find(|(s, _)| *s == server) {
+            per_server
+                .insert(server.key().into(), json!({ "server": server.key(), "skipped": why }));
+            continue;
+        }
         let res = match sc.kind {
             Kind::IdleRss => run_idle(cfg, sc, server),
+            Kind::ConnectStorm { rounds } => run_storm(cfg, sc, server, rounds),
             Kind::Fixed { .. } => run_load(cfg, sc, server),
             Kind::FindMax { p99_bound_ms, start_rate, factor, max_steps } => {
                 run_load(cfg, sc, server).and_then(|first| {
@@ -300,15 +338,29 @@ fn run_scenario(cfg: &Config, meta: &report::Meta, sc: &Scenario) -> Value {
                 "max_steps": max_steps,
             }),
         ),
-        Kind::IdleRss => (json!(0), Value::Null),
+        Kind::IdleRss | Kind::ConnectStorm { .. } => (json!(0), Value::Null),
     };
+    let peer_versions: serde_json::Map<String, Value> = cfg
+        .peers
+        .iter()
+        .map(|(s, p)| {
+            (
+                s.key().to_owned(),
+                p.as_ref().map_or_else(|e| json!({"skipped": e}), |p| json!(p.version)),
+            )
+        })
+        .collect();
     json!({
         "scenario": sc.name,
         "title": sc.title(),
         "kind": sc.kind.tag(),
         "mode": if cfg.quick { "quick" } else { "full" },
         "subscribers": sc.subscribers,
-        "publishers": if matches!(sc.kind, Kind::IdleRss) { 0 } else { scenarios::PUBLISHERS },
+        "publishers": if matches!(sc.kind, Kind::IdleRss | Kind::ConnectStorm { .. }) {
+            0
+        } else {
+            scenarios::PUBLISHERS
+        },
         "payload": sc.payload,
         "rate": rate,
         "find_max": find_max,
@@ -321,6 +373,10 @@ fn run_scenario(cfg: &Config, meta: &report::Meta, sc: &Scenario) -> Value {
         },
         "ringcast": ringcast,
         "baseline": baseline,
+        "node-ws": per_server.get("node-ws").cloned().unwrap_or(Value::Null),
+        "python-websockets": per_server.get("python-websockets").cloned().unwrap_or(Value::Null),
+        "peers": peer_versions,
+        "repeat": sc.repeat,
         "ratio": ratio,
         "bench_command": cfg.bench_command,
         "build_commands": cfg.build_commands,
@@ -359,6 +415,9 @@ fn start_server(cfg: &Config, sc: &Scenario, server: Server) -> Result<(Proc, So
             stdin_piped: false,
             log: &log,
         },
+        Server::NodeWs | Server::PythonWebsockets => {
+            peer_spec(cfg, server, addr, &log, format!("{} ({})", server.key(), sc.name))?
+        }
         Server::Baseline => Spec {
             name: format!("baseline ({})", sc.name),
             program: &cfg.self_exe,
@@ -373,6 +432,32 @@ fn start_server(cfg: &Config, sc: &Scenario, server: Server) -> Result<(Proc, So
     let mut p = procs::spawn(&spec)?;
     procs::wait_listening(&mut p, addr, SERVER_START_TIMEOUT)?;
     Ok((p, addr))
+}
+
+/// The Spec of a registry peer listening on `addr`.
+fn peer_spec<'a>(
+    cfg: &'a Config,
+    server: Server,
+    addr: SocketAddr,
+    log: &'a std::path::Path,
+    name: String,
+) -> Result<Spec<'a>> {
+    let Some((_, Ok(peer))) = cfg.peers.iter().find(|(s, _)| *s == server) else {
+        bail!("peer {} is not available", server.key());
+    };
+    let mut args = peer.args.clone();
+    args.push(addr.ip().to_string());
+    args.push(addr.port().to_string());
+    Ok(Spec {
+        name,
+        program: &peer.program,
+        args,
+        envs: peer.envs.clone(),
+        cpus: &cfg.server_cpus,
+        stdout_piped: false,
+        stdin_piped: false,
+        log,
+    })
 }
 
 /// The load generator's command line for a scenario.
@@ -394,6 +479,8 @@ fn loadgen_args(sc: &Scenario, addr: SocketAddr) -> Vec<String> {
         format!("{}", sc.drain_s),
         "--no-progress".into(),
         "--json".into(),
+        "--repeat".into(),
+        sc.repeat.to_string(),
     ];
     match sc.kind {
         Kind::Fixed { rate } => a.extend(["--rate".into(), rate.to_string()]),
@@ -407,8 +494,14 @@ fn loadgen_args(sc: &Scenario, addr: SocketAddr) -> Vec<String> {
             factor.to_string(),
             "--max-steps".into(),
             max_steps.to_string(),
+            "--step-retries".into(),
+            "1".into(),
+            "--bisect-steps".into(),
+            scenarios::BISECT_STEPS.to_string(),
         ]),
-        Kind::IdleRss => unreachable!("idle scenarios do not run the load generator"),
+        Kind::IdleRss | Kind::ConnectStorm { .. } => {
+            unreachable!("idle and connect-storm scenarios run their own commands")
+        }
     }
     a
 }
@@ -581,6 +674,78 @@ fn run_idle(cfg: &Config, sc: &Scenario, server: Server) -> Result<Value> {
         "rss_before_kib": before,
         "rss_after_kib": after,
         "kib_per_connection": per_conn,
+    }))
+}
+
+/// Connect storm: `rounds` times, a fresh server and `ringcast-loadgen --connect-only` opening
+/// every connection at once (no ramp limit, 512 handshakes in flight).
+fn run_storm(cfg: &Config, sc: &Scenario, server: Server, rounds: usize) -> Result<Value> {
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        let (mut srv, addr) = start_server(cfg, sc, server)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let log = cfg.log_dir.join(format!("{}-{}-loadgen-{round}.log", sc.name, server.key()));
+        let args: Vec<String> = vec![
+            "--url".into(),
+            format!("ws://{addr}/"),
+            "--connections".into(),
+            sc.subscribers.to_string(),
+            "--connect-only".into(),
+            "--ramp-rate".into(),
+            "0".into(),
+            "--max-inflight-handshakes".into(),
+            "512".into(),
+            "--connect-retries".into(),
+            "8".into(),
+            "--no-progress".into(),
+            "--json".into(),
+        ];
+        let spec = Spec {
+            name: format!("loadgen ({} / {})", sc.name, server.key()),
+            program: &cfg.loadgen_bin,
+            args,
+            envs: vec![],
+            cpus: &cfg.loadgen_cpus,
+            stdout_piped: true,
+            stdin_piped: false,
+            log: &log,
+        };
+        let mut lg = procs::spawn(&spec)?;
+        let stdout = procs::read_to_end_async(lg.child.stdout.take().context("loadgen stdout")?);
+        let status = match lg.wait_timeout(sc.timeout)? {
+            Some(st) => st,
+            None => {
+                lg.terminate(Duration::from_secs(2))?;
+                srv.terminate(SERVER_STOP_GRACE)?;
+                bail!("connect storm timed out; log tail:\n{}", lg.log_tail(20));
+            }
+        };
+        let out = stdout.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+        let server_alive = srv.try_wait()?.is_none();
+        srv.terminate(SERVER_STOP_GRACE)?;
+        if !status.success() {
+            bail!("load generator exited with {status}; log tail:\n{}", lg.log_tail(20));
+        }
+        let report = parse_report(&out)?;
+        runs.push(json!({
+            "server_command": srv.command_line,
+            "loadgen_command": lg.command_line,
+            "server_alive_after_run": server_alive,
+            "report": report,
+        }));
+    }
+    let figs = |ptr: &str| -> Vec<f64> {
+        runs.iter().filter_map(|r| r.pointer(ptr).and_then(Value::as_f64)).collect()
+    };
+    Ok(json!({
+        "server": server.key(),
+        "rounds": runs.len(),
+        "handshakes_per_sec": report::spread_json(&figs("/report/connect/handshakes_per_sec")),
+        "connect_p50_us": report::spread_json(&figs("/report/connect/latency_us/p50")),
+        "connect_p99_us": report::spread_json(&figs("/report/connect/latency_us/p99")),
+        "failed": figs("/report/connect/failed").iter().sum::<f64>(),
+        "retries": figs("/report/connect/retries").iter().sum::<f64>(),
+        "runs": runs,
     }))
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fan-out benchmark: ringcast vs the in-tree tokio + tokio-tungstenite baseline.
+# Fan-out benchmark: ringcast vs the in-tree tokio + tokio-tungstenite baseline and the registry
+# peers (Node.js ws from npm, Python websockets from PyPI, installed into results/tmp/peers/).
 #
 #   scripts/bench.sh                 full suite  -> results/*.json, results/*.svg, results/README.md
 #   scripts/bench.sh --quick         quick suite -> results/quick/ (validated; nonzero exit on problems)

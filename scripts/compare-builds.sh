@@ -7,7 +7,7 @@ port=7500
 for round in 1 2 3; do
  for which in old new; do
   port=$((port+1))
-  if [ $which = old ]; then BIN=$OLD; EXTRA=""; else BIN=$NEW; EXTRA="${NEW_FLAGS:---no-api}"; fi
+  if [ $which = old ]; then BIN=$OLD; EXTRA="${OLD_FLAGS:-}"; else BIN=$NEW; EXTRA="${NEW_FLAGS:---no-api}"; fi
   taskset -c 0 $BIN serve --listen 127.0.0.1:$port --shards 1 --cpus 0 --on-message relay --max-connections 16384 $EXTRA 2>/dev/null & P=$!
   sleep 0.7
   OUT=$(taskset -c 1 $LG --url ws://127.0.0.1:$port/ --connections $SUBS --rate $RATE --duration $DUR --warmup 1 --payload 64 --json --no-progress 2>/dev/null)

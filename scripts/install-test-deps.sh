@@ -9,10 +9,14 @@
 #   1. Debian packages (as root, non-interactive): redis-server and redis-tools (redis-cli), for
 #      the cluster tests (tests/cluster.rs start their own redis-server processes, including a
 #      three-master Redis Cluster, which needs Redis >= 7 for sharded pub/sub: Debian 12's
-#      redis-server is 7.0). Set RINGCAST_SKIP_APT=1 to skip this step.
+#      redis-server is 7.0); chromium, nodejs and npm, for the demo page's browser test
+#      (tests/browser.rs). Set RINGCAST_SKIP_APT=1 to skip this step.
 #   2. .autobahn/venv: a Python 2.7 virtualenv (gitignored) built from pyenv's 2.7.18, with
 #      Autobahn|Testsuite (`wstest`) and a fully pinned dependency set, for tests/autobahn.rs.
 #      Set PY27=/path/to/python2.7 to use another interpreter.
+#   3. tests/browser/node_modules: playwright-core at the version pinned in
+#      tests/browser/package-lock.json (`npm ci`). It drives Debian's /usr/bin/chromium;
+#      PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 makes sure nothing downloads a browser.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,21 +29,22 @@ die() { log "ERROR: $*"; exit 1; }
 # ---------------------------------------------------------------------------------------------
 # 1. Debian packages
 # ---------------------------------------------------------------------------------------------
-# package:command pairs (a package is installed when its command is missing)
-APT_PACKAGES=(redis-server:redis-server redis-tools:redis-cli)
+# "command" when the package has the command's name, "command:package" otherwise.
+APT_PACKAGES=(redis-server redis-cli:redis-tools chromium node:nodejs npm)
 
 install_apt_packages() {
     if [[ "${RINGCAST_SKIP_APT:-0}" == 1 ]]; then
         log "apt: skipped (RINGCAST_SKIP_APT=1)"
         return
     fi
-    local missing=() pair p c
-    for pair in "${APT_PACKAGES[@]}"; do
-        p="${pair%%:*}" c="${pair##*:}"
-        if command -v "$c" >/dev/null 2>&1; then
-            log "apt: $p already installed ($(command -v "$c"))"
+    local missing=() missing_cmds=() entry cmd pkg
+    for entry in "${APT_PACKAGES[@]}"; do
+        cmd="${entry%%:*}" pkg="${entry#*:}"
+        if command -v "$cmd" >/dev/null 2>&1; then
+            log "apt: $pkg already installed ($(command -v "$cmd"))"
         else
-            missing+=("$p")
+            missing+=("$pkg")
+            missing_cmds+=("$cmd")
         fi
     done
     [[ ${#missing[@]} -eq 0 ]] && { check_redis_version; return; }
@@ -55,9 +60,8 @@ install_apt_packages() {
     log "apt: apt-get install -y --no-install-recommends ${missing[*]}"
     "${sudo[@]}" apt-get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
-    for pair in "${APT_PACKAGES[@]}"; do
-        c="${pair##*:}"
-        command -v "$c" >/dev/null 2>&1 || die "apt: $c still not on PATH after install"
+    for cmd in "${missing_cmds[@]}"; do
+        command -v "$cmd" >/dev/null 2>&1 || die "apt: $cmd still not on PATH after install"
     done
     check_redis_version
 }
@@ -202,6 +206,27 @@ install_autobahn() {
     log "autobahn: installed $("$VENV/bin/wstest" --autobahnversion 2>/dev/null | tr '\n' ' ')-> $VENV/bin/wstest"
 }
 
+# ---------------------------------------------------------------------------------------------
+# 3. playwright-core for the browser test
+# ---------------------------------------------------------------------------------------------
+BROWSER_DIR="$ROOT/tests/browser"
+
+install_playwright() {
+    command -v npm >/dev/null 2>&1 || die "npm not found (it is installed by the apt step; RINGCAST_SKIP_APT=1?)"
+    local stamp="$BROWSER_DIR/node_modules/.ringcast-stamp" want
+    want="$(sha256sum "$BROWSER_DIR/package-lock.json" | cut -d' ' -f1)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" \
+          && -f "$BROWSER_DIR/node_modules/playwright-core/package.json" ]]; then
+        log "playwright-core: $BROWSER_DIR/node_modules is up to date"
+        return
+    fi
+    log "playwright-core: npm ci in $BROWSER_DIR"
+    (cd "$BROWSER_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" >"$stamp"
+    log "playwright-core: installed $(node -p "require('$BROWSER_DIR/node_modules/playwright-core/package.json').version")"
+}
+
 install_apt_packages
 install_autobahn
+install_playwright
 log "done"

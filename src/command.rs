@@ -436,28 +436,56 @@ impl<'a> Obj<'a> {
 #[error("{0}")]
 pub struct Denied(pub String);
 
-/// Check `cmd` against the permissions. `is_member(g)` tells whether the connection is in
-/// group `g`; `groups_now` is how many groups it is in.
+/// Rights one connection holds beyond the node's [`Permissions`] (its connect token's
+/// grants, see `crate::auth`). They only ever add: a command is allowed when the node's policy
+/// or the grants allow it.
+pub trait Grants {
+    /// Whether the connection may join `group` with `add_group`.
+    fn may_join(&self, group: &str) -> bool;
+    /// Whether the connection may publish to `group` with `send_to_group`.
+    fn may_publish(&self, group: &str) -> bool;
+}
+
+/// No rights beyond the node's policy (an anonymous connection).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoGrants;
+
+impl Grants for NoGrants {
+    fn may_join(&self, _: &str) -> bool {
+        false
+    }
+
+    fn may_publish(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// Check `cmd` against the permissions and the connection's `grants`. `is_member(g)` tells
+/// whether the connection is in group `g`; `groups_now` is how many groups it is in.
 ///
-/// Joining is judged on the join policy first, whatever the membership: a group that is not
-/// open to clients is refused even to a member the API put there. Past that, a member may
-/// re-join (a no-op) even at `groups_per_connection_max`, since it adds nothing.
+/// Joining is judged on the join policy (or a grant) first, whatever the membership: a group
+/// that is not open to the client is refused even to a member the API put there. Past that, a
+/// member may re-join (a no-op) even at `groups_per_connection_max`, since it adds nothing.
+/// Grants never lift the limits.
 pub fn check(
     perms: &Permissions,
     join: &JoinMatcher,
     cmd: &Command,
     is_member: impl Fn(&str) -> bool,
     groups_now: usize,
+    grants: &dyn Grants,
 ) -> Result<(), Denied> {
     let deny = |reason: String| Err(Denied(reason));
     match cmd {
         Command::AddGroup { group } => {
-            match &join.inner {
-                Join::Off => return deny("joining groups is not allowed".to_owned()),
-                Join::Matching(set) if !set.is_match(group.as_str()) => {
-                    return deny(format!("group {:?} is not open to clients", group.as_str()))
+            if !grants.may_join(group) {
+                match &join.inner {
+                    Join::Off => return deny("joining groups is not allowed".to_owned()),
+                    Join::Matching(set) if !set.is_match(group.as_str()) => {
+                        return deny(format!("group {:?} is not open to clients", group.as_str()))
+                    }
+                    Join::Matching(_) | Join::Any => {}
                 }
-                Join::Matching(_) | Join::Any => {}
             }
             if groups_now >= perms.groups_per_connection_max && !is_member(group) {
                 return deny(format!(
@@ -468,14 +496,27 @@ pub fn check(
             Ok(())
         }
         Command::LeaveGroup { .. } | Command::Ping => Ok(()),
-        Command::SendToGroup { groups, .. } => match perms.publish_groups {
-            GroupPublishPolicy::Off => deny("publishing to groups is not allowed".to_owned()),
-            GroupPublishPolicy::Joined => match groups.iter().find(|g| !is_member(g)) {
-                Some(g) => deny(format!("not a member of group {:?}", g.as_str())),
-                None => Ok(()),
-            },
-            GroupPublishPolicy::Any => Ok(()),
-        },
+        Command::SendToGroup { groups, .. } => {
+            for g in groups {
+                if grants.may_publish(g) {
+                    continue;
+                }
+                match perms.publish_groups {
+                    GroupPublishPolicy::Off => {
+                        return deny(if groups.iter().all(|g| !grants.may_publish(g)) {
+                            "publishing to groups is not allowed".to_owned()
+                        } else {
+                            format!("publishing to group {:?} is not allowed", g.as_str())
+                        })
+                    }
+                    GroupPublishPolicy::Joined if !is_member(g) => {
+                        return deny(format!("not a member of group {:?}", g.as_str()))
+                    }
+                    GroupPublishPolicy::Joined | GroupPublishPolicy::Any => {}
+                }
+            }
+            Ok(())
+        }
         Command::SendToAll { .. } if !perms.publish_all => {
             deny("publishing to all is not allowed".to_owned())
         }
@@ -1104,7 +1145,7 @@ mod tests {
         groups_now: usize,
     ) -> Result<(), Denied> {
         let join = JoinMatcher::new(&perms.join).unwrap();
-        check(perms, &join, c, |g| member_of.contains(&g), groups_now)
+        check(perms, &join, c, |g| member_of.contains(&g), groups_now, &NoGrants)
     }
 
     #[test]
@@ -1145,12 +1186,64 @@ mod tests {
             r#"{"cmd":"send_to_group", "group_id":"123", "message":"C'est le message"}"#,
         ] {
             let req = parsed(text);
-            check(&perms, &join, &req.cmd, |g| joined.iter().any(|j| j == g), joined.len())
-                .unwrap();
+            check(
+                &perms,
+                &join,
+                &req.cmd,
+                |g| joined.iter().any(|j| j == g),
+                joined.len(),
+                &NoGrants,
+            )
+            .unwrap();
             if let Command::AddGroup { group } = req.cmd {
                 joined.push(group.to_string());
             }
         }
+    }
+
+    /// Grants by exact name, for tests.
+    struct Granted(&'static [&'static str], &'static [&'static str]);
+
+    impl Grants for Granted {
+        fn may_join(&self, group: &str) -> bool {
+            self.0.contains(&group)
+        }
+        fn may_publish(&self, group: &str) -> bool {
+            self.1.contains(&group)
+        }
+    }
+
+    #[test]
+    fn grants_add_to_the_policy_but_never_lift_limits() {
+        let perms = Permissions { groups_per_connection_max: 2, ..Permissions::default() };
+        let join = JoinMatcher::new(&perms.join).unwrap();
+        let grants = Granted(&["a", "b", "c"], &["a"]);
+        let add = |name: &str| Command::AddGroup { group: g(name) };
+        let send = |names: &[&str]| Command::SendToGroup {
+            groups: names.iter().map(|s| g(s)).collect(),
+            message: "m".into(),
+            exclude: vec![],
+        };
+        let chk = |c: &Command, n: usize| check(&perms, &join, c, |_| false, n, &grants);
+        assert_eq!(chk(&add("a"), 0), Ok(()));
+        assert_eq!(chk(&add("z"), 0).unwrap_err().0, "joining groups is not allowed");
+        assert!(chk(&add("c"), 2).unwrap_err().0.starts_with("too many groups"));
+        assert_eq!(chk(&send(&["a"]), 0), Ok(()));
+        assert_eq!(chk(&send(&["b"]), 0).unwrap_err().0, "publishing to groups is not allowed");
+        assert_eq!(
+            chk(&send(&["a", "b"]), 0).unwrap_err().0,
+            "publishing to group \"b\" is not allowed"
+        );
+        // With a policy that already allows, grants change nothing.
+        let open = Permissions::demo();
+        let join = JoinMatcher::new(&open.join).unwrap();
+        assert_eq!(check(&open, &join, &add("z"), |_| false, 0, &grants), Ok(()));
+        // Joined policy: a grant also covers a group the client is not in.
+        let joined =
+            Permissions { publish_groups: GroupPublishPolicy::Joined, ..Permissions::default() };
+        let j = JoinMatcher::new(&joined.join).unwrap();
+        assert_eq!(check(&joined, &j, &send(&["a", "m"]), |g| g == "m", 1, &grants), Ok(()));
+        assert!(check(&joined, &j, &send(&["b"]), |_| false, 0, &grants).is_err());
     }
 
     #[test]

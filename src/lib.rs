@@ -1,13 +1,16 @@
 //! ringcast
 pub mod addressing;
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod fanout;
+pub mod fuzzing;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+pub mod observe;
 pub mod proto;
 pub mod route;
 pub mod server;
@@ -20,5 +23,5 @@ pub use addressing::{
 pub use config::{Config, OnMessage, SlowConsumerPolicy};
 pub use ids::{ConnId, GroupId, NodeId, Uid};
 pub use proto::Message;
-pub use server::{Builder, Handle, Server};
+pub use server::{Builder, Handle, Server, ShardHealth};
 pub use shard::{ConnInfo, Ctx, Pending};

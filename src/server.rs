@@ -14,7 +14,7 @@ use crate::addressing::{
 };
 use crate::config::{Config, OnMessage};
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
-use crate::metrics::Counters;
+use crate::metrics::{Counters, LatencySnapshot};
 use crate::proto::Message;
 use crate::shard::mesh::{Op, Outgoing, Query, ShardMsg};
 use crate::shard::reply::{Answer, Request};
@@ -135,6 +135,15 @@ fn tick_server_time(ctx: &mut Ctx<'_>) {
     ctx.broadcast(Message::text(secs.to_string()));
 }
 
+/// One shard's published state ([`Handle::shard_health`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardHealth {
+    /// Listening, not shutting down, accepts not paused after an accept error.
+    pub accepting: bool,
+    /// Time since the shard's loop last ran housekeeping; `None` before the first pass.
+    pub heartbeat_age: Option<Duration>,
+}
+
 /// A running node. Cheap to clone and share across threads (the control plane holds one);
 /// dropping it does not stop the node (call [`Handle::shutdown`] then [`Handle::join`]).
 ///
@@ -209,12 +218,14 @@ impl Handle {
         want_reply: bool,
     ) -> Result<Pending<Vec<PublishReport>>, RequestError> {
         let n = batch.len();
+        let accepted = std::time::Instant::now();
         let outgoing: Arc<[Outgoing]> = batch
             .into_iter()
             .map(|p| Outgoing {
                 frame: p.message.encode(),
                 route: route_of(p.to),
                 exclude: p.exclude,
+                accepted,
             })
             .collect();
         self.node.handle_frames_encoded.fetch_add(n as u64, Ordering::Relaxed);
@@ -472,6 +483,42 @@ impl Handle {
     /// Per-shard counters.
     pub fn shard_metrics(&self) -> Vec<Counters> {
         self.node.counters.iter().map(|c| c.load()).collect()
+    }
+
+    /// Fan-out latency (publish accepted → last write completed), per shard. Atomic reads; no
+    /// shard is asked.
+    pub fn shard_fanout_latency(&self) -> Vec<LatencySnapshot> {
+        self.node.fanout_latency.iter().map(|h| h.load()).collect()
+    }
+
+    /// Each shard's state as it last published it: accepting, and how long ago its loop last
+    /// ran housekeeping (every 250 ms when healthy). Atomic reads; no shard is asked.
+    pub fn shard_health(&self) -> Vec<ShardHealth> {
+        let age_now = self.node.started.elapsed();
+        self.node
+            .health
+            .iter()
+            .map(|h| {
+                let (accepting, at) = h.load();
+                ShardHealth { accepting, heartbeat_age: at.map(|t| age_now.saturating_sub(t)) }
+            })
+            .collect()
+    }
+
+    /// Events waiting in each shard's inbox (bounded by `Config::inbox_events_max`).
+    pub fn inbox_depths(&self) -> Vec<usize> {
+        self.node.links.iter().map(|l| l.len()).collect()
+    }
+
+    /// Groups and uids with at least one member on the node (the node's directory; no shard
+    /// is asked).
+    pub fn directory_sizes(&self) -> (usize, usize) {
+        (self.node.groups.len(), self.node.uids.len())
+    }
+
+    /// The node's connection limit after clamping to the open-file limit.
+    pub fn connections_max(&self) -> usize {
+        self.node.connections_max
     }
 
     /// Open connections on the node (an atomic read; no shard is asked).

@@ -226,6 +226,36 @@ async fn a_token_is_required_on_every_request_but_healthz() {
     f.stop();
 }
 
+/// Without a token, a browser on this machine must not become a way in for any web site it shows
+/// (CSRF through the seed's `GET /?content=`, DNS rebinding); curl and the same-origin page pass.
+#[tokio::test]
+async fn without_a_token_cross_site_browser_requests_are_refused() {
+    let f = Fixture::start(node_config(), api_config());
+    let url = format!("{}/?content=hello", f.http.base);
+    let attempts: [(&str, &str); 4] = [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "http://evil.example"),
+        ("host", "evil.example"),
+        ("host", "rebind.evil.example:2021"),
+    ];
+    for (name, value) in attempts {
+        let r = f.http.send(f.http.client.get(&url).header(name, value)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {value}: {}", r.body);
+        assert!(r.body["error"].as_str().unwrap().contains("no token"), "{}", r.body);
+    }
+    // What curl, scripts and the same-origin page send still works.
+    let port = f.api.as_ref().unwrap().local_addr().port();
+    let same = format!("http://127.0.0.1:{port}");
+    let r = f.http.send(f.http.client.get(&url).header("origin", same.as_str())).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = f.http.send(f.http.client.get(&url).header("sec-fetch-site", "same-origin")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = f.http.send(f.http.client.get(&url).header("host", format!("localhost:{port}"))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(f.api.as_ref().unwrap().stats().forbidden, 4);
+    f.stop();
+}
+
 // ---- errors -----------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -810,7 +840,7 @@ async fn pipelined_requests_on_one_connection() {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let body = r#"{"data":"p","to":{"groups":["nobody"]}}"#;
     let one = format!(
-        "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -845,6 +875,7 @@ fn the_daemon_refuses_a_public_api_without_a_token() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("without a token"), "{stderr}");
+    assert!(stderr.contains("(from --api-listen)"), "{stderr}");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
         .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--no-pin"])

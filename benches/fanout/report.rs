@@ -163,8 +163,35 @@ fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// Median, min, max and spread of `values` as JSON (`null` when empty).
+pub fn spread_json(values: &[f64]) -> Value {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return Value::Null;
+    }
+    let median = v[(v.len() - 1) / 2];
+    let (min, max) = (v[0], v[v.len() - 1]);
+    json!({
+        "median": median,
+        "min": min,
+        "max": max,
+        "spread_pct": if median > 0.0 { 100.0 * (max - min) / median } else { 0.0 },
+        "values": values,
+    })
+}
+
+/// The servers of a result document, in table order.
+pub const SERVERS: [&str; 4] = ["ringcast", "baseline", "node-ws", "python-websockets"];
+
 pub fn ratios(sc: &Scenario, ringcast: &Value, baseline: &Value) -> Value {
     match sc.kind {
+        Kind::ConnectStorm { .. } => json!({
+            "handshakes_per_sec": div(
+                f(ringcast, "/handshakes_per_sec/median"),
+                f(baseline, "/handshakes_per_sec/median"),
+            ),
+        }),
         Kind::IdleRss => json!({
             "kib_per_connection_baseline_over_ringcast": div(
                 f(baseline, "/kib_per_connection"),
@@ -183,14 +210,25 @@ pub fn ratios(sc: &Scenario, ringcast: &Value, baseline: &Value) -> Value {
 
 pub fn one_line_summary(doc: &Value) -> String {
     let mut s = String::new();
-    for server in ["ringcast", "baseline"] {
+    for server in SERVERS {
         let run = &doc[server];
         if let Some(err) = run.get("error").and_then(Value::as_str) {
             let first = err.lines().next().unwrap_or("");
             let _ = write!(s, "{server}: ERROR {first}; ");
             continue;
         }
-        if doc["kind"] == "idle_rss" {
+        if let Some(why) = run.get("skipped").and_then(Value::as_str) {
+            let _ = write!(s, "{server}: skipped ({why}); ");
+            continue;
+        }
+        if doc["kind"] == "connect_storm" {
+            let _ = write!(
+                s,
+                "{server}: {:.0} handshakes/s, connect p99 {}; ",
+                f(run, "/handshakes_per_sec/median").unwrap_or(f64::NAN),
+                f(run, "/connect_p99_us/median").map(fmt_us).unwrap_or_default()
+            );
+        } else if doc["kind"] == "idle_rss" {
             let _ = write!(
                 s,
                 "{server}: {:.2} KiB/conn; ",
@@ -493,6 +531,8 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Option<Duration>) -> Res
         }
     }
 
+    every_server_sections(w, &docs);
+
     // ---- find-max table
     let _ = writeln!(w, "## Find-max: highest deliveries/s with p99 within the bound\n");
     let _ = writeln!(
@@ -640,12 +680,12 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Option<Duration>) -> Res
     let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (sc, d) in &docs {
         let Some(d) = d else { continue };
-        if d["kind"] == "idle_rss" {
+        if d["kind"] == "idle_rss" || d["kind"] == "connect_storm" {
             continue;
         }
-        for server in ["ringcast", "baseline"] {
+        for server in SERVERS {
             let run = &d[server];
-            if run.get("error").is_some() {
+            if run.get("error").is_some() || run.get("report").is_none() {
                 continue;
             }
             let others = format!(
@@ -764,8 +804,8 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Option<Duration>) -> Res
     for (sc, d) in &docs {
         let Some(d) = d else { continue };
         let _ = writeln!(w, "# {}", sc.name);
-        for server in ["ringcast", "baseline"] {
-            let run = &d[server];
+        for server in SERVERS {
+            let run = d[server].pointer("/runs/0").unwrap_or(&d[server]);
             for key in ["server_command", "loadgen_command", "opener_command"] {
                 if let Some(c) = run.get(key).and_then(Value::as_str) {
                     let _ = writeln!(w, "{}", c.replace(&ws_prefix, ""));
@@ -778,6 +818,317 @@ pub fn write_readme(cfg: &Config, meta: &Meta, elapsed: Option<Duration>) -> Res
     let path = cfg.out_dir.join("README.md");
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// A spread cell: `median [min–max]` (or the single value).
+fn spread_cell(run: &Value, ptr: &str, fmt: impl Fn(f64) -> String) -> String {
+    match (
+        f(run, &format!("{ptr}/median")),
+        f(run, &format!("{ptr}/min")),
+        f(run, &format!("{ptr}/max")),
+    ) {
+        (Some(m), Some(a), Some(b))
+            if run
+                .pointer(&format!("{ptr}/values"))
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.len() > 1) =>
+        {
+            format!("{} [{}–{}]", fmt(m), fmt(a), fmt(b))
+        }
+        (Some(m), _, _) => fmt(m),
+        _ => "—".into(),
+    }
+}
+
+/// Why a server has no figure in a document: skipped, failed, or not run.
+fn absent(run: &Value) -> Option<String> {
+    if run.is_null() {
+        return Some("not run".into());
+    }
+    if let Some(why) = run.get("skipped").and_then(Value::as_str) {
+        return Some(format!("skipped: {why}"));
+    }
+    if let Some(e) = run.get("error").and_then(Value::as_str) {
+        return Some(format!("error: {}", e.lines().next().unwrap_or("")));
+    }
+    None
+}
+
+/// The load generator's repeat object of a run, with a single-run fallback.
+fn rep(run: &Value) -> Option<&Value> {
+    report(run)?.get("repeat").filter(|r| r.is_object())
+}
+
+/// Deliveries/s of a run with its spread over repetitions.
+fn dps_cell(run: &Value) -> String {
+    if let Some(a) = absent(run) {
+        return a;
+    }
+    if met_bound(run) == Some(false) {
+        return "no rate met the bound".into();
+    }
+    let hit_limit = hit_step_limit(run) == Some(true);
+    let ge = if hit_limit { "≥ " } else { "" };
+    match (rep(run), dps(run)) {
+        (Some(r), _) => format!("{ge}{}", spread_cell(r, "/deliveries_per_sec", human)),
+        (None, Some(v)) => format!("{ge}{}", human(v)),
+        (None, None) => "no step met the bound".into(),
+    }
+}
+
+fn us_per_delivery_cell(run: &Value) -> String {
+    if absent(run).is_some() || report(run).is_none() {
+        return "—".into();
+    }
+    if f(run, "/report/received") == Some(0.0) {
+        return "— (nothing received)".into();
+    }
+    let sat = run.pointer("/report/cpu/saturated") == Some(&Value::Bool(true));
+    let v = match rep(run) {
+        Some(r) => spread_cell(r, "/s_per_million_deliveries", |v| format!("{v:.2}")),
+        None => opt(f(run, "/report/cpu/s_per_million_deliveries"), |v| format!("{v:.2}")),
+    };
+    format!("{v}{}", if sat { " (saturated)" } else { "" })
+}
+
+/// Tables with every server (ringcast, the baseline and the registry peers), with the spread
+/// over `--repeat` repetitions, the load generator's own CPU per delivery, the connect storm.
+fn every_server_sections(w: &mut String, docs: &[(Scenario, Option<Value>)]) {
+    let present = |k: &str| docs.iter().any(|(s, d)| d.is_some() && s.kind.tag() == k);
+    let peers_line = docs
+        .iter()
+        .rev()
+        .find_map(|(_, d)| d.as_ref()?.get("peers").filter(|p| p.is_object()).cloned());
+    let _ = writeln!(w, "## Every server: ringcast, baseline and registry peers\n");
+    let _ = writeln!(
+        w,
+        "Registry peers are installed by the harness (Node.js `ws` from npm, Python `websockets` \
+         from PyPI) and run the few lines of broadcast their docs show \
+         (`benches/fanout/peers/`), pinned to the server CPU like the others. {}\n",
+        match &peers_line {
+            Some(p) => SERVERS[2..]
+                .iter()
+                .map(|k| match &p[*k] {
+                    Value::String(v) => format!("{k}: {v}."),
+                    other => format!(
+                        "{k}: skipped ({}).",
+                        other.get("skipped").and_then(Value::as_str).unwrap_or("not run")
+                    ),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            None => String::new(),
+        }
+    );
+    let _ = writeln!(
+        w,
+        "Figures are `median [min–max]` over the load generator's `--repeat` repetitions (same \
+         connections, whole measurement repeated); servers run one after another in one harness \
+         invocation, so ratios come from the same run. The load generator's receive path is \
+         io_uring (multishot recv over provided buffers) unless a row says otherwise.\n"
+    );
+    if present("find_max") {
+        let _ = writeln!(w, "### Find-max deliveries/s (p99 within the bound, ≥ 99 % delivered)\n");
+        let _ = writeln!(w, "| Scenario | p99 bound | repetitions | {} |", SERVERS.join(" | "));
+        let _ = writeln!(w, "| --- | --- | --- |{}", " --- |".repeat(SERVERS.len()));
+        for (sc, d) in docs {
+            let (Kind::FindMax { p99_bound_ms, .. }, Some(d)) = (&sc.kind, d) else { continue };
+            let cells: Vec<String> = SERVERS.iter().map(|k| dps_cell(&d[*k])).collect();
+            let _ = writeln!(
+                w,
+                "| {} × {} | {p99_bound_ms} ms | {} | {} |",
+                scenarios::thousands(sc.subscribers as u64),
+                scenarios::payload_human(sc.payload),
+                d["repeat"].as_u64().unwrap_or(1),
+                cells.join(" | ")
+            );
+        }
+        let factor = docs
+            .iter()
+            .find_map(|(s, _)| match s.kind {
+                Kind::FindMax { factor, .. } => Some(factor),
+                _ => None,
+            })
+            .unwrap_or(2.0);
+        let _ = writeln!(
+            w,
+            "\nEach find-max climbs in {factor}× steps, retries a failing step once, then bisects \
+             {} times (geometric midpoint) between the last passing and the first twice-failing \
+             rate, which brackets the maximum within {:.1} %. \"≥\": the server met the bound at \
+             every step up to the step limit, so its maximum is higher.\n",
+            scenarios::BISECT_STEPS,
+            (factor.powf(1.0 / f64::from(1u32 << scenarios::BISECT_STEPS)) - 1.0) * 100.0
+        );
+    }
+    for (sc, d) in docs {
+        let (Kind::Fixed { rate }, Some(d)) = (&sc.kind, d) else { continue };
+        if sc.repeat <= 1 {
+            continue;
+        }
+        let _ = writeln!(
+            w,
+            "### Fixed rate: {} deliveries/s offered ({} subscribers × {rate} msg/s, {})\n",
+            human(rate * sc.subscribers as f64),
+            scenarios::thousands(sc.subscribers as u64),
+            scenarios::payload_human(sc.payload)
+        );
+        let _ = writeln!(
+            w,
+            "| server | deliveries/s received | p50 | p99 | p99.9 (median rep) | lost (median rep) | \
+             load generator µs/delivery |"
+        );
+        let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- |");
+        for k in SERVERS {
+            let run = &d[k];
+            if let Some(a) = absent(run) {
+                let _ = writeln!(w, "| {k} | {a} | | | | | |");
+                continue;
+            }
+            let (p50, p99) = match rep(run) {
+                Some(r) => (spread_cell(r, "/p50_us", fmt_us), spread_cell(r, "/p99_us", fmt_us)),
+                None => (opt(lat(run, "p50"), fmt_us), opt(lat(run, "p99"), fmt_us)),
+            };
+            if f(run, "/report/received") == Some(0.0) {
+                let _ = writeln!(
+                    w,
+                    "| {k} | none of the measured messages arrived within the drain window \
+                     (still delivering the warm-up's backlog) | | | | {} | — |",
+                    opt(lost(run), |v| format!("{v:.0}"))
+                );
+                continue;
+            }
+            let _ = writeln!(
+                w,
+                "| {k} | {} | {p50} | {p99} | {} | {} | {} |",
+                dps_cell(run),
+                opt(lat(run, "p999"), fmt_us),
+                opt(lost(run), |v| format!("{v:.0}")),
+                us_per_delivery_cell(run)
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nA server that cannot keep up falls behind: its latencies grow with the backlog and \
+             what has not arrived 2 s after the last send counts as lost.\n"
+        );
+    }
+    if present("idle_rss") {
+        let _ = writeln!(w, "### Resident memory per idle connection\n");
+        let _ = writeln!(w, "| Connections | {} |", SERVERS.join(" | "));
+        let _ = writeln!(w, "| --- |{}", " --- |".repeat(SERVERS.len()));
+        for (sc, d) in docs {
+            let (Kind::IdleRss, Some(d)) = (&sc.kind, d) else { continue };
+            let cells: Vec<String> = SERVERS
+                .iter()
+                .map(|k| {
+                    absent(&d[*k]).unwrap_or_else(|| {
+                        opt(f(&d[*k], "/kib_per_connection"), |v| format!("{v:.2} KiB"))
+                    })
+                })
+                .collect();
+            let _ = writeln!(
+                w,
+                "| {} | {} |",
+                scenarios::thousands(sc.subscribers as u64),
+                cells.join(" | ")
+            );
+        }
+        let _ = writeln!(w);
+    }
+    if present("connect_storm") {
+        for (sc, d) in docs {
+            let (Kind::ConnectStorm { .. }, Some(d)) = (&sc.kind, d) else { continue };
+            let _ = writeln!(
+                w,
+                "### Connect storm: {} connections at once\n",
+                scenarios::thousands(sc.subscribers as u64)
+            );
+            let _ = writeln!(
+                w,
+                "`ringcast-loadgen --connect-only --ramp-rate 0 --max-inflight-handshakes 512`: \
+                 every connection opened as fast as the server takes it (a fresh server per \
+                 round); connect latency = first attempt to verified `101`, retries included.\n"
+            );
+            let _ = writeln!(
+                w,
+                "| server | rounds | handshakes/s | connect p50 | connect p99 | failed | retries |"
+            );
+            let _ = writeln!(w, "| --- | --- | --- | --- | --- | --- | --- |");
+            for k in SERVERS {
+                let run = &d[k];
+                if let Some(a) = absent(run) {
+                    let _ = writeln!(w, "| {k} | {a} | | | | | |");
+                    continue;
+                }
+                let _ = writeln!(
+                    w,
+                    "| {k} | {} | {} | {} | {} | {} | {} |",
+                    run["rounds"].as_u64().unwrap_or(0),
+                    spread_cell(run, "/handshakes_per_sec", |v| format!("{v:.0}")),
+                    spread_cell(run, "/connect_p50_us", fmt_us),
+                    spread_cell(run, "/connect_p99_us", fmt_us),
+                    opt(f(run, "/failed"), |v| format!("{v:.0}")),
+                    opt(f(run, "/retries"), |v| format!("{v:.0}")),
+                );
+            }
+            let _ = writeln!(w);
+        }
+    }
+    let _ = writeln!(
+        w,
+        "**Reading these figures.** The full run was split into several harness invocations \
+         (each under 10 minutes on this shared machine: `cargo bench --bench fanout -- NAME` \
+         per scenario group; each JSON file records its command, commit and date). Within a \
+         scenario all servers ran back to back in one invocation. At 10,000 subscribers every \
+         message becomes 10,000 TCP segments arriving at once, and the load generator's kernel \
+         receive work for that burst (≈ 5–9 µs per delivery on its one core) is part of every \
+         server's p99 there: the 10,000 × 1 KiB maximum is bounded by the burst the single \
+         load-generator core can absorb within the 250 ms bound as much as by the server. \
+         Servers that cannot fan one message out to 10,000 connections within 250 ms meet the \
+         bound at no rate.\n"
+    );
+    // The load generator's own cost against each server.
+    let _ = writeln!(w, "### Load generator CPU per delivery (µs, = CPU seconds per million)\n");
+    let _ = writeln!(
+        w,
+        "The load generator's own user + system CPU during the measured step (for find-max: the \
+         best step) ÷ deliveries received. \"saturated\": its process used ≥ 0.9 of its cores or \
+         its busiest thread ≥ 0.9 of one core, so the figure next to it describes the load \
+         generator as much as the server.\n"
+    );
+    let _ = writeln!(w, "| Scenario | {} | receive path |", SERVERS.join(" | "));
+    let _ = writeln!(w, "| --- |{} --- |", " --- |".repeat(SERVERS.len()));
+    for (sc, d) in docs {
+        let Some(d) = d else { continue };
+        if matches!(sc.kind, Kind::IdleRss | Kind::ConnectStorm { .. }) {
+            continue;
+        }
+        let cells: Vec<String> = SERVERS.iter().map(|k| us_per_delivery_cell(&d[*k])).collect();
+        let path = SERVERS
+            .iter()
+            .filter_map(|k| {
+                let io = d[*k].pointer("/report/io")?;
+                Some(match io["path"].as_str()? {
+                    "io_uring" => format!(
+                        "io_uring{}{}",
+                        if io["incremental_buffers"] == true {
+                            ", incremental buffers"
+                        } else {
+                            ""
+                        },
+                        match io["recv_batch_us"].as_u64() {
+                            Some(b) if b > 0 => format!(", batch {b} µs"),
+                            _ => String::new(),
+                        }
+                    ),
+                    p => format!("{p} ({})", io["fallback_reason"].as_str().unwrap_or("")),
+                })
+            })
+            .next()
+            .unwrap_or_else(|| "epoll (older load generator)".into());
+        let _ = writeln!(w, "| {} | {} | {path} |", sc.name, cells.join(" | "));
+    }
+    let _ = writeln!(w);
 }
 
 /// Draws every chart; returns (relative file name, alt text) pairs.
@@ -860,7 +1211,7 @@ fn draw_charts(cfg: &Config, docs: &[(Scenario, Option<Value>)]) -> Result<Vec<(
     // Latency percentiles per scenario.
     for (sc, d) in docs {
         let Some(d) = d else { continue };
-        if matches!(sc.kind, Kind::IdleRss) {
+        if matches!(sc.kind, Kind::IdleRss | Kind::ConnectStorm { .. }) {
             continue;
         }
         let mut series = Vec::new();
@@ -924,10 +1275,27 @@ pub fn validate(cfg: &Config, selected: &[Scenario]) -> Vec<String> {
         need(doc.pointer("/cpus/loadgen").is_some_and(Value::is_string), "cpus.loadgen");
         need(doc.get("ratio").is_some_and(Value::is_object), "ratio object");
         need(doc.get("git_commit").is_some_and(Value::is_string), "git_commit");
-        for server in ["ringcast", "baseline"] {
+        for server in SERVERS {
             let run = &doc[server];
+            let peer = server != "ringcast" && server != "baseline";
+            if peer && (run.is_null() || run.get("skipped").is_some()) {
+                continue; // the README says why
+            }
             if let Some(e) = run.get("error") {
-                need(false, &format!("{server} run failed: {}", e.as_str().unwrap_or("?")));
+                let msg = format!("{server} run failed: {}", e.as_str().unwrap_or("?"));
+                if peer && cfg.quick {
+                    // A registry peer's trouble is reported, not a harness failure in CI.
+                    eprintln!("fanout: warning: {}: {msg}", path.display());
+                } else {
+                    need(false, &msg);
+                }
+                continue;
+            }
+            if let Kind::ConnectStorm { .. } = sc.kind {
+                let num = |p: &str| run.pointer(p).is_some_and(Value::is_number);
+                for p in ["/handshakes_per_sec/median", "/connect_p99_us/median", "/failed"] {
+                    need(num(p), &format!("{server}{}", p.replace('/', ".")));
+                }
                 continue;
             }
             let num = |p: &str| run.pointer(p).is_some_and(Value::is_number);

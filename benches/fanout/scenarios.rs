@@ -11,6 +11,9 @@ pub enum Kind {
     FindMax { p99_bound_ms: f64, start_rate: f64, factor: f64, max_steps: u32 },
     /// Resident memory per idle WebSocket connection.
     IdleRss,
+    /// Connect storm: `ringcast-loadgen --connect-only` opens all connections as fast as the
+    /// server takes them, `rounds` times (a fresh server each time).
+    ConnectStorm { rounds: usize },
 }
 
 impl Kind {
@@ -19,6 +22,7 @@ impl Kind {
             Kind::Fixed { .. } => "fixed_rate",
             Kind::FindMax { .. } => "find_max",
             Kind::IdleRss => "idle_rss",
+            Kind::ConnectStorm { .. } => "connect_storm",
         }
     }
 }
@@ -40,6 +44,8 @@ pub struct Scenario {
     pub drain_s: f64,
     /// Hard limit for one load-generator (or idle-opener) process.
     pub timeout: Duration,
+    /// `ringcast-loadgen --repeat`: the whole measurement this many times, median + spread.
+    pub repeat: usize,
 }
 
 pub const PUBLISHERS: usize = 1;
@@ -70,6 +76,7 @@ impl Scenario {
                 format!("{subs} subscribers × {pl}, find-max (p99 ≤ {p99_bound_ms} ms)")
             }
             Kind::IdleRss => format!("RSS per idle connection, {subs} connections"),
+            Kind::ConnectStorm { .. } => format!("connect storm, {subs} connections"),
         }
     }
 }
@@ -95,6 +102,19 @@ pub fn sizes(quick: bool) -> (usize, usize) {
     }
 }
 
+/// find-max bisections after the first confirmed failure (`--bisect-steps`): with 2× climbing
+/// steps, 4 bisections leave the maximum bracketed within 2^(1/16) ≈ 4.4 %.
+pub const BISECT_STEPS: usize = 4;
+
+/// The fixed-rate latency scenario's delivery rate (deliveries/s) and subscribers.
+pub fn high_rate(quick: bool) -> (f64, usize) {
+    if quick {
+        (200_000.0, 200)
+    } else {
+        (2_000_000.0, 1_000)
+    }
+}
+
 /// Deliveries/s the first find-max step offers: low enough that the baseline meets the bound
 /// there, so both servers have a best step (if a server misses the bound even there, the
 /// harness retries once from a tenth of it).
@@ -102,9 +122,10 @@ pub const FIND_MAX_START_DELIVERIES: f64 = 10_000.0;
 
 pub fn all(quick: bool) -> Vec<Scenario> {
     let (small, large) = sizes(quick);
-    // (fixed run secs, find-max step secs, warm-up secs, drain secs, step factor, max steps)
-    let (fixed_secs, step_secs, warmup_s, drain_s, factor, max_steps) =
-        if quick { (2.0, 1.0, 0.5, 1.0, 3.0, 5) } else { (10.0, 3.0, 1.0, 2.0, 1.5, 20) };
+    // (fixed run secs, find-max step secs, warm-up secs, drain secs, step factor, max steps,
+    //  repetitions of the headline scenarios)
+    let (fixed_secs, step_secs, warmup_s, drain_s, factor, max_steps, reps) =
+        if quick { (2.0, 1.0, 0.5, 1.0, 3.0, 5, 2) } else { (10.0, 2.0, 1.0, 2.0, 2.0, 16, 3) };
     let rate = 20.0;
     let mut v = Vec::new();
     for &subs in &[small, large] {
@@ -118,14 +139,34 @@ pub fn all(quick: bool) -> Vec<Scenario> {
                 warmup_s,
                 drain_s,
                 timeout: Duration::from_secs_f64(warmup_s + fixed_secs + drain_s + 90.0),
+                repeat: 1,
             });
         }
     }
+    // The headline fixed-rate latency: 2 M deliveries/s (1,000 subscribers × 2,000 msg/s).
+    let (deliveries, subs) = high_rate(quick);
+    let hr_secs = if quick { 2.0 } else { 5.0 };
+    v.push(Scenario {
+        name: format!("rate-{}-{subs}x64B", rate_label(deliveries)),
+        kind: Kind::Fixed { rate: deliveries / subs as f64 },
+        subscribers: subs,
+        payload: 64,
+        duration_s: hr_secs,
+        warmup_s,
+        drain_s,
+        timeout: Duration::from_secs_f64((warmup_s + hr_secs + drain_s + 5.0) * reps as f64 + 90.0),
+        repeat: reps,
+    });
     for &subs in &[small, large] {
         for &payload in &[64usize, 1024] {
             // 50 ms for the small scenarios; 250 ms once each message fans out to 10,000.
             let p99_bound_ms = if subs == small { 50.0 } else { 250.0 };
             let start_rate = FIND_MAX_START_DELIVERIES / subs as f64;
+            // Repetitions for the two headline scenarios of the results table.
+            let headline = (subs == small && payload == 64) || (subs == large && payload == 1024);
+            // (Quick mode: once; its fixed-rate scenario and connect storm still repeat.)
+            let repeat = if headline && !quick { reps } else { 1 };
+            let steps_max = max_steps as usize * 2 + BISECT_STEPS * 2;
             v.push(Scenario {
                 name: format!("max-{subs}x{}", payload_label(payload)),
                 kind: Kind::FindMax { p99_bound_ms, start_rate, factor, max_steps },
@@ -135,8 +176,10 @@ pub fn all(quick: bool) -> Vec<Scenario> {
                 warmup_s,
                 drain_s,
                 timeout: Duration::from_secs_f64(
-                    warmup_s + (step_secs + drain_s + 1.0) * f64::from(max_steps) + 90.0,
+                    (warmup_s + (step_secs + drain_s + 1.0) * steps_max as f64) * repeat as f64
+                        + 90.0,
                 ),
+                repeat,
             });
         }
     }
@@ -149,6 +192,29 @@ pub fn all(quick: bool) -> Vec<Scenario> {
         warmup_s: 0.0,
         drain_s: 0.0,
         timeout: Duration::from_secs(60),
+        repeat: 1,
+    });
+    v.push(Scenario {
+        name: format!("connect-{large}"),
+        kind: Kind::ConnectStorm { rounds: reps },
+        subscribers: large,
+        payload: 64,
+        duration_s: 0.0,
+        warmup_s: 0.0,
+        drain_s: 0.0,
+        timeout: Duration::from_secs(90),
+        repeat: 1,
     });
     v
+}
+
+/// `2M`, `200k`.
+pub fn rate_label(r: f64) -> String {
+    if r >= 1e6 && (r / 1e6).fract() == 0.0 {
+        format!("{}M", r / 1e6)
+    } else if r >= 1e3 && (r / 1e3).fract() == 0.0 {
+        format!("{}k", r / 1e3)
+    } else {
+        format!("{r}")
+    }
 }

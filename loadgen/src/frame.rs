@@ -86,28 +86,107 @@ impl std::fmt::Debug for FrameParser {
     }
 }
 
+/// Outcome of looking at the start of a buffer for one frame.
+enum Step {
+    /// Not enough bytes for the header plus the payload prefix the caller needs.
+    NeedMore,
+    /// A frame: `hlen` header bytes, `need` prefix bytes handed out, `len` payload bytes.
+    Frame { hlen: usize, need: usize, len: u64, opcode: OpCode },
+}
+
+/// Parses one frame header at the start of `data` and decides how much of the payload must
+/// be contiguous with it.
+#[inline]
+fn step(data: &[u8]) -> Result<Step, ProtoError> {
+    let mut cur = Cursor::new(data);
+    let (header, len) = match FrameHeader::parse(&mut cur) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(Step::NeedMore),
+        Err(e) => return Err(ProtoError::BadHeader(e.to_string())),
+    };
+    if header.mask.is_some() {
+        return Err(ProtoError::MaskedServerFrame);
+    }
+    let hlen = cur.position() as usize;
+    let need = match header.opcode {
+        OpCode::Data(Data::Binary) => {
+            if len >= HEADER_LEN as u64 {
+                HEADER_LEN
+            } else {
+                0
+            }
+        }
+        // All of a short text frame (error replies are short), the first TEXT_PREFIX bytes of
+        // a long one.
+        OpCode::Data(Data::Text) => len.min(TEXT_PREFIX as u64) as usize,
+        OpCode::Data(_) => 0,
+        OpCode::Control(_) => {
+            if len > MAX_CONTROL as u64 || !header.is_final {
+                return Err(ProtoError::BadControl);
+            }
+            len as usize
+        }
+    };
+    if data.len() - hlen < need {
+        return Ok(Step::NeedMore);
+    }
+    Ok(Step::Frame { hlen, need, len, opcode: header.opcode })
+}
+
+#[inline]
+fn event(opcode: OpCode, prefix: &[u8]) -> FrameEvent<'_> {
+    match opcode {
+        OpCode::Data(Data::Binary) => FrameEvent::Binary(prefix),
+        OpCode::Data(Data::Text) => FrameEvent::Text(prefix),
+        OpCode::Data(_) => FrameEvent::Continuation,
+        OpCode::Control(Control::Ping) => FrameEvent::Ping(prefix),
+        OpCode::Control(Control::Pong) => FrameEvent::Pong,
+        OpCode::Control(_) => FrameEvent::Close(prefix),
+    }
+}
+
 impl FrameParser {
-    /// Copies carried-over bytes to the front of `buf` and returns how many; the caller then
-    /// reads new bytes into `buf[n..]` and calls [`FrameParser::parse`] on `buf[..n + read]`.
-    ///
-    /// `buf` must be at least [`PENDING_CAP`] bytes long.
-    #[inline]
-    pub fn restore(&mut self, buf: &mut [u8]) -> usize {
-        let n = usize::from(self.pending_len);
-        buf[..n].copy_from_slice(&self.pending[..n]);
-        self.pending_len = 0;
-        n
+    /// Bytes carried over from earlier input (an incomplete header + prefix; never payload
+    /// that is only skipped).
+    pub fn pending_len(&self) -> usize {
+        usize::from(self.pending_len)
     }
 
-    /// Parses every complete frame (header + needed prefix) in `data`, calling `on_frame` for
-    /// each, and keeps any incomplete tail for the next call.
-    pub fn parse<F>(&mut self, data: &[u8], mut on_frame: F) -> Result<(), ProtoError>
+    /// Parses the frames in `data`, which continues the byte stream of earlier calls,
+    /// calling `on_frame` for each frame whose header and needed prefix are complete.
+    ///
+    /// `data` is read in place wherever it lives (a read buffer, a kernel-provided buffer):
+    /// nothing is copied except when a frame's header + prefix straddles two calls, and then
+    /// only those at most [`PENDING_CAP`] bytes are kept; payload beyond the prefix is
+    /// skipped, never stored.
+    pub fn feed<F>(&mut self, data: &[u8], mut on_frame: F) -> Result<(), ProtoError>
     where
         F: FnMut(FrameEvent<'_>),
     {
-        debug_assert_eq!(self.pending_len, 0, "restore() must be called before parse()");
         let mut pos = 0usize;
         let end = data.len();
+        if self.pending_len > 0 {
+            // Complete the straddling header + prefix in the carry-over array.
+            let old = usize::from(self.pending_len);
+            let take = (PENDING_CAP - old).min(end);
+            self.pending[old..old + take].copy_from_slice(&data[..take]);
+            let have = old + take;
+            match step(&self.pending[..have])? {
+                Step::NeedMore => {
+                    // PENDING_CAP fits any header + prefix, so only a short `data` gets here.
+                    debug_assert_eq!(take, end);
+                    self.pending_len = have as u16;
+                    return Ok(());
+                }
+                Step::Frame { hlen, need, len, opcode } => {
+                    let used = hlen + need; // > old: `old` bytes alone were incomplete
+                    on_frame(event(opcode, &self.pending[hlen..used]));
+                    pos = used - old;
+                    self.pending_len = 0;
+                    self.skip = len - need as u64;
+                }
+            }
+        }
         while pos < end {
             if self.skip > 0 {
                 let take = self.skip.min((end - pos) as u64);
@@ -115,56 +194,19 @@ impl FrameParser {
                 self.skip -= take;
                 continue;
             }
-            let mut cur = Cursor::new(&data[pos..]);
-            let (header, len) = match FrameHeader::parse(&mut cur) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => return Err(ProtoError::BadHeader(e.to_string())),
-            };
-            if header.mask.is_some() {
-                return Err(ProtoError::MaskedServerFrame);
-            }
-            let hlen = cur.position() as usize;
-            let need = match header.opcode {
-                OpCode::Data(Data::Binary) => {
-                    if len >= HEADER_LEN as u64 {
-                        HEADER_LEN
-                    } else {
-                        0
-                    }
+            match step(&data[pos..])? {
+                Step::NeedMore => break,
+                Step::Frame { hlen, need, len, opcode } => {
+                    let body = pos + hlen;
+                    on_frame(event(opcode, &data[body..body + need]));
+                    let consumed = len.min((end - body) as u64);
+                    pos = body + consumed as usize;
+                    self.skip = len - consumed;
                 }
-                // All of a short text frame (error replies are short), the first
-                // TEXT_PREFIX bytes of a long one.
-                OpCode::Data(Data::Text) => len.min(TEXT_PREFIX as u64) as usize,
-                OpCode::Data(_) => 0,
-                OpCode::Control(_) => {
-                    if len > MAX_CONTROL as u64 || !header.is_final {
-                        return Err(ProtoError::BadControl);
-                    }
-                    len as usize
-                }
-            };
-            let body = pos + hlen;
-            if end - body < need {
-                break; // header + prefix incomplete: keep from `pos`
             }
-            let prefix = &data[body..body + need];
-            let ev = match header.opcode {
-                OpCode::Data(Data::Binary) => FrameEvent::Binary(prefix),
-                OpCode::Data(Data::Text) => FrameEvent::Text(prefix),
-                OpCode::Data(_) => FrameEvent::Continuation,
-                OpCode::Control(Control::Ping) => FrameEvent::Ping(prefix),
-                OpCode::Control(Control::Pong) => FrameEvent::Pong,
-                OpCode::Control(_) => FrameEvent::Close(prefix),
-            };
-            on_frame(ev);
-            let avail = (end - body) as u64;
-            let consumed = len.min(avail);
-            pos = body + consumed as usize;
-            self.skip = len - consumed;
         }
         let rest = end - pos;
-        debug_assert!(rest <= PENDING_CAP);
+        debug_assert!(rest < PENDING_CAP);
         self.pending[..rest].copy_from_slice(&data[pos..]);
         self.pending_len = rest as u16;
         Ok(())
@@ -273,25 +315,67 @@ mod tests {
         (bytes, want)
     }
 
-    /// Feeds `stream` through the parser the way a worker does: restore the carry-over into
-    /// a scratch buffer, "read" at most `chunk(i)` new bytes after it, parse.
+    /// Feeds `stream` through the parser in pieces of `chunk(i)` bytes, each copied into a
+    /// buffer of its own (as completions land in different provided buffers).
     fn feed(stream: &[u8], mut chunk: impl FnMut(usize) -> usize) -> Vec<Ev> {
         let mut parser = FrameParser::default();
-        let mut buf = vec![0u8; 64 * 1024 + PENDING_CAP];
         let mut got = Vec::new();
         let mut off = 0;
         let mut i = 0;
         while off < stream.len() {
-            let l = parser.restore(&mut buf);
-            let n = chunk(i).max(1).min(stream.len() - off).min(buf.len() - l);
-            buf[l..l + n].copy_from_slice(&stream[off..off + n]);
+            let n = chunk(i).max(1).min(stream.len() - off);
+            let piece = stream[off..off + n].to_vec();
             off += n;
             i += 1;
-            parser.parse(&buf[..l + n], |e| got.push(own(e))).unwrap();
+            parser.feed(&piece, |e| got.push(own(e))).unwrap();
+            assert!(parser.pending_len() < PENDING_CAP);
         }
         assert_eq!(parser.skip, 0);
         assert_eq!(parser.pending_len, 0);
         got
+    }
+
+    #[test]
+    fn split_at_every_offset() {
+        let (s, want) = server_stream();
+        // Every single split point, and every pair of split points over the first frames.
+        for cut in 0..=s.len().min(70_000) {
+            let mut p = FrameParser::default();
+            let mut got = Vec::new();
+            p.feed(&s[..cut], |e| got.push(own(e))).unwrap();
+            p.feed(&s[cut..], |e| got.push(own(e))).unwrap();
+            assert_eq!(got, want, "split at {cut}");
+        }
+        let head = 400;
+        for a in 0..head {
+            for b in a..head {
+                let mut p = FrameParser::default();
+                let mut got = Vec::new();
+                for part in [&s[..a], &s[a..b], &s[b..]] {
+                    p.feed(part, |e| got.push(own(e))).unwrap();
+                }
+                assert_eq!(got, want, "splits at {a}, {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn carry_over_keeps_only_header_and_prefix() {
+        // A 1 KiB binary frame cut right after its 4-byte header: nothing is kept; cut in
+        // the middle of its 24-byte prefix: only header + the prefix bytes seen so far.
+        let mut p = vec![0u8; 1024];
+        write_binary_message(&MsgHeader { stream: 0, seq: 7, send_ns: 1 }, &mut p);
+        let mut bytes = Vec::new();
+        Frame::message(p, OpCode::Data(Data::Binary), true).format(&mut bytes).unwrap();
+        let mut parser = FrameParser::default();
+        parser.feed(&bytes[..4], |_| panic!("no frame yet")).unwrap();
+        assert_eq!(parser.pending_len(), 4);
+        parser.feed(&bytes[4..14], |_| panic!("no frame yet")).unwrap();
+        assert_eq!(parser.pending_len(), 14);
+        let mut n = 0;
+        parser.feed(&bytes[14..500], |_| n += 1).unwrap();
+        assert_eq!((n, parser.pending_len()), (1, 0));
+        assert_eq!(parser.skip, (bytes.len() - 500) as u64);
     }
 
     #[test]
@@ -334,13 +418,13 @@ mod tests {
         let mut bytes = Vec::new();
         push_masked_bytes(&mut bytes, OpCode::Data(Data::Binary), &[0u8; 30], [1, 2, 3, 4]);
         let mut p = FrameParser::default();
-        assert_eq!(p.parse(&bytes, |_| {}), Err(ProtoError::MaskedServerFrame));
+        assert_eq!(p.feed(&bytes, |_| {}), Err(ProtoError::MaskedServerFrame));
     }
 
     #[test]
     fn reserved_opcode_is_an_error() {
         let mut p = FrameParser::default();
-        assert!(matches!(p.parse(&[0x83, 0x00], |_| {}), Err(ProtoError::BadHeader(_))));
+        assert!(matches!(p.feed(&[0x83, 0x00], |_| {}), Err(ProtoError::BadHeader(_))));
     }
 
     #[test]

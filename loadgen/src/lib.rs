@@ -25,6 +25,7 @@ pub mod http;
 pub mod report;
 pub mod seq;
 mod sys;
+pub mod uring;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -42,15 +43,16 @@ use tungstenite::http::Uri;
 
 pub use http::Publish;
 pub use report::{
-    ConnectStats, CpuStats, FindMax, GroupStats, HttpStats, LatencyUs, Report, RunStats,
+    ConnectStats, CpuStats, FindMax, GroupStats, HttpStats, IoStats, LatencyUs, Repeat, Report,
+    RunStats, Spread,
 };
 
 use crate::http::{HttpCounts, HttpForm, HttpTarget};
 use crate::seq::SeqCounts;
 use crate::sys::CpuTimes;
 use crate::worker::{
-    Clock, Cmd, ConnectSummary, Ctx, Shared, StepCmd, StepResult, Worker, WorkerMsg, WorkerPlan,
-    WorkerProgress,
+    Clock, Cmd, ConnectSummary, Ctx, IoUsed, Shared, StepCmd, StepResult, Worker, WorkerMsg,
+    WorkerPlan, WorkerProgress,
 };
 
 /// What the clients say to the server.
@@ -71,6 +73,30 @@ impl FromStr for Mode {
             "plain" => Ok(Mode::Plain),
             "groups" => Ok(Mode::Groups),
             _ => Err(format!("unknown mode {s:?} (plain|groups)")),
+        }
+    }
+}
+
+/// The subscribers' receive path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// io_uring when the kernel allows it, else epoll (the report says which ran and why).
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// Edge-triggered epoll with 64 KiB reads.
+    Epoll,
+}
+
+impl FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoMode::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(IoMode::Uring),
+            "epoll" => Ok(IoMode::Epoll),
+            _ => Err(format!("unknown receive path {s:?} (auto|uring|epoll)")),
         }
     }
 }
@@ -172,8 +198,25 @@ pub struct Config {
     pub start_rate: Option<f64>,
     /// find-max: multiply the rate by this after each step that met the bounds.
     pub rate_step_factor: f64,
-    /// find-max: at most this many steps.
+    /// find-max: at most this many climbing steps (retries and bisections come on top).
     pub max_steps: usize,
+    /// find-max: times a step that missed the bounds is run again before it counts as failed.
+    pub step_retries: usize,
+    /// find-max: after the first confirmed failure, bisect (geometrically) between the best
+    /// passing rate and the failed one this many times.
+    pub bisect_steps: usize,
+    /// Run the whole measurement (warm-up + run or find-max) this many times over the same
+    /// connections and report the median repetition with the spread.
+    pub repeat: usize,
+    /// Only open the connections (as fast as `ramp_rate` and `max_inflight_handshakes`
+    /// allow), report handshakes/s and connect latency, and stop.
+    pub connect_only: bool,
+    /// Receive path of the subscriber connections.
+    pub io: IoMode,
+    /// io_uring path: a wait may hold completions back up to this many µs (or until 64 are
+    /// ready) so the thread wakes once per batch instead of once per segment; adds at most
+    /// this much to measured latencies. 0 = wake for every completion.
+    pub recv_batch_us: u64,
     /// Seconds to wait after the last send for in-flight deliveries.
     pub drain_s: f64,
     /// Plain relay or groups commands.
@@ -220,6 +263,12 @@ impl Default for Config {
             start_rate: None,
             rate_step_factor: 1.5,
             max_steps: 12,
+            step_retries: 1,
+            bisect_steps: 3,
+            repeat: 1,
+            connect_only: false,
+            io: IoMode::Auto,
+            recv_batch_us: 50,
             drain_s: 2.0,
             mode: Mode::Plain,
             groups: Vec::new(),
@@ -239,7 +288,7 @@ impl Default for Config {
 /// Runs the whole load test described by `cfg` and reports what was measured.
 pub fn run(cfg: &Config) -> Result<Report> {
     let mut c = Controller::start(cfg)?;
-    let res = c.measure();
+    let res = if cfg.connect_only { c.connect_report() } else { c.measure_repeated() };
     c.shutdown();
     res
 }
@@ -303,6 +352,8 @@ struct Controller {
     handles: Vec<JoinHandle<()>>,
     members: Vec<u64>,
     connect: ConnectStats,
+    /// The receive path the workers run (worker 0's; all try the same).
+    io: IoUsed,
     progress: Progress,
 }
 
@@ -360,6 +411,8 @@ impl Controller {
             inflight_per_worker: (cfg.max_inflight_handshakes / threads).max(1),
             retries: cfg.connect_retries,
             connect_timeout: Duration::from_secs_f64(cfg.connect_timeout_s),
+            io: cfg.io,
+            recv_batch_us: cfg.recv_batch_us,
         });
         let shared = Arc::new(Shared {
             progress: (0..threads).map(|_| WorkerProgress::default()).collect(),
@@ -368,15 +421,18 @@ impl Controller {
         });
 
         let mut plans = vec![WorkerPlan::default(); threads];
-        for p in 0..cfg.publishers {
-            plans[p % threads].pubs.push(p);
+        if !cfg.connect_only {
+            for p in 0..cfg.publishers {
+                plans[p % threads].pubs.push(p);
+            }
         }
         for i in 0..cfg.connections {
             plans[i % threads].subs.push((i, i % ngroups));
         }
 
-        let total_secs =
-            cfg.warmup_s + cfg.duration_s * if cfg.find_max { cfg.max_steps as f64 } else { 1.0 };
+        let total_secs = (cfg.warmup_s
+            + cfg.duration_s * if cfg.find_max { cfg.max_steps as f64 } else { 1.0 })
+            * cfg.repeat as f64;
         let progress = Progress::new(cfg.progress, total_secs > 3.0);
 
         let (to_ctl, from_workers) = mpsc::channel();
@@ -411,7 +467,15 @@ impl Controller {
             from_workers,
             handles,
             members: vec![0; ngroups],
-            connect: ConnectStats { ok: 0, failed: 0, secs: 0.0 },
+            connect: ConnectStats {
+                ok: 0,
+                failed: 0,
+                secs: 0.0,
+                handshakes_per_sec: 0.0,
+                latency_us: LatencyUs::default(),
+                retries: 0,
+            },
+            io: IoUsed::default(),
             progress,
         };
         if let Err(e) = c.wait_connected(connect_start) {
@@ -422,7 +486,7 @@ impl Controller {
     }
 
     fn wait_connected(&mut self, t0: Instant) -> Result<()> {
-        let mut summaries: Vec<Option<ConnectSummary>> = vec![None; self.threads];
+        let mut summaries: Vec<Option<Box<ConnectSummary>>> = vec![None; self.threads];
         while summaries.iter().any(Option::is_none) {
             if let Some(WorkerMsg::Connected(id, s)) = self.recv(Duration::from_millis(250))? {
                 summaries[id] = Some(s);
@@ -440,7 +504,19 @@ impl Controller {
         self.progress.clear();
         let mut pub_failed = 0;
         let mut last_err = None;
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
+        let (mut first_ns, mut last_ns) = (u64::MAX, 0u64);
+        let mut ios = Vec::new();
         for s in summaries.into_iter().flatten() {
+            if let Some(h) = &s.latency {
+                hist.add(h).map_err(|e| anyhow!("merging histograms: {e:?}"))?;
+            }
+            self.connect.retries += s.retries;
+            if s.first_start_ns > 0 {
+                first_ns = first_ns.min(s.first_start_ns);
+            }
+            last_ns = last_ns.max(s.last_open_ns);
+            ios.push(s.io.clone());
             for (g, n) in s.ok_per_group.iter().enumerate() {
                 self.members[g] += n;
             }
@@ -451,6 +527,29 @@ impl Controller {
             }
         }
         self.connect.ok = self.members.iter().sum();
+        self.connect.latency_us = latency_of(&hist);
+        self.connect.handshakes_per_sec = if last_ns > first_ns {
+            round3(self.connect.ok as f64 / ((last_ns - first_ns) as f64 / 1e9))
+        } else {
+            0.0
+        };
+        self.io = ios.first().cloned().unwrap_or_default();
+        if ios.iter().any(|i| i.uring != self.io.uring) {
+            eprintln!("warning: workers run different receive paths: {ios:?}");
+        }
+        match (&self.io.fallback_reason, self.io.uring) {
+            (_, true) => eprintln!(
+                "receive path: io_uring multishot recv, {} x {} KiB provided buffers per thread{}{}, \
+                 batched waits {} µs",
+                self.io.buffers,
+                self.io.buffer_bytes / 1024,
+                if self.io.incremental { ", incremental consumption" } else { "" },
+                if self.io.defer_taskrun { ", DEFER_TASKRUN" } else { "" },
+                self.io.recv_batch_us
+            ),
+            (Some(why), false) => eprintln!("receive path: epoll ({why})"),
+            (None, false) => eprintln!("receive path: epoll"),
+        }
         if self.connect.failed > 0 || pub_failed > 0 {
             eprintln!(
                 "{} subscriber and {pub_failed} publisher connection(s) failed; last error: {}",
@@ -465,8 +564,12 @@ impl Controller {
             bail!("no subscriber could connect: {}", last_err.unwrap_or_default());
         }
         eprintln!(
-            "connected {} subscriber(s) + {} publisher(s) in {:.2} s ({} failed)",
-            self.connect.ok, self.cfg.publishers, self.connect.secs, self.connect.failed
+            "connected {} subscriber(s) + {} publisher(s) in {:.2} s ({} failed, {:.0} handshakes/s)",
+            self.connect.ok,
+            if self.cfg.connect_only { 0 } else { self.cfg.publishers },
+            self.connect.secs,
+            self.connect.failed,
+            self.connect.handshakes_per_sec
         );
         Ok(())
     }
@@ -492,6 +595,128 @@ impl Controller {
         }
     }
 
+    /// The `--connect-only` report: the connect phase's figures, nothing published.
+    fn connect_report(&mut self) -> Result<Report> {
+        let run = RunStats {
+            url: self.cfg.url.clone(),
+            connections: self.cfg.connections,
+            publishers: 0,
+            rate: 0.0,
+            duration_s: 0.0,
+            payload: self.cfg.payload,
+            connect: self.connect.clone(),
+            sent: 0,
+            expected: 0,
+            received: 0,
+            deliveries_per_sec: 0.0,
+            latency_us: LatencyUs::default(),
+            lost: 0,
+            duplicates: 0,
+            reordered: 0,
+            cpu: CpuStats {
+                user_s: 0.0,
+                sys_s: 0.0,
+                wall_s: 0.0,
+                cores_used: 0.0,
+                threads: self.threads,
+                busiest_thread_cores: 0.0,
+                s_per_million_deliveries: 0.0,
+                saturated: false,
+            },
+            io: self.io_stats(0, 0, 0),
+            step_kind: None,
+            http: None,
+            groups: None,
+            extra: report::Extra::default(),
+        };
+        Ok(Report { run, find_max: None, connect_only: true, repeat: None })
+    }
+
+    /// `--repeat N`: the whole measurement N times; the median repetition is reported.
+    fn measure_repeated(&mut self) -> Result<Report> {
+        let n = self.cfg.repeat.max(1);
+        let mut reports = Vec::with_capacity(n);
+        for i in 0..n {
+            if n > 1 {
+                eprintln!("repetition {}/{n}", i + 1);
+            }
+            reports.push(self.measure()?);
+        }
+        if n == 1 {
+            return Ok(reports.pop().expect("one report"));
+        }
+        // Headline figure: best deliveries/s for find-max (0 when no step met the bounds);
+        // p99 for a fixed-rate run.
+        let dps: Vec<f64> = reports
+            .iter()
+            .map(|r| match &r.find_max {
+                Some(fm) => fm.best.as_ref().map_or(0.0, |b| b.deliveries_per_sec),
+                None => r.run.deliveries_per_sec,
+            })
+            .collect();
+        let p99: Vec<f64> = reports.iter().map(|r| r.run.latency_us.p99 as f64).collect();
+        let key = if self.cfg.find_max { &dps } else { &p99 };
+        let median = Spread::of(key).median;
+        let reported = key.iter().position(|v| *v == median).unwrap_or(0);
+        let repeat = Repeat {
+            n,
+            reported,
+            deliveries_per_sec: Spread::of(&dps),
+            p50_us: Spread::of(
+                &reports.iter().map(|r| r.run.latency_us.p50 as f64).collect::<Vec<_>>(),
+            ),
+            p99_us: Spread::of(&p99),
+            s_per_million_deliveries: Spread::of(
+                &reports.iter().map(|r| r.run.cpu.s_per_million_deliveries).collect::<Vec<_>>(),
+            ),
+        };
+        let mut r = reports.swap_remove(reported);
+        r.repeat = Some(repeat);
+        Ok(r)
+    }
+
+    /// Runs a find-max step; a step that misses the bounds is run again (up to
+    /// `step_retries` times) before it counts as failed. Every run goes into `steps`.
+    fn checked_step(
+        &mut self,
+        rate: f64,
+        label: &str,
+        kind: &str,
+        steps: &mut Vec<RunStats>,
+    ) -> Result<Option<RunStats>> {
+        let cfg = self.cfg.clone();
+        for attempt in 0..=cfg.step_retries {
+            let mut st = self.step(rate, cfg.duration_s, label)?;
+            let ok = st.expected > 0
+                && st.latency_us.p99 as f64 <= cfg.p99_bound_ms * 1000.0
+                && st.received as f64 >= 0.99 * st.expected as f64;
+            st.extra.met_bounds = ok;
+            st.step_kind = Some(if attempt == 0 { kind.to_owned() } else { "retry".to_owned() });
+            let last = attempt == cfg.step_retries;
+            eprintln!(
+                "{label} ({}): {rate:.1} msg/s -> {:.0} deliveries/s, p99 {:.3} ms, received {}/{}, \
+                 generator {:.2} µs/delivery{} {}",
+                st.step_kind.as_deref().unwrap_or(""),
+                st.deliveries_per_sec,
+                st.latency_us.p99 as f64 / 1000.0,
+                st.received,
+                st.expected,
+                st.cpu.s_per_million_deliveries,
+                if st.cpu.saturated { " (generator saturated)" } else { "" },
+                match (ok, last) {
+                    (true, _) => "ok",
+                    (false, false) => "over the bounds: retrying once",
+                    (false, true) => "over the bounds",
+                }
+            );
+            steps.push(st.clone());
+            if ok {
+                return Ok(Some(st));
+            }
+        }
+        Ok(None)
+    }
+
     fn measure(&mut self) -> Result<Report> {
         let cfg = self.cfg.clone();
         let first_rate = if cfg.find_max { cfg.start_rate.unwrap_or(cfg.rate) } else { cfg.rate };
@@ -501,43 +726,74 @@ impl Controller {
         }
         if !cfg.find_max {
             let run = self.step(cfg.rate, cfg.duration_s, "run")?;
-            return Ok(Report { run, find_max: None });
+            return Ok(Report { run, find_max: None, connect_only: false, repeat: None });
         }
         let mut steps: Vec<RunStats> = Vec::new();
         let mut best: Option<RunStats> = None;
+        let keep = |best: &mut Option<RunStats>, st: RunStats| {
+            if best.as_ref().is_none_or(|b| st.deliveries_per_sec > b.deliveries_per_sec) {
+                *best = Some(st);
+            }
+        };
         let mut rate = first_rate;
+        let mut good_rate: Option<f64> = None;
+        let mut failed_rate: Option<f64> = None;
         for i in 0..cfg.max_steps {
-            let mut st =
-                self.step(rate, cfg.duration_s, &format!("step {}/{}", i + 1, cfg.max_steps))?;
-            let ok = st.expected > 0
-                && st.latency_us.p99 as f64 <= cfg.p99_bound_ms * 1000.0
-                && st.received as f64 >= 0.99 * st.expected as f64;
-            st.extra.met_bounds = ok;
-            eprintln!(
-                "step {}: {:.1} msg/s -> {:.0} deliveries/s, p99 {:.3} ms, received {}/{} {}",
-                i + 1,
-                rate,
-                st.deliveries_per_sec,
-                st.latency_us.p99 as f64 / 1000.0,
-                st.received,
-                st.expected,
-                if ok { "ok" } else { "over the bounds: stopping" }
-            );
-            if ok && best.as_ref().is_none_or(|b| st.deliveries_per_sec > b.deliveries_per_sec) {
-                best = Some(st.clone());
+            let label = format!("step {}/{}", i + 1, cfg.max_steps);
+            match self.checked_step(rate, &label, "climb", &mut steps)? {
+                Some(st) => {
+                    keep(&mut best, st);
+                    good_rate = Some(rate);
+                    rate *= cfg.rate_step_factor;
+                }
+                None => {
+                    failed_rate = Some(rate);
+                    break;
+                }
             }
-            steps.push(st);
-            if !ok {
-                break;
+        }
+        // Bisect between the last passing and the first (confirmed) failing rate.
+        if let (Some(mut lo), Some(mut hi)) = (good_rate, failed_rate) {
+            for b in 0..cfg.bisect_steps {
+                let mid = (lo * hi).sqrt();
+                let label = format!("bisect {}/{}", b + 1, cfg.bisect_steps);
+                match self.checked_step(mid, &label, "bisect", &mut steps)? {
+                    Some(st) => {
+                        keep(&mut best, st);
+                        lo = mid;
+                    }
+                    None => hi = mid,
+                }
             }
-            rate *= cfg.rate_step_factor;
+            failed_rate = Some(hi);
         }
         let top =
             best.clone().or_else(|| steps.last().cloned()).ok_or_else(|| anyhow!("no step ran"))?;
         Ok(Report {
             run: top,
-            find_max: Some(FindMax { p99_bound_ms: cfg.p99_bound_ms, steps, best }),
+            find_max: Some(FindMax { p99_bound_ms: cfg.p99_bound_ms, steps, best, failed_rate }),
+            connect_only: false,
+            repeat: None,
         })
+    }
+
+    fn io_stats(&self, completions: u64, bytes: u64, enobufs: u64) -> IoStats {
+        IoStats {
+            path: if self.io.uring { "io_uring" } else { "epoll" }.to_owned(),
+            incremental_buffers: self.io.incremental,
+            defer_taskrun: self.io.defer_taskrun,
+            recv_batch_us: self.io.recv_batch_us,
+            buffers: self.io.buffers,
+            buffer_bytes: self.io.buffer_bytes,
+            fallback_reason: self.io.fallback_reason.clone(),
+            completions,
+            bytes_per_completion: if completions > 0 {
+                round3(bytes as f64 / completions as f64)
+            } else {
+                0.0
+            },
+            enobufs,
+        }
     }
 
     fn sent_now(&self) -> Vec<u64> {
@@ -638,7 +894,12 @@ impl Controller {
         let mut http = HttpCounts::default();
         let mut http_closed = 0;
         let (mut sub_errors, mut pub_errors, mut first_error) = (0, 0, None);
+        let (mut busiest_s, mut completions, mut cbytes, mut enobufs) = (0f64, 0, 0, 0);
         for r in &results {
+            busiest_s = busiest_s.max(r.thread_cpu_s);
+            completions += r.completions;
+            cbytes += r.completion_bytes;
+            enobufs += r.enobufs;
             hist.add(&r.hist).map_err(|e| anyhow!("merging histograms: {e:?}"))?;
             counts.received += r.counts.received;
             counts.duplicates += r.counts.duplicates;
@@ -675,20 +936,13 @@ impl Controller {
             error_replies_publishers: pub_errors,
             first_error: first_error.clone(),
         });
-        let us = |ns: u64| (ns + 500) / 1000;
-        let q = |x: f64| if hist.is_empty() { 0 } else { us(hist.value_at_quantile(x)) };
-        let latency_us = LatencyUs {
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: if hist.is_empty() { 0 } else { us(hist.max()) },
-            mean: if hist.is_empty() { 0.0 } else { round3(hist.mean() / 1000.0) },
-        };
+        let latency_us = latency_of(&hist);
         let span_s = (last_rx.max(end_ns) - start_ns) as f64 / 1e9;
         let wall_s = (wall_end_ns.saturating_sub(start_ns)) as f64 / 1e9;
         let cores_used = if wall_s > 0.0 { (cpu.user_s + cpu.sys_s) / wall_s } else { 0.0 };
         let limit = self.threads.min(self.usable_cores) as f64;
+        let busiest_thread_cores = if wall_s > 0.0 { busiest_s / wall_s } else { 0.0 };
+        let cpu_s = cpu.user_s + cpu.sys_s;
         Ok(RunStats {
             url: self.cfg.url.clone(),
             connections: self.cfg.connections,
@@ -711,8 +965,16 @@ impl Controller {
                 wall_s: round3(wall_s),
                 cores_used: round3(cores_used),
                 threads: self.threads,
-                saturated: cores_used >= 0.9 * limit,
+                busiest_thread_cores: round3(busiest_thread_cores),
+                s_per_million_deliveries: if counts.received > 0 {
+                    round3(cpu_s / counts.received as f64 * 1e6)
+                } else {
+                    0.0
+                },
+                saturated: cores_used >= 0.9 * limit || busiest_thread_cores >= 0.9,
             },
+            io: self.io_stats(completions, cbytes, enobufs),
+            step_kind: None,
             http: http_stats,
             groups: group_stats,
             extra: report::Extra {
@@ -730,6 +992,20 @@ impl Controller {
             let _ = h.join();
         }
         self.progress.clear();
+    }
+}
+
+/// Percentiles of a nanosecond histogram, in µs.
+fn latency_of(hist: &Histogram<u64>) -> LatencyUs {
+    let us = |ns: u64| (ns + 500) / 1000;
+    let q = |x: f64| if hist.is_empty() { 0 } else { us(hist.value_at_quantile(x)) };
+    LatencyUs {
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: if hist.is_empty() { 0 } else { us(hist.max()) },
+        mean: if hist.is_empty() { 0.0 } else { round3(hist.mean() / 1000.0) },
     }
 }
 
@@ -755,6 +1031,12 @@ fn validate(cfg: &Config) -> Result<()> {
     }
     if cfg.warmup_s < 0.0 || cfg.drain_s < 0.0 || cfg.connect_timeout_s <= 0.0 {
         bail!("--warmup and --drain-secs must be >= 0, --connect-timeout > 0");
+    }
+    if cfg.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    if cfg.connect_only && cfg.connections == 0 {
+        bail!("--connect-only needs --connections > 0");
     }
     if cfg.max_inflight_handshakes == 0 {
         bail!("--max-inflight-handshakes must be at least 1");

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringcast_loadgen::{parse_secs, Config, Mode, Publish, SourceIps};
+use ringcast_loadgen::{parse_secs, Config, IoMode, Mode, Publish, SourceIps};
 
 /// Open-loop fan-out latency load generator for WebSocket broadcast servers.
 ///
@@ -84,9 +84,43 @@ struct Args {
     #[arg(long, default_value_t = 1.5)]
     rate_step_factor: f64,
 
-    /// Most steps --find-max runs.
+    /// Most climbing steps --find-max runs (retries and bisections come on top).
     #[arg(long, default_value_t = 12)]
     max_steps: usize,
+
+    /// --find-max: how many times a step that missed the bounds is run again before it
+    /// counts as failed (a single noisy step then does not end the search).
+    #[arg(long, default_value_t = 1)]
+    step_retries: usize,
+
+    /// --find-max: after the first confirmed failure, bisect this many times (geometric
+    /// midpoint) between the best passing rate and the failed one; 3 bisections narrow a
+    /// 1.5x step to about 5%.
+    #[arg(long, default_value_t = 3)]
+    bisect_steps: usize,
+
+    /// Run the whole measurement (warm-up, then the run or the find-max search) N times over
+    /// the same connections; report the median repetition and the spread (min, max).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+
+    /// Connect storm: open --connections as fast as --ramp-rate (0 = no limit) and
+    /// --max-inflight-handshakes allow, report handshakes/s and connect-latency percentiles
+    /// (first attempt to verified 101, retries included), close them, publish nothing.
+    #[arg(long)]
+    connect_only: bool,
+
+    /// Subscribers' receive path: "auto" (io_uring multishot recv over provided buffers when
+    /// the kernel allows, else epoll), "uring" (fail without io_uring) or "epoll". The report
+    /// says which ran and why.
+    #[arg(long, default_value = "auto")]
+    io: IoMode,
+
+    /// io_uring path: let a wait hold completions back up to this many microseconds (or
+    /// until 64 are ready) so the thread wakes once per batch, not once per TCP segment
+    /// (kernel >= 6.12). Adds at most this much to measured latencies; 0 = wake for each.
+    #[arg(long, default_value_t = 50)]
+    recv_batch_us: u64,
 
     /// Seconds to keep waiting after the last send for in-flight deliveries (ends earlier once
     /// everything expected has arrived).
@@ -172,6 +206,12 @@ impl Args {
             start_rate: self.start_rate,
             rate_step_factor: self.rate_step_factor,
             max_steps: self.max_steps,
+            step_retries: self.step_retries,
+            bisect_steps: self.bisect_steps,
+            repeat: self.repeat,
+            connect_only: self.connect_only,
+            io: self.io,
+            recv_batch_us: self.recv_batch_us,
             drain_s: self.drain_secs,
             mode: self.mode,
             groups: self.groups,

@@ -14,6 +14,14 @@ pub struct ConnectStats {
     pub failed: u64,
     /// Seconds from the first connect attempt until every connection was open or failed.
     pub secs: f64,
+    /// Subscriber handshakes completed per second, from the first attempt to the last
+    /// handshake (the connect-storm figure).
+    pub handshakes_per_sec: f64,
+    /// Per subscriber connection: first connect attempt to verified `101` response
+    /// (retries included), in µs.
+    pub latency_us: LatencyUs,
+    /// Attempts beyond each connection's first (refused, reset, timed out, rejected).
+    pub retries: u64,
 }
 
 /// Fan-out latency percentiles in microseconds (receive time - send time).
@@ -36,8 +44,79 @@ pub struct CpuStats {
     /// (user + sys) / wall.
     pub cores_used: f64,
     pub threads: usize,
-    /// True when the generator itself was the bottleneck (cores_used >= 0.9 x usable cores).
+    /// The busiest worker thread's own CPU seconds / wall seconds (one thread cannot use
+    /// more than 1.0, whatever the process total says).
+    pub busiest_thread_cores: f64,
+    /// Generator CPU seconds (user + sys) per million deliveries received, which is also
+    /// µs of generator CPU per delivery.
+    pub s_per_million_deliveries: f64,
+    /// True when the generator itself may have been the bottleneck: the process used
+    /// ≥ 0.9 of its usable cores, or its busiest worker thread ≥ 0.9 of one core. The
+    /// latency and the rate then describe the generator, not the server.
     pub saturated: bool,
+}
+
+/// The receive path the subscribers used.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct IoStats {
+    /// `io_uring` (multishot recv, provided buffers) or `epoll`.
+    pub path: String,
+    /// Provided buffers consumed incrementally (`IOU_PBUF_RING_INC`, kernel ≥ 6.12).
+    pub incremental_buffers: bool,
+    /// The ring runs with `SINGLE_ISSUER | DEFER_TASKRUN`.
+    pub defer_taskrun: bool,
+    /// Longest a wait held completions back to batch wake-ups (µs; 0 = off or unsupported).
+    /// Measured latencies include up to this much of the generator's own delay.
+    pub recv_batch_us: u64,
+    /// Provided buffers per worker and their size.
+    pub buffers: u32,
+    pub buffer_bytes: u32,
+    /// Why epoll was used instead of io_uring, if it was.
+    pub fallback_reason: Option<String>,
+    /// Receive completions during the run/step, and mean bytes per completion.
+    pub completions: u64,
+    pub bytes_per_completion: f64,
+    /// Completions that found the buffer ring empty (cumulative; each re-arms the receive).
+    pub enobufs: u64,
+}
+
+/// One figure over the repetitions of `--repeat`.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// (max - min) / median, in percent.
+    pub spread_pct: f64,
+    pub values: Vec<f64>,
+}
+
+impl Spread {
+    /// Median (the lower middle value for an even count), min, max of `values`.
+    pub fn of(values: &[f64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Self::default();
+        }
+        let median = v[(v.len() - 1) / 2];
+        let (min, max) = (v[0], v[v.len() - 1]);
+        let spread_pct = if median > 0.0 { 100.0 * (max - min) / median } else { 0.0 };
+        Self { median, min, max, spread_pct, values: values.to_vec() }
+    }
+}
+
+/// `repeat` object: the whole measurement ran `n` times over the same connections.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Repeat {
+    pub n: usize,
+    /// Which repetition (0-based) the top-level fields describe: the median one.
+    pub reported: usize,
+    /// Best (find-max) or measured deliveries/s of each repetition.
+    pub deliveries_per_sec: Spread,
+    pub p50_us: Spread,
+    pub p99_us: Spread,
+    pub s_per_million_deliveries: Spread,
 }
 
 /// One measured run (or find-max step): every top-level field of the contract but find_max.
@@ -64,6 +143,10 @@ pub struct RunStats {
     pub duplicates: u64,
     pub reordered: u64,
     pub cpu: CpuStats,
+    pub io: IoStats,
+    /// find-max: how this step came about (`climb`, `retry` of a failed step, `bisect`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_kind: Option<String>,
     /// HTTP push API responses; present only when publishing over HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpStats>,
@@ -138,8 +221,12 @@ pub struct Extra {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FindMax {
     pub p99_bound_ms: f64,
+    /// Every step in the order run: climbing steps, retries of failed steps, bisections.
     pub steps: Vec<RunStats>,
     pub best: Option<RunStats>,
+    /// Lowest offered rate (msg/s) that failed twice in a row, if any: the maximum lies
+    /// between `best.rate` and this.
+    pub failed_rate: Option<f64>,
 }
 
 /// The whole report: top-level fields describe the run (or find-max's best / last step).
@@ -148,6 +235,11 @@ pub struct Report {
     #[serde(flatten)]
     pub run: RunStats,
     pub find_max: Option<FindMax>,
+    /// `--connect-only`: connections were opened and closed, nothing published.
+    pub connect_only: bool,
+    /// `--repeat N` with N > 1: the spread over repetitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Repeat>,
 }
 
 impl Report {
@@ -159,6 +251,43 @@ impl Report {
     /// The human-readable table printed without `--json`.
     pub fn human(&self) -> String {
         let mut s = String::new();
+        if self.connect_only {
+            let c = &self.run.connect;
+            let l = &c.latency_us;
+            let _ = writeln!(s, "  {:<22} {}", "target", self.run.url);
+            let _ = writeln!(
+                s,
+                "  {:<22} {} ok, {} failed, {} retries in {:.2} s = {:.0} handshakes/s",
+                "connect storm", c.ok, c.failed, c.retries, c.secs, c.handshakes_per_sec
+            );
+            let _ = writeln!(
+                s,
+                "  {:<22} p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                "connect latency (ms)",
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max)
+            );
+            return s;
+        }
+        if let Some(r) = &self.repeat {
+            let d = &r.deliveries_per_sec;
+            let _ = writeln!(
+                s,
+                "repeat x{}: deliveries/s median {:.0} (min {:.0}, max {:.0}, spread {:.1}%), \
+                 p99 median {:.3} ms, generator CPU {:.2} µs/delivery; details of repetition {}:",
+                r.n,
+                d.median,
+                d.min,
+                d.max,
+                d.spread_pct,
+                r.p99_us.median / 1000.0,
+                r.s_per_million_deliveries.median,
+                r.reported + 1
+            );
+        }
         if let Some(fm) = &self.find_max {
             let _ = writeln!(s, "find-max: p99 bound {} ms, >= 99% delivered", fm.p99_bound_ms);
             let _ = writeln!(
@@ -176,7 +305,7 @@ impl Report {
             for st in &fm.steps {
                 let _ = writeln!(
                     s,
-                    "  {:>12.1} {:>12} {:>14.0} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>6}",
+                    "  {:>12.1} {:>12} {:>14.0} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>6} {}",
                     st.rate,
                     st.expected,
                     st.deliveries_per_sec,
@@ -184,7 +313,8 @@ impl Report {
                     ms(st.latency_us.p99),
                     ms(st.latency_us.max),
                     st.lost,
-                    if st.extra.met_bounds { "yes" } else { "no" }
+                    if st.extra.met_bounds { "yes" } else { "no" },
+                    st.step_kind.as_deref().unwrap_or("")
                 );
             }
             match &fm.best {
@@ -307,16 +437,42 @@ fn human_run(r: &RunStats) -> String {
     row(
         "generator cpu",
         format!(
-            "user {:.2} s, sys {:.2} s over {:.2} s wall = {:.2} cores ({} threads)",
-            c.user_s, c.sys_s, c.wall_s, c.cores_used, c.threads
+            "user {:.2} s, sys {:.2} s over {:.2} s wall = {:.2} cores ({} threads, busiest \
+             {:.2}); {:.2} s per million deliveries",
+            c.user_s,
+            c.sys_s,
+            c.wall_s,
+            c.cores_used,
+            c.threads,
+            c.busiest_thread_cores,
+            c.s_per_million_deliveries
         ),
+    );
+    let io = &r.io;
+    row(
+        "receive path",
+        if io.path == "io_uring" {
+            format!(
+                "io_uring multishot recv, {} x {} KiB provided buffers{}{}, batch {} µs; \
+                 {:.0} B/completion, {} ENOBUFS",
+                io.buffers,
+                io.buffer_bytes / 1024,
+                if io.incremental_buffers { ", incremental" } else { "" },
+                if io.defer_taskrun { ", DEFER_TASKRUN" } else { "" },
+                io.recv_batch_us,
+                io.bytes_per_completion,
+                io.enobufs
+            )
+        } else {
+            format!("epoll ({})", io.fallback_reason.as_deref().unwrap_or("?"))
+        },
     );
     if c.saturated {
         let _ = writeln!(
             s,
-            "WARNING: the load generator itself was saturated ({:.2} cores busy of {} threads): \
-             these numbers measure the generator, not the server.",
-            c.cores_used, c.threads
+            "WARNING: the load generator itself was saturated ({:.2} cores busy of {} threads, \
+             busiest thread {:.2}): these numbers measure the generator, not the server.",
+            c.cores_used, c.threads, c.busiest_thread_cores
         );
     }
     if r.extra.max_send_lag_ms > 100.0 {

@@ -36,17 +36,31 @@ pub struct CpuTimes {
 }
 
 impl CpuTimes {
-    /// Reads the current totals.
+    /// Reads the current totals of the whole process.
     pub fn now() -> Self {
+        Self::read(libc::RUSAGE_SELF)
+    }
+
+    /// Reads the current totals of the calling thread.
+    pub fn thread_now() -> Self {
+        Self::read(libc::RUSAGE_THREAD)
+    }
+
+    fn read(who: libc::c_int) -> Self {
         // SAFETY: rusage is a plain C struct of integers; all-zero is a valid value.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
-        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+        let rc = unsafe { libc::getrusage(who, &mut ru) };
         if rc != 0 {
             return Self::default();
         }
         let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
         Self { user_s: secs(ru.ru_utime), sys_s: secs(ru.ru_stime) }
+    }
+
+    /// User + system seconds.
+    pub fn total_s(&self) -> f64 {
+        self.user_s + self.sys_s
     }
 
     /// `self - earlier`.

@@ -1,5 +1,11 @@
 //! One worker thread: owns a share of the connections and drives them with a hand-written,
 //! edge-triggered mio (epoll) loop. No per-message allocation on the receive or send path.
+//!
+//! With the io_uring receive path ([`IoMode`]), a subscriber connection moves onto the
+//! worker's [`RecvRing`] once its handshake is done: from then on its bytes arrive through one
+//! multishot `recv` into provided buffers and are parsed where the kernel put them; the
+//! thread then waits on the ring, which watches the epoll fd for everything else (connects,
+//! publishers, timer, controller commands).
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -19,11 +25,12 @@ use tungstenite::http::Uri;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use crate::codec::{self, MsgHeader};
-use crate::frame::{push_masked_bytes, push_masked_frame, FrameEvent, FrameParser, PENDING_CAP};
+use crate::frame::{push_masked_bytes, push_masked_frame, FrameEvent, FrameParser};
 use crate::http::{HttpCounts, HttpRx, HttpTarget};
 use crate::seq::{SeqCounts, SeqTracker};
-use crate::sys::{start_connect, TimerFd};
-use crate::Mode;
+use crate::sys::{start_connect, CpuTimes, TimerFd};
+use crate::uring::{Cqe, RecvRing, ENOBUFS, UD_EPOLL};
+use crate::{IoMode, Mode};
 
 const WAKER: Token = Token(usize::MAX);
 const TIMER: Token = Token(usize::MAX - 1);
@@ -67,6 +74,10 @@ pub struct Ctx {
     pub inflight_per_worker: usize,
     pub retries: u32,
     pub connect_timeout: Duration,
+    /// Receive path for subscriber connections.
+    pub io: IoMode,
+    /// io_uring: most µs a wait holds completions back to wake the thread once per batch.
+    pub recv_batch_us: u64,
 }
 
 /// Live counters a worker publishes for the controller (progress line, drain detection).
@@ -124,6 +135,28 @@ pub struct StepResult {
     pub sub_errors: u64,
     pub pub_errors: u64,
     pub first_error: Option<String>,
+    /// This worker thread's own CPU seconds during the step.
+    pub thread_cpu_s: f64,
+    /// Receive completions that found the buffer ring empty (cumulative).
+    pub enobufs: u64,
+    /// Receive completions handled during the step, and the bytes they carried.
+    pub completions: u64,
+    pub completion_bytes: u64,
+}
+
+/// Which receive path a worker runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoUsed {
+    /// Subscribers receive through io_uring (else epoll).
+    pub uring: bool,
+    pub incremental: bool,
+    pub defer_taskrun: bool,
+    /// Batched waits in use (µs), 0 when the kernel lacks minimum waits or they are off.
+    pub recv_batch_us: u64,
+    pub buffers: u32,
+    pub buffer_bytes: u32,
+    /// Why io_uring is not used (`--io auto` fell back, or `--io epoll`).
+    pub fallback_reason: Option<String>,
 }
 
 /// Result of the connect phase of one worker.
@@ -133,12 +166,20 @@ pub struct ConnectSummary {
     pub failed: u64,
     pub pub_failed: u64,
     pub last_error: Option<String>,
+    /// Nanoseconds from a subscriber's first connect attempt to its verified handshake.
+    pub latency: Option<Histogram<u64>>,
+    /// Attempts beyond the first (retries), subscribers and publishers.
+    pub retries: u64,
+    /// First attempt started / last connection settled (ns on the shared clock).
+    pub first_start_ns: u64,
+    pub last_open_ns: u64,
+    pub io: IoUsed,
 }
 
 /// Worker -> controller.
 #[derive(Debug)]
 pub enum WorkerMsg {
-    Connected(usize, ConnectSummary),
+    Connected(usize, Box<ConnectSummary>),
     Step(usize, Box<StepResult>),
 }
 
@@ -191,6 +232,12 @@ struct Conn {
     seqs: Box<[SeqTracker]>,
     http_rx: Option<Box<HttpRx>>,
     close_sent: bool,
+    /// When the first connect attempt started (ns), for the connect latency.
+    first_attempt_ns: u64,
+    /// Receives through the io_uring (not registered for reading with epoll).
+    on_ring: bool,
+    /// On the ring and registered with epoll for writability (a pong or close did not fit).
+    write_watch: bool,
 }
 
 struct Publisher {
@@ -256,6 +303,9 @@ struct StepState {
     sub_errors: u64,
     pub_errors: u64,
     first_error: Option<String>,
+    cpu0: CpuTimes,
+    completions: u64,
+    completion_bytes: u64,
 }
 
 /// Per-read context for frame handling.
@@ -307,7 +357,7 @@ fn process_frames(
         step.last_rx_ns = rx_ns;
     };
     parser
-        .parse(data, |ev| match ev {
+        .feed(data, |ev| match ev {
             FrameEvent::Binary(p) => {
                 if let Some(h) = MsgHeader::parse_binary(p) {
                     deliver(h);
@@ -411,9 +461,18 @@ pub struct Worker {
     summary: ConnectSummary,
     connect_reported: bool,
     connected: u64,
+    connect_hist: Histogram<u64>,
+    retries: u64,
+    first_start_ns: u64,
+    last_open_ns: u64,
     // run state
     max_lag_ns: u64,
     shutdown_deadline: Option<u64>,
+    /// The subscribers' io_uring receive path, when in use.
+    ring: Option<RecvRing>,
+    io_used: IoUsed,
+    /// The ring's poll request on the epoll fd is in flight.
+    epoll_armed: bool,
 }
 
 impl Worker {
@@ -445,6 +504,9 @@ impl Worker {
             seqs: vec![SeqTracker::default(); seqs].into_boxed_slice(),
             http_rx: None,
             close_sent: false,
+            first_attempt_ns: 0,
+            on_ring: false,
+            write_watch: false,
         };
         for &p in &plan.pubs {
             let (role, src) = if ctx.http.is_some() {
@@ -491,7 +553,7 @@ impl Worker {
             queue: (0..n).collect(),
             conns,
             pubs,
-            buf: vec![0u8; READ_SIZE + PENDING_CAP].into_boxed_slice(),
+            buf: vec![0u8; READ_SIZE].into_boxed_slice(),
             batch: Vec::with_capacity(
                 ctx.http.as_ref().map_or(1, |h| h.form.messages_per_request()),
             ),
@@ -509,6 +571,9 @@ impl Worker {
                 sub_errors: 0,
                 pub_errors: 0,
                 first_error: None,
+                cpu0: CpuTimes::default(),
+                completions: 0,
+                completion_bytes: 0,
             },
             retry: Vec::new(),
             inflight: Vec::new(),
@@ -518,14 +583,66 @@ impl Worker {
             summary: ConnectSummary { ok_per_group: vec![0; ctx.groups], ..Default::default() },
             connect_reported: false,
             connected: 0,
+            connect_hist: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                .map_err(|e| io::Error::other(e.to_string()))?,
+            retries: 0,
+            first_start_ns: 0,
+            last_open_ns: 0,
             max_lag_ns: 0,
             shutdown_deadline: None,
+            ring: None,
+            io_used: IoUsed::default(),
+            epoll_armed: false,
             ctx,
         })
     }
 
+    /// Sets up the io_uring receive path as `--io` asks (on this thread: the ring is
+    /// single-issuer).
+    fn setup_io(&mut self) -> io::Result<()> {
+        let subs = self.conns.iter().filter(|c| matches!(c.role, Role::Sub { .. })).count();
+        match self.ctx.io {
+            IoMode::Epoll => {
+                self.io_used.fallback_reason = Some("--io epoll".into());
+                return Ok(());
+            }
+            IoMode::Auto | IoMode::Uring if subs == 0 => {
+                self.io_used.fallback_reason = Some("no subscriber connections".into());
+                return Ok(());
+            }
+            _ => {}
+        }
+        match RecvRing::new(subs) {
+            Ok(r) => {
+                let i = r.info();
+                self.io_used = IoUsed {
+                    uring: true,
+                    incremental: i.incremental,
+                    defer_taskrun: i.defer_taskrun,
+                    recv_batch_us: if i.min_wait { self.ctx.recv_batch_us } else { 0 },
+                    buffers: u32::from(i.shape.entries),
+                    buffer_bytes: i.shape.buf_bytes,
+                    fallback_reason: None,
+                };
+                self.ring = Some(r);
+                Ok(())
+            }
+            Err(e) if self.ctx.io == IoMode::Auto => {
+                self.io_used.fallback_reason = Some(format!(
+                    "io_uring unavailable ({e}; see kernel.io_uring_disabled, seccomp), using epoll"
+                ));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs until shut down.
     pub fn run(mut self) {
+        if let Err(e) = self.setup_io() {
+            eprintln!("worker {}: --io uring: cannot set up io_uring: {e}", self.id);
+            return;
+        }
         let mut events = Events::with_capacity(1024);
         self.next_slot_ns = self.ctx.clock.now_ns();
         loop {
@@ -544,11 +661,27 @@ impl Worker {
             } else {
                 Duration::from_millis(200)
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("worker {}: poll failed: {e}", self.id);
-                    break;
+            let epoll_ready = if self.ring.is_some() {
+                match self.wait_ring(timeout) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("worker {}: io_uring wait failed: {e}", self.id);
+                        break;
+                    }
                 }
+            } else {
+                true
+            };
+            if epoll_ready {
+                let t = if self.ring.is_some() { Duration::ZERO } else { timeout };
+                if let Err(e) = self.poll.poll(&mut events, Some(t)) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        eprintln!("worker {}: poll failed: {e}", self.id);
+                        break;
+                    }
+                }
+            } else {
+                events.clear();
             }
             for (i, ev) in events.iter().enumerate() {
                 match ev.token() {
@@ -567,6 +700,123 @@ impl Worker {
             // Commands can also arrive without the waker firing in this batch.
             self.handle_cmds();
             self.publish_progress();
+        }
+        if let Some(r) = self.ring.as_mut() {
+            r.cancel_all(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits on the ring (which also watches the epoll fd) and handles the receive
+    /// completions; returns whether the epoll fd became ready.
+    fn wait_ring(&mut self, timeout: Duration) -> io::Result<bool> {
+        let Some(ring) = self.ring.as_mut() else { return Ok(true) };
+        if !self.epoll_armed {
+            ring.arm_poll(std::os::fd::AsRawFd::as_raw_fd(&self.poll), UD_EPOLL)?;
+            self.epoll_armed = true;
+        }
+        let batch = (self.ctx.recv_batch_us > 0)
+            .then(|| (64, Duration::from_micros(self.ctx.recv_batch_us)));
+        ring.wait(timeout, batch)?;
+        let cqes = ring.take_cqes();
+        let mut epoll_ready = false;
+        for (i, c) in cqes.iter().enumerate() {
+            if c.user_data == UD_EPOLL {
+                self.epoll_armed = false;
+                epoll_ready = true;
+            } else {
+                self.on_recv_completion(c);
+            }
+            // Keep publishers on schedule through long batches of completions.
+            if i % 64 == 63 && self.pubs.iter().any(|p| p.active) {
+                self.run_publishers();
+            }
+        }
+        if let Some(ring) = self.ring.as_mut() {
+            ring.return_cqes(cqes);
+        }
+        Ok(epoll_ready)
+    }
+
+    /// One multishot receive completion of subscriber `c.user_data`.
+    fn on_recv_completion(&mut self, c: &Cqe) {
+        let idx = c.user_data as usize;
+        let Some(ring) = self.ring.as_mut() else { return };
+        let live = self
+            .conns
+            .get(idx)
+            .is_some_and(|cn| cn.on_ring && matches!(cn.phase, Phase::Open | Phase::Closing));
+        if c.result > 0 {
+            let Some((data, release)) = ring.data(c) else { return };
+            if live {
+                // The clock is read once per completion.
+                let rx_ns = self.ctx.clock.now_ns();
+                self.step.completions += 1;
+                self.step.completion_bytes += data.len() as u64;
+                if self.handle_rx(idx, data, rx_ns) {
+                    self.flush_ring_conn(idx);
+                }
+            }
+            if let Some(ring) = self.ring.as_mut() {
+                ring.release(release);
+            }
+        } else if c.result == ENOBUFS {
+            ring.enobufs += 1;
+        } else if live {
+            // 0: the server closed; < 0: a socket error. Either ends the connection.
+            self.close_conn(idx);
+            return;
+        }
+        if !c.more() {
+            let still = self
+                .conns
+                .get(idx)
+                .is_some_and(|cn| cn.on_ring && matches!(cn.phase, Phase::Open | Phase::Closing));
+            if still {
+                self.arm_ring_recv(idx);
+            }
+        }
+    }
+
+    fn arm_ring_recv(&mut self, idx: usize) {
+        let (Some(ring), Some(sock)) = (self.ring.as_mut(), self.conns[idx].sock.as_ref()) else {
+            return;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
+        if let Err(e) = ring.arm_recv(fd, idx as u64) {
+            eprintln!("worker {}: connection {idx}: arming receive failed: {e}", self.id);
+            self.close_conn(idx);
+        }
+    }
+
+    /// Moves an open subscriber's reads from epoll to the ring.
+    fn move_to_ring(&mut self, idx: usize) {
+        let c = &mut self.conns[idx];
+        let Some(sock) = c.sock.as_mut() else { return };
+        if let Err(e) = self.poll.registry().deregister(sock) {
+            eprintln!("worker {}: connection {idx}: epoll deregister failed: {e}", self.id);
+            return;
+        }
+        c.on_ring = true;
+        self.arm_ring_recv(idx);
+        self.flush_ring_conn(idx);
+    }
+
+    /// Writes what a ring connection owes the server (pongs, close); if the socket is full,
+    /// watches it for writability with epoll.
+    fn flush_ring_conn(&mut self, idx: usize) {
+        let c = &mut self.conns[idx];
+        if c.out.is_empty() {
+            return;
+        }
+        let Some(sock) = c.sock.as_mut() else { return };
+        if flush(sock, &mut c.out, &mut c.out_pos).is_err() {
+            return self.close_conn(idx);
+        }
+        if !c.out.is_empty() && !c.write_watch {
+            match self.poll.registry().register(sock, Token(idx), Interest::WRITABLE) {
+                Ok(()) => c.write_watch = true,
+                Err(_) => self.close_conn(idx),
+            }
         }
     }
 
@@ -610,6 +860,10 @@ impl Worker {
                         sub_errors: self.step.sub_errors,
                         pub_errors: self.step.pub_errors,
                         first_error: self.step.first_error.clone(),
+                        thread_cpu_s: CpuTimes::thread_now().since(&self.step.cpu0).total_s(),
+                        enobufs: self.ring.as_ref().map_or(0, |r| r.enobufs),
+                        completions: self.step.completions,
+                        completion_bytes: self.step.completion_bytes,
                     };
                     let _ = self.to_ctl.send(WorkerMsg::Step(self.id, Box::new(res)));
                 }
@@ -626,6 +880,9 @@ impl Worker {
         self.step.http_closed = 0;
         self.step.first_seq = s.first_seq;
         self.step.measuring = true;
+        self.step.cpu0 = CpuTimes::thread_now();
+        self.step.completions = 0;
+        self.step.completion_bytes = 0;
         self.max_lag_ns = 0;
         for p in &mut self.pubs {
             p.k = 0;
@@ -753,6 +1010,14 @@ impl Worker {
             self.fail_attempt(idx, format!("epoll register failed: {e}"));
             return;
         }
+        if c.attempts == 0 {
+            c.first_attempt_ns = now;
+            if self.first_start_ns == 0 {
+                self.first_start_ns = now.max(1);
+            }
+        } else {
+            self.retries += 1;
+        }
         c.sock = Some(sock);
         c.phase = Phase::Connecting;
         c.deadline_ns = now + ctx.connect_timeout.as_nanos() as u64;
@@ -798,6 +1063,9 @@ impl Worker {
         c.hs = None;
         match c.role {
             Role::Sub { group } => {
+                let now = self.ctx.clock.now_ns();
+                self.connect_hist.saturating_record(now.saturating_sub(c.first_attempt_ns).max(1));
+                self.last_open_ns = now;
                 self.summary.ok_per_group[group] += 1;
                 self.connected += 1;
                 self.shared.progress[self.id].connected.store(self.connected, Ordering::Relaxed);
@@ -818,8 +1086,13 @@ impl Worker {
     fn maybe_report_connected(&mut self) {
         if self.unsettled == 0 && !self.connect_reported && self.shutdown_deadline.is_none() {
             self.connect_reported = true;
-            let s = std::mem::take(&mut self.summary);
-            let _ = self.to_ctl.send(WorkerMsg::Connected(self.id, s));
+            let mut s = std::mem::take(&mut self.summary);
+            s.latency = Some(self.connect_hist.clone());
+            s.retries = self.retries;
+            s.first_start_ns = self.first_start_ns;
+            s.last_open_ns = self.last_open_ns;
+            s.io = self.io_used.clone();
+            let _ = self.to_ctl.send(WorkerMsg::Connected(self.id, Box::new(s)));
         }
     }
 
@@ -830,6 +1103,7 @@ impl Worker {
         match c.phase {
             Phase::Connecting => self.on_connecting(idx, errored),
             Phase::Handshaking => self.on_handshaking(idx),
+            Phase::Open | Phase::Closing if c.on_ring => self.flush_ring_conn(idx),
             Phase::Open | Phase::Closing => {
                 self.on_readable(idx);
                 self.on_writable(idx);
@@ -906,7 +1180,12 @@ impl Worker {
         self.became_open(idx);
         if !rest.is_empty() {
             let rx_ns = self.ctx.clock.now_ns();
-            self.handle_rx(idx, &rest, rx_ns);
+            if !self.handle_rx(idx, &rest, rx_ns) {
+                return;
+            }
+        }
+        if self.ring.is_some() && matches!(self.conns[idx].role, Role::Sub { .. }) {
+            return self.move_to_ring(idx);
         }
         self.on_writable(idx);
         // Edge-triggered: data may already be waiting after the head we read.
@@ -953,8 +1232,7 @@ impl Worker {
                     Err(_) => return self.close_conn(idx),
                 }
             }
-            let l = c.parser.restore(&mut self.buf);
-            let n = match sock.read(&mut self.buf[l..l + READ_SIZE]) {
+            let n = match sock.read(&mut self.buf[..READ_SIZE]) {
                 Ok(0) => return self.close_conn(idx),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -963,7 +1241,7 @@ impl Worker {
             };
             let rx_ns = self.ctx.clock.now_ns();
             let buf = std::mem::take(&mut self.buf);
-            let keep_going = self.handle_rx(idx, &buf[..l + n], rx_ns);
+            let keep_going = self.handle_rx(idx, &buf[..n], rx_ns);
             self.buf = buf;
             if !keep_going {
                 return;
@@ -1017,7 +1295,17 @@ impl Worker {
             }
         }
         if let Some(mut s) = c.sock.take() {
-            let _ = self.poll.registry().deregister(&mut s);
+            if c.on_ring {
+                // The ring's receive holds its own reference to the socket: shut it down so
+                // the receive ends (its last completion is then ignored) and the server sees
+                // the close now, not when the ring is torn down.
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                if c.write_watch {
+                    let _ = self.poll.registry().deregister(&mut s);
+                }
+            } else {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
         }
         c.phase = Phase::Closed;
     }

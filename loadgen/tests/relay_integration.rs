@@ -60,7 +60,9 @@ fn plain_relay_delivers_everything() {
         "duplicates",
         "reordered",
         "cpu",
+        "io",
         "find_max",
+        "connect_only",
     ];
     want.sort_unstable();
     assert_eq!(keys, want);
@@ -69,11 +71,23 @@ fn plain_relay_delivers_everything() {
         ks.sort_unstable();
         ks
     };
-    assert_eq!(sub_keys("connect"), ["failed", "ok", "secs"]);
+    assert_eq!(
+        sub_keys("connect"),
+        ["failed", "handshakes_per_sec", "latency_us", "ok", "retries", "secs"]
+    );
     assert_eq!(sub_keys("latency_us"), ["max", "mean", "p50", "p90", "p99", "p999"]);
     assert_eq!(
         sub_keys("cpu"),
-        ["cores_used", "saturated", "sys_s", "threads", "user_s", "wall_s"]
+        [
+            "busiest_thread_cores",
+            "cores_used",
+            "s_per_million_deliveries",
+            "saturated",
+            "sys_s",
+            "threads",
+            "user_s",
+            "wall_s"
+        ]
     );
     assert!(v["find_max"].is_null());
     assert_eq!(v["connections"], 20);

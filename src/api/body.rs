@@ -445,6 +445,33 @@ pub(crate) fn close_params(query: Option<&str>) -> Result<(u16, String), String>
     Ok((code, reason))
 }
 
+/// Run every request-body and query parser of the API on `data`, as the routes do (for the
+/// fuzz targets and property tests: none of them may panic, whatever the bytes). Returns how
+/// many parsers accepted it.
+#[doc(hidden)]
+pub fn parse_any_body(data: &[u8], name_bytes_max: usize) -> usize {
+    let limits = Limits { name_bytes_max };
+    let body = Bytes::copy_from_slice(data);
+    let mut accepted = 0;
+    if let Ok(p) = serde_json::from_slice::<PublishBody<'_>>(&body) {
+        accepted += usize::from(p.into_publish(Prefix(None), &body, limits).is_ok());
+    }
+    accepted += usize::from(parse_batch(&body, limits).is_ok());
+    if let Ok(u) = serde_json::from_slice::<UidBody<'_>>(&body) {
+        accepted += usize::from(uid(&u.uid, &"uid", limits).is_ok());
+    }
+    accepted += usize::from(serde_json::from_slice::<crate::addressing::Session>(&body).is_ok());
+    let mut seed = SeedParams::default();
+    seed.extend(data);
+    accepted += usize::from(seed.into_publish(NodeId(1), limits).is_ok());
+    if let Ok(text) = std::str::from_utf8(data) {
+        accepted += usize::from(close_params(Some(text)).is_ok());
+        accepted += usize::from(client_id(text, &"client_id").is_ok());
+        accepted += usize::from(group_id(text, &"group", limits).is_ok());
+    }
+    accepted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,8 @@ pub enum ErrorKind {
     BadRequest,
     /// 401: missing or wrong bearer token.
     Unauthorized,
+    /// 403: a browser request the tokenless API refuses (another site's, or a foreign `Host`).
+    Forbidden,
     /// 404: no such endpoint, or no such client for an operation on one.
     NotFound,
     /// 405: the endpoint exists, the method does not.
@@ -37,9 +39,10 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in counter order.
-    pub(crate) const ALL: [ErrorKind; 9] = [
+    pub(crate) const ALL: [ErrorKind; 10] = [
         ErrorKind::BadRequest,
         ErrorKind::Unauthorized,
+        ErrorKind::Forbidden,
         ErrorKind::NotFound,
         ErrorKind::MethodNotAllowed,
         ErrorKind::Conflict,
@@ -58,6 +61,7 @@ impl ErrorKind {
         match status {
             StatusCode::BAD_REQUEST => ErrorKind::BadRequest,
             StatusCode::UNAUTHORIZED => ErrorKind::Unauthorized,
+            StatusCode::FORBIDDEN => ErrorKind::Forbidden,
             StatusCode::NOT_FOUND => ErrorKind::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => ErrorKind::MethodNotAllowed,
             StatusCode::CONFLICT => ErrorKind::Conflict,
@@ -72,6 +76,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::Conflict => "conflict",
@@ -127,6 +132,11 @@ impl ApiError {
     /// 401, with `WWW-Authenticate: Bearer`.
     pub fn unauthorized(message: &'static str) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, ErrorKind::Unauthorized, message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: &'static str) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, message)
     }
 
     /// 404.

@@ -10,12 +10,15 @@
 //! - `coalesce.rs`: the single publishes of one scheduler tick go to the node as one batch.
 //! - `error.rs`: every error as `{"error":"..."}` with its status.
 //! - `stats.rs`: the API's own counters and log budget.
+//! - `demo.rs`: the demo page (`--demo`), embedded from `demo/`.
 //!
 //! See `docs/api.md` for every endpoint.
 
 mod body;
 mod coalesce;
+mod demo;
 mod error;
+mod observe;
 mod routes;
 mod service;
 mod stats;
@@ -30,6 +33,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{watch, Semaphore};
 
+#[doc(hidden)]
+pub use body::parse_any_body;
 pub use body::{BATCH_PUBLISHES_MAX, TARGETS_MAX};
 pub use error::{ApiError, ErrorKind};
 pub use stats::ApiStats;
@@ -63,6 +68,15 @@ pub struct ApiConfig {
     /// The cluster backplane, when the node is clustered: queries answer cluster-wide and
     /// `/api/stats` shows the backplane.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Serve the demo page at `/` (the daemon's `--demo`): a page that connects to the node's
+    /// WebSocket listener, joins groups, chats and pushes through this API. The page and its
+    /// assets need no token (they hold no node data); the page asks for the token when one is
+    /// set. Off: `/` is only seed 003's pusher.
+    pub demo_page: bool,
+    /// Extra metrics collectors and readiness checks (see [`crate::observe`]).
+    pub observability: crate::observe::Observability,
+    /// The node's configured bounds, exported beside their gauges in `/metrics`.
+    pub node_limits: crate::observe::NodeLimits,
 }
 
 impl Default for ApiConfig {
@@ -77,6 +91,9 @@ impl Default for ApiConfig {
             header_read_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
             cluster: None,
+            demo_page: false,
+            observability: Default::default(),
+            node_limits: Default::default(),
         }
     }
 }
@@ -157,19 +174,27 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
     };
+    let demo =
+        config.demo_page.then(|| demo::Page::new(handle.local_addr(), config.token.is_some()));
     let shared = Arc::new(routes::Shared {
         handle,
+        demo,
         limits: body::Limits { name_bytes_max: config.group_id_bytes_max },
         shard_timeout: config.shard_timeout,
         body_bytes_max: config.body_bytes_max,
         counters: Default::default(),
         coalescer: Default::default(),
         cluster: config.cluster.clone(),
+        registry: Default::default(),
+        observability: config.observability.clone(),
     });
+    let mut registry = config.observability.registry(&shared.handle, config.node_limits);
+    registry.register_collector(Box::new(observe::ApiCollector(Arc::downgrade(&shared))));
+    let _ = shared.registry.set(registry);
     let service = service::ApiService {
         app: routes::router(shared.clone()),
         shared: shared.clone(),
-        auth: Arc::new(service::Auth::new(config.token.as_deref())),
+        auth: Arc::new(service::Auth::new(config.token.as_deref(), config.demo_page)),
         log: Arc::new(stats::LogLimiter::new(1000)),
     };
     let (stop, stop_rx) = watch::channel(false);

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::{self, BatchError, Limits, Prefix, PublishBody, SeedParams, UidBody};
 use super::coalesce::Coalescer;
+use super::demo;
 use super::error::ApiError;
 use super::stats::{ApiStats, Counters};
 use crate::addressing::{Applied, Publish, PublishReport, RequestError, Session, Stats};
@@ -27,6 +28,8 @@ use crate::{Handle, Pending};
 /// What every handler shares.
 pub(crate) struct Shared {
     pub(crate) handle: Handle,
+    /// The demo page, when it is on (`ApiConfig::demo_page`).
+    pub(crate) demo: Option<demo::Page>,
     pub(crate) limits: Limits,
     pub(crate) shard_timeout: Duration,
     pub(crate) body_bytes_max: usize,
@@ -35,6 +38,11 @@ pub(crate) struct Shared {
     pub(crate) coalescer: Arc<Coalescer>,
     /// The cluster backplane, if clustered: queries answer cluster-wide.
     pub(crate) cluster: Option<crate::cluster::Cluster>,
+    /// What `/metrics` encodes (set once, right after `Shared` is built: it refers back to
+    /// the API's counters).
+    pub(crate) registry: std::sync::OnceLock<prometheus_client::registry::Registry>,
+    /// Extra collectors and readiness checks (`/readyz`).
+    pub(crate) observability: crate::observe::Observability,
 }
 
 type St = State<Arc<Shared>>;
@@ -75,8 +83,15 @@ impl Shared {
 /// The router, without the auth/counting wrapper (see `service.rs`).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.body_bytes_max;
-    Router::new()
-        .route("/", get(seed).post(seed))
+    let mut router = Router::new();
+    if shared.demo.is_some() {
+        router = router
+            .route(demo::APP_JS_PATH, get(demo_app_js))
+            .route(demo::STYLE_CSS_PATH, get(demo_style_css))
+            .route(demo::CONFIG_PATH, get(demo_config));
+    }
+    router
+        .route("/", get(root).post(seed))
         .route("/healthz", get(healthz))
         .route("/api/publish", axum::routing::post(publish))
         .route("/api/publish/batch", axum::routing::post(publish_batch))
@@ -89,6 +104,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/uids/{uid}", get(uid))
         .route("/api/stats", get(stats))
         .route("/api/metrics", get(metrics))
+        .merge(super::observe::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
@@ -209,6 +225,41 @@ fn reports_json(reports: &[PublishReport], batch: bool) -> Response {
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+// ---- the demo page --------------------------------------------------------------------------
+
+/// `GET /`: the demo page when it is on and there is no query string; seed 003 otherwise
+/// (where a bare `GET /`, say a browser's, gets a 400 that points at both).
+async fn root(state: St, req: Request) -> Answer {
+    if demo::is_page_request(&req) {
+        if let Some(page) = &state.0.demo {
+            return Ok(page.index());
+        }
+        if req.method() == Method::GET {
+            return Err(ApiError::bad_request(
+                "content: missing or empty (GET /?content=... publishes, as seed 003 does; \
+                 the demo page is served here only with --demo)",
+            ));
+        }
+    }
+    seed(state, req).await
+}
+
+// The three below are routed only when the page is on.
+async fn demo_app_js(State(s): St) -> Answer {
+    s.demo.as_ref().map(demo::Page::app_js).ok_or_else(|| ApiError::not_found("no such endpoint"))
+}
+
+async fn demo_style_css(State(s): St) -> Answer {
+    s.demo
+        .as_ref()
+        .map(demo::Page::style_css)
+        .ok_or_else(|| ApiError::not_found("no such endpoint"))
+}
+
+async fn demo_config(State(s): St) -> Answer {
+    s.demo.as_ref().map(demo::Page::config).ok_or_else(|| ApiError::not_found("no such endpoint"))
 }
 
 // ---- seed 003 -------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ pub struct ApiStats {
     pub bad_request: u64,
     /// 401 answers.
     pub unauthorized: u64,
+    /// 403 answers (the tokenless API's browser guard).
+    pub forbidden: u64,
     /// 404 answers.
     pub not_found: u64,
     /// 405 answers.
@@ -88,6 +90,7 @@ impl Counters {
             errors: self.by_kind.iter().map(|a| a.load(Relaxed)).sum(),
             bad_request: k(ErrorKind::BadRequest),
             unauthorized: k(ErrorKind::Unauthorized),
+            forbidden: k(ErrorKind::Forbidden),
             not_found: k(ErrorKind::NotFound),
             method_not_allowed: k(ErrorKind::MethodNotAllowed),
             conflict: k(ErrorKind::Conflict),

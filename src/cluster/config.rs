@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Which Redis pub/sub the backplane uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BusMode {
     /// One Redis (or a primary with replicas): `SUBSCRIBE` / `PUBLISH`.
@@ -18,11 +18,12 @@ pub enum BusMode {
 }
 
 /// Clustering over Redis. Off (`urls` empty) by default: a node needs no Redis at all.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Redis URLs (`redis://[user:password@]host:port`); several are seed nodes of a Redis Cluster. Empty:
-    /// clustering is off.
+    /// Redis URLs (`redis://[user:password@]host:port`); several are seed nodes of a Redis
+    /// Cluster. Empty: clustering is off. Printed (`check-config`) with passwords redacted.
+    #[serde(serialize_with = "redacted_urls")]
     pub urls: Vec<String>,
     /// Classic pub/sub on one Redis, or sharded pub/sub on a Redis Cluster.
     pub bus: BusMode,
@@ -82,33 +83,45 @@ impl ClusterConfig {
 
     /// Check every field; the error says which and why.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.enabled() {
-            return Ok(());
-        }
+        self.check().map_err(|(key, m)| format!("cluster.{key}: {m}"))
+    }
+
+    /// Check every field (also when clustering is off, so a file is right before it is
+    /// switched on): the key at fault and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
         for u in &self.urls {
             if !u.starts_with("redis://") {
-                return Err(format!(
-                    "cluster URL {u:?} must start with redis:// (TLS to Redis, rediss://, is \
-                     not built in)"
+                return Err((
+                    "urls",
+                    format!(
+                        "{:?} must start with redis:// (TLS to Redis, rediss://, is not built in)",
+                        redact_url(u)
+                    ),
                 ));
             }
         }
         if self.bus == BusMode::Classic && self.urls.len() > 1 {
-            return Err("classic pub/sub takes one Redis URL; several URLs are the seed nodes \
-                        of a Redis Cluster (set the bus to sharded)"
-                .into());
+            return Err((
+                "urls",
+                "classic pub/sub takes one Redis URL; several URLs are the seed nodes of a \
+                 Redis Cluster (set the bus to sharded)"
+                    .into(),
+            ));
         }
         if self.namespace.is_empty()
             || self.namespace.len() > 64
             || !self.namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
-            return Err("cluster namespace must be 1 to 64 characters of [A-Za-z0-9-_.]".into());
+            return Err(("namespace", "must be 1 to 64 characters of [A-Za-z0-9-_.]".into()));
         }
         if self.heartbeat_interval < Duration::from_millis(100) {
-            return Err("cluster heartbeat interval must be at least 100ms".into());
+            return Err(("heartbeat_interval", "must be at least 100ms".into()));
         }
         if self.query_timeout.is_zero() {
-            return Err("cluster query timeout must be more than 0".into());
+            return Err(("query_timeout", "must be longer than 0s".into()));
+        }
+        if self.reconnect_delay_max < Duration::from_millis(10) {
+            return Err(("reconnect_delay_max", "must be at least 10ms".into()));
         }
         for (name, v) in [
             ("outbound_messages_max", self.outbound_messages_max),
@@ -117,22 +130,48 @@ impl ClusterConfig {
             ("batch_messages_max", self.batch_messages_max),
         ] {
             if v == 0 {
-                return Err(format!("cluster {name} must be at least 1"));
+                return Err((name, "must be at least 1".into()));
             }
         }
         Ok(())
     }
 }
 
+/// The URLs as `check-config` prints them: a password (`redis://user:secret@host`) becomes
+/// `***`, so the effective configuration never shows it.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(x) => x,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
+fn redacted_urls<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| redact_url(u)))
+}
+
 /// Durations as humantime strings ("1s", "500ms") in the configuration file.
 mod humantime_serde_compat {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}): write e.g. \"1s\" or \"500ms\""
+            ))
+        })
     }
 }
 
@@ -174,5 +213,15 @@ mod tests {
         assert_eq!(c.namespace, "ringcast", "unset keys keep their defaults");
         let e = serde_json::from_str::<ClusterConfig>(r#"{"url":"x"}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn passwords_are_never_printed() {
+        assert_eq!(redact_url("redis://u:pw@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact_url("redis://pw@h:1"), "redis://***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        let c = ClusterConfig { urls: vec!["redis://:s3cret@h:1".into()], ..Default::default() };
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }

@@ -624,6 +624,8 @@ async fn inbound(
         if rx.recv_many(&mut buf, INBOUND_BATCH_MAX).await == 0 {
             return;
         }
+        // Fan-out latency on this node starts when the bus message arrives.
+        let accepted = std::time::Instant::now();
         let mut batch: Vec<Outgoing> = Vec::new();
         for info in buf.drain(..) {
             match info.kind {
@@ -724,7 +726,7 @@ async fn inbound(
                         }
                     };
                     let exclude = exclude.into_iter().filter(|c| c.node() == me).collect();
-                    batch.push(Outgoing { route, exclude, frame });
+                    batch.push(Outgoing { route, exclude, frame, accepted });
                 }
                 Body::Query { request, query } => {
                     let Ok(permit) = answering.clone().try_acquire_owned() else {

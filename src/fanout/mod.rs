@@ -5,4 +5,4 @@
 
 pub mod outbox;
 
-pub use outbox::{Outbox, SendStatus, SharedFrame};
+pub use outbox::{FrameDone, Outbox, SendStatus, SharedFrame};

@@ -5,6 +5,7 @@
 //! write and gives them back with [`Outbox::complete`], which requeues whatever the kernel did
 //! not take (partial writes). Bytes in flight still count against the budget.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -16,27 +17,61 @@ pub const IOV_MAX: usize = 1024;
 /// Capacity an emptied outbox keeps (16 bytes a frame); beyond it, the queue gives memory back.
 const IDLE_CAPACITY_FRAMES: usize = 16;
 
+/// Told when the last recipient of a frame on a shard is done with it: every write carrying
+/// it completed, or it was dropped (closed connection, discarded outbox). The shard implements
+/// it to measure fan-out latency; this module never reads a clock.
+pub trait FrameDone {
+    /// The frame armed with [`SharedFrame::arm`] at `accepted` is released.
+    fn frame_done(&self, accepted: std::time::Instant);
+}
+
 /// A frame as queued for one recipient: a shard-local refcount on the node-wide encoded
 /// `Bytes`, plus how much of it was already written.
 ///
 /// The node encodes a broadcast once into one `Bytes` (atomically refcounted, it crosses
 /// threads). Each shard wraps it once in an `Rc`, so queueing it for a recipient is a plain
-/// increment, and every recipient on every shard still points at the same buffer.
-#[derive(Clone, Debug)]
+/// increment, and every recipient on every shard still points at the same buffer. When the
+/// last clone on a shard goes (its last write completed), an armed frame tells its
+/// [`FrameDone`]: one call per publish per shard, nothing per recipient.
+#[derive(Clone)]
 pub struct SharedFrame {
-    bytes: Rc<Bytes>,
+    inner: Rc<Inner>,
     start: usize,
+}
+
+struct Inner {
+    bytes: Bytes,
+    done: Cell<Option<(std::time::Instant, Rc<dyn FrameDone>)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some((accepted, sink)) = self.done.take() {
+            sink.frame_done(accepted);
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedFrame").field("len", &self.len()).finish()
+    }
 }
 
 impl SharedFrame {
     /// Share `bytes` (one `Rc` allocation per shard per frame; clone it per recipient).
     pub fn new(bytes: Bytes) -> Self {
-        SharedFrame { bytes: Rc::new(bytes), start: 0 }
+        SharedFrame { inner: Rc::new(Inner { bytes, done: Cell::new(None) }), start: 0 }
+    }
+
+    /// Call `sink.frame_done(accepted)` when the last clone of this frame is dropped.
+    pub fn arm(&self, accepted: std::time::Instant, sink: Rc<dyn FrameDone>) {
+        self.inner.done.set(Some((accepted, sink)));
     }
 
     /// Bytes not yet written.
     pub fn len(&self) -> usize {
-        self.bytes.len() - self.start
+        self.inner.bytes.len() - self.start
     }
 
     /// Whether everything was written.
@@ -46,12 +81,12 @@ impl SharedFrame {
 
     /// The unwritten bytes.
     pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[self.start..]
+        &self.inner.bytes[self.start..]
     }
 
     /// The whole encoded frame (the same buffer for every recipient).
     pub fn encoded(&self) -> &Bytes {
-        &self.bytes
+        &self.inner.bytes
     }
 
     fn advance(&mut self, n: usize) {
@@ -217,6 +252,36 @@ mod tests {
         let rest: Vec<u8> = batch.iter().flat_map(|b| b.as_slice().iter().copied()).collect();
         assert_eq!(rest, b"efghijkl");
         assert_eq!(o.queued_bytes(), 8);
+    }
+
+    #[test]
+    fn an_armed_frame_reports_once_when_its_last_write_completes() {
+        use std::cell::RefCell;
+        #[derive(Default)]
+        struct Seen(RefCell<Vec<std::time::Instant>>);
+        impl FrameDone for Seen {
+            fn frame_done(&self, accepted: std::time::Instant) {
+                self.0.borrow_mut().push(accepted);
+            }
+        }
+        let seen = Rc::new(Seen::default());
+        let t = std::time::Instant::now();
+        let frame = f(b"abcdef".to_vec());
+        let (mut a, mut b) = (Outbox::default(), Outbox::default());
+        a.push(frame.clone(), 100);
+        b.push(frame.clone(), 100);
+        frame.arm(t, seen.clone());
+        drop(frame);
+        let mut batch = Vec::new();
+        a.take_batch(&mut batch);
+        a.complete(&mut batch, 6);
+        assert!(seen.0.borrow().is_empty(), "b still holds it");
+        b.take_batch(&mut batch);
+        b.complete(&mut batch, 2); // partial: the remainder is requeued
+        assert!(seen.0.borrow().is_empty());
+        b.take_batch(&mut batch);
+        b.complete(&mut batch, 4);
+        assert_eq!(*seen.0.borrow(), vec![t]);
     }
 
     #[test]

@@ -98,6 +98,13 @@ impl Codec {
         mut on_event: impl FnMut(Inbound),
     ) -> Result<(), Failure> {
         let ctx = self.context(message_bytes_max);
+        if !ctx.can_read() {
+            // The peer's close was received and `Closed` reported by the read that completed
+            // it: what the peer sends after its close frame means nothing (RFC 6455 §5.5.1),
+            // and `Closed` is reported once, however the bytes were split into reads (found
+            // by the `codec` fuzz target; tests/fuzz_props.rs REGRESSIONS).
+            return Ok(());
+        }
         let mut wire = Wire { input, out };
         loop {
             match ctx.read(&mut wire) {

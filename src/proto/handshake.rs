@@ -16,6 +16,25 @@ pub struct Accepted {
     pub response: Vec<u8>,
     /// Request path and query, e.g. `/?room=1`.
     pub path: String,
+    /// The `Origin` header, if any (checked against the allowlist by `crate::auth`).
+    pub origin: Option<String>,
+    /// Every `Sec-WebSocket-Protocol` value offered, joined with `, `.
+    pub protocols: Option<String>,
+}
+
+impl Accepted {
+    /// The 101 response, naming `protocol` (one the client offered) in
+    /// `Sec-WebSocket-Protocol`, or the plain one when `None`.
+    pub fn response_with(&self, protocol: Option<&str>) -> Vec<u8> {
+        let Some(p) = protocol else { return self.response.clone() };
+        debug_assert!(p.bytes().all(|b| b.is_ascii_graphic() && b != b','));
+        // The head ends with an empty line: insert the header before it.
+        let mut out = self.response[..self.response.len() - 2].to_vec();
+        out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
+        out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out
+    }
 }
 
 /// Why an upgrade is refused, as the HTTP status sent back before closing.
@@ -29,6 +48,12 @@ pub enum Rejection {
     UpgradeRequired(&'static str),
     /// 431: the request head is larger than `header_bytes_max`, or has too many headers.
     HeadersTooLarge,
+    /// 401: connect authentication failed (token missing, invalid or expired).
+    Unauthorized(&'static str),
+    /// 403: not allowed (the `Origin` is not on the allowlist).
+    Forbidden(&'static str),
+    /// 429: too many handshakes from this address, or too many of its connections open.
+    TooManyRequests(&'static str),
     /// 503: the node is at `connections_max` or shutting down.
     Unavailable(&'static str),
     /// 505: HTTP/1.0 or older.
@@ -40,6 +65,9 @@ impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
             Rejection::BadRequest(_) => 400,
+            Rejection::Unauthorized(_) => 401,
+            Rejection::Forbidden(_) => 403,
+            Rejection::TooManyRequests(_) => 429,
             Rejection::MethodNotAllowed => 405,
             Rejection::UpgradeRequired(_) => 426,
             Rejection::HeadersTooLarge => 431,
@@ -52,6 +80,9 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::BadRequest(why)
+            | Rejection::Unauthorized(why)
+            | Rejection::Forbidden(why)
+            | Rejection::TooManyRequests(why)
             | Rejection::UpgradeRequired(why)
             | Rejection::Unavailable(why) => why,
             Rejection::MethodNotAllowed => "WebSocket upgrades use GET",
@@ -64,6 +95,9 @@ impl Rejection {
     pub fn response(&self) -> Vec<u8> {
         let (status, text) = match self.status() {
             400 => (400, "Bad Request"),
+            401 => (401, "Unauthorized"),
+            403 => (403, "Forbidden"),
+            429 => (429, "Too Many Requests"),
             405 => (405, "Method Not Allowed"),
             426 => (426, "Upgrade Required"),
             431 => (431, "Request Header Fields Too Large"),
@@ -73,7 +107,15 @@ impl Rejection {
         let extra = match self {
             Rejection::UpgradeRequired(_) => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
             Rejection::MethodNotAllowed => "Allow: GET\r\n",
-            Rejection::Unavailable(_) => "Retry-After: 1\r\n",
+            Rejection::Unavailable(_) | Rejection::TooManyRequests(_) => "Retry-After: 1\r\n",
+            // RFC 7235: a 401 names its scheme; RFC 6750 §3: the error code only when a token
+            // was presented.
+            Rejection::Unauthorized(why) if why.contains("required") => {
+                "WWW-Authenticate: Bearer realm=\"ringcast\"\r\n"
+            }
+            Rejection::Unauthorized(_) => {
+                "WWW-Authenticate: Bearer realm=\"ringcast\", error=\"invalid_token\"\r\n"
+            }
             _ => "",
         };
         let body = self.reason();
@@ -115,7 +157,18 @@ pub fn parse(buf: &[u8], header_bytes_max: usize) -> Result<Option<Accepted>, Re
     let mut bytes = Vec::with_capacity(160);
     write_response(&mut bytes, &response).map_err(|e| map_error(&e, buf))?;
     let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
-    Ok(Some(Accepted { consumed, response: bytes, path }))
+    let header = |name: &str| -> Option<String> {
+        let values: Vec<&str> = request
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("\u{fffd}"))
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
+    let origin = header("Origin");
+    let protocols = header("Sec-WebSocket-Protocol");
+    Ok(Some(Accepted { consumed, response: bytes, path, origin, protocols }))
 }
 
 fn map_error(e: &WsError, buf: &[u8]) -> Rejection {
@@ -183,5 +236,30 @@ mod tests {
         assert_eq!(parse(big.as_bytes(), 8192).unwrap_err().status(), 431);
         let r = Rejection::UpgradeRequired("x").response();
         assert!(String::from_utf8(r).unwrap().contains("Sec-WebSocket-Version: 13"));
+        let r = String::from_utf8(Rejection::Unauthorized("token expired").response()).unwrap();
+        assert!(r.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{r}");
+        assert!(r.contains("WWW-Authenticate: Bearer"), "{r}");
+        assert!(r.ends_with("\r\n\r\ntoken expired\n"), "{r}");
+        let r = String::from_utf8(Rejection::Forbidden("origin").response()).unwrap();
+        assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{r}");
+        let r = String::from_utf8(Rejection::TooManyRequests("slow").response()).unwrap();
+        assert!(r.starts_with("HTTP/1.1 429 Too Many Requests\r\n") && r.contains("Retry-After"));
+    }
+
+    #[test]
+    fn origin_and_protocols_are_reported_and_a_protocol_can_be_echoed() {
+        let req = GOOD.replace(
+            "Host: a\r\n",
+            "Host: a\r\nOrigin: https://x.test\r\nSec-WebSocket-Protocol: ringcast\r\n\
+             Sec-WebSocket-Protocol: ringcast.token.abc\r\n",
+        );
+        let ok = parse(req.as_bytes(), 8192).unwrap().unwrap();
+        assert_eq!(ok.origin.as_deref(), Some("https://x.test"));
+        assert_eq!(ok.protocols.as_deref(), Some("ringcast, ringcast.token.abc"));
+        let text = String::from_utf8(ok.response_with(Some("ringcast"))).unwrap();
+        assert!(text.ends_with("\r\nSec-WebSocket-Protocol: ringcast\r\n\r\n"), "{text}");
+        assert_eq!(ok.response_with(None), ok.response);
+        let plain = parse(GOOD.as_bytes(), 8192).unwrap().unwrap();
+        assert_eq!((plain.origin, plain.protocols), (None, None));
     }
 }

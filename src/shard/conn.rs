@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio_uring::net::TcpStream;
 
 use crate::addressing::Session;
+use crate::auth::{IpKey, TokenGrant};
 use crate::command::RateLimiter;
 use crate::fanout::Outbox;
 use crate::ids::ConnId;
@@ -62,6 +63,11 @@ pub(crate) struct ConnExt {
     pub(crate) session: Option<Session>,
     /// Created on the first command in command mode.
     pub(crate) limiter: Option<RateLimiter>,
+    /// The connect token's grants and expiry (`auth.mode` optional or required).
+    pub(crate) token: Option<Box<TokenGrant>>,
+    /// The address this connection is counted under (`auth.connections_per_ip_max`),
+    /// released when the slot is freed.
+    pub(crate) ip: Option<IpKey>,
 }
 
 impl Conn {
@@ -86,7 +92,9 @@ impl Conn {
 
     /// Free the extension when nothing is left in it.
     pub(crate) fn trim_ext(&mut self) {
-        if self.ext.as_ref().is_some_and(|e| e.session.is_none() && e.limiter.is_none()) {
+        if self.ext.as_ref().is_some_and(|e| {
+            e.session.is_none() && e.limiter.is_none() && e.token.is_none() && e.ip.is_none()
+        }) {
             self.ext = None;
         }
     }

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use tokio_uring::net::TcpStream;
 use crate::addressing::{Applied, ClientInfo, Publish, PublishReport, Session, ShardStats, To};
 use crate::command::{self, Command, JoinMatcher, ParseLimits, RateDecision, Request};
 use crate::config::{Config, OnMessage, SlowConsumerPolicy};
-use crate::fanout::{SendStatus, SharedFrame};
+use crate::fanout::{FrameDone, SendStatus, SharedFrame};
 use crate::ids::{ConnId, GroupId, NodeId, Slot, Uid};
 use crate::metrics::Counters;
 use crate::proto::{self, CloseCode, Inbound, Message};
@@ -78,6 +79,9 @@ pub(crate) struct Core {
     events: Vec<Inbound>,
     pub(crate) counters: Counters,
     pub(crate) now: Instant,
+    /// Wall-clock seconds since the epoch, set by the event loop before each housekeeping
+    /// pass (token expiry is in Unix time).
+    pub(crate) unix_now: u64,
     /// `now` as a compact shard-local tick (what connections store).
     pub(crate) tick: Tick,
     epoch: Instant,
@@ -96,6 +100,23 @@ pub(crate) struct Core {
     /// The last trim ran during a burst of closes: trim once more when it ends.
     trim_tail_due: bool,
     last_trim: Instant,
+    /// Records the fan-out latency of this shard's armed frames (see [`LatencySink`]).
+    latency_sink: Rc<dyn FrameDone>,
+}
+
+/// Fan-out latency, publish accepted → the last write of it on this shard completed (or the
+/// frame was dropped with its last connection). Armed once per publish per shard that queued
+/// it at least once; the cost is one clock read and one histogram bucket when the frame's
+/// last shard-local reference goes, nothing per recipient.
+struct LatencySink {
+    node: Arc<Node>,
+    shard: usize,
+}
+
+impl FrameDone for LatencySink {
+    fn frame_done(&self, accepted: Instant) {
+        self.node.fanout_latency[self.shard].record(accepted.elapsed());
+    }
 }
 
 /// The application's view of its shard inside a callback.
@@ -194,6 +215,7 @@ impl Core {
         let welcome = config.welcome.unwrap_or(config.on_message == OnMessage::Commands);
         Core {
             id,
+            latency_sink: Rc::new(LatencySink { node: node.clone(), shard: id }),
             node_id: node.id,
             housekeeping_passes: 0,
             ping_buckets: config
@@ -217,6 +239,7 @@ impl Core {
             events: Vec::new(),
             counters: Counters::default(),
             now,
+            unix_now: 0,
             tick: Tick::at(now, now),
             epoch: now,
             ping_frame: SharedFrame::new(proto::frame::ping(b"ringcast")),
@@ -268,8 +291,12 @@ impl Core {
     fn publish(&mut self, p: Publish) -> PublishReport {
         let frame = p.message.encode();
         self.counters.frames_encoded += 1;
-        let batch: Arc<[Outgoing]> =
-            Arc::from(vec![Outgoing { route: route_of(p.to), exclude: p.exclude, frame }]);
+        let batch: Arc<[Outgoing]> = Arc::from(vec![Outgoing {
+            route: route_of(p.to),
+            exclude: p.exclude,
+            frame,
+            accepted: Instant::now(),
+        }]);
         self.publish_batch(batch)
     }
 
@@ -319,7 +346,7 @@ impl Core {
                 let slots = std::mem::take(&mut recipients);
                 let sel = self.router.recipients(Target::Slots(&slots), &excluded, &mut recipients);
                 debug_assert_eq!(sel, Selection::Listed);
-                self.deliver_listed(&o.frame, &recipients, &mut report);
+                self.deliver_listed(o, &recipients, &mut report);
                 self.recipients = recipients;
                 self.excluded = excluded;
                 return report;
@@ -343,24 +370,31 @@ impl Core {
                         );
                     }
                 }
+                if report.queued > 0 {
+                    shared.arm(o.accepted, self.latency_sink.clone());
+                }
             }
-            Selection::Listed => self.deliver_listed(&o.frame, &recipients, &mut report),
+            Selection::Listed => self.deliver_listed(o, &recipients, &mut report),
         }
         self.recipients = recipients;
         self.excluded = excluded;
         report
     }
 
-    fn deliver_listed(&mut self, frame: &Bytes, slots: &[Slot], report: &mut PublishReport) {
+    fn deliver_listed(&mut self, o: &Outgoing, slots: &[Slot], report: &mut PublishReport) {
         if slots.is_empty() {
             return;
         }
-        let shared = SharedFrame::new(frame.clone());
+        let queued_before = report.queued;
+        let shared = SharedFrame::new(o.frame.clone());
         let Core { conns, dirty, config, counters, log_limiter, .. } = self;
         for &slot in slots {
             if let Some(conn) = conns.get_mut(slot as usize) {
                 deliver(conn, slot as usize, &shared, config, dirty, counters, log_limiter, report);
             }
+        }
+        if report.queued > queued_before {
+            shared.arm(o.accepted, self.latency_sink.clone());
         }
     }
 
@@ -381,26 +415,19 @@ impl Core {
     /// owning shard (`None`). Dissolve applies here and is forwarded to the group's other
     /// shards.
     fn op(&mut self, op: Op) -> Option<Applied> {
-        let target = match &op {
-            Op::Join(c, _)
-            | Op::Leave(c, _)
-            | Op::BindUid(c, _)
-            | Op::UnbindUid(c)
-            | Op::Close(c, ..)
-            | Op::SetSession(c, ..) => *c,
-            Op::Dissolve(g) => {
-                for shard in self.node.groups.shards(g).iter() {
-                    if shard != self.id {
-                        let msg = ShardMsg::Op(Op::Dissolve(g.clone()), None);
-                        if self.node.links[shard].send(msg).is_err() {
-                            self.counters.mesh_dropped += 1;
-                        }
+        if let Op::Dissolve(g) = &op {
+            for shard in self.node.groups.shards(g).iter() {
+                if shard != self.id {
+                    let msg = ShardMsg::Op(Op::Dissolve(g.clone()), None);
+                    if self.node.links[shard].send(msg).is_err() {
+                        self.counters.mesh_dropped += 1;
                     }
                 }
-                self.apply_op(op);
-                return Some(Applied::Done);
             }
-        };
+            self.apply_op(op);
+            return Some(Applied::Done);
+        }
+        let Some(target) = op.conn() else { unreachable!("dissolve is handled above") };
         if target.node() == self.node_id && target.shard() == self.id {
             return match self.apply_op(op) {
                 Answer::Applied(a) => Some(a),
@@ -452,15 +479,7 @@ impl Core {
             }
             return Answer::Dissolved(removed.len() as u64);
         }
-        let id = match &op {
-            Op::Join(c, _)
-            | Op::Leave(c, _)
-            | Op::BindUid(c, _)
-            | Op::UnbindUid(c)
-            | Op::Close(c, ..)
-            | Op::SetSession(c, ..) => *c,
-            Op::Dissolve(_) => unreachable!("handled above"),
-        };
+        let Some(id) = op.conn() else { unreachable!("dissolve is handled above") };
         let Some(slot) = self.local_slot(id) else {
             return Answer::Applied(Applied::NoSuchClient);
         };
@@ -499,6 +518,7 @@ impl Core {
                 }
             },
             Op::Close(_, code, reason) => {
+                self.counters.closes_by_server += 1;
                 self.close_conn(id, code, &reason);
                 Applied::Done
             }
@@ -667,12 +687,18 @@ impl Core {
         };
         let name = cmd.name();
         let router = &self.router;
+        let token = self.conns[slot as usize].ext.as_ref().and_then(|e| e.token.as_deref());
+        let grants: &dyn command::Grants = match token {
+            Some(t) => t,
+            None => &command::NoGrants,
+        };
         let allowed = command::check(
             &self.config.permissions,
             &self.join_matcher,
             &cmd,
             |g| router.is_member(slot, g),
             router.groups_of(slot).len(),
+            grants,
         );
         if let Err(denied) = allowed {
             self.counters.commands_rejected += 1;
@@ -756,6 +782,7 @@ impl Core {
         peer: SocketAddr,
         path: String,
         leftover: Vec<u8>,
+        admitted: super::Admitted,
     ) {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
@@ -766,6 +793,23 @@ impl Core {
         let id = ConnId::new(self.node_id, self.id, slot as Slot, self.generations[slot]);
         entry.insert(Conn::new(id, stream, self.tick));
         self.counters.connections_open += 1;
+        let super::Admitted { mut grant, ip } = admitted;
+        // The token's uid is bound before anything else sees the connection (callbacks, the
+        // welcome frame): a client never acts unbound.
+        if let Some(uid) = grant.as_mut().and_then(|g| g.uid.take()) {
+            let Bound { first, .. } = self.router.bind_uid(slot as Slot, &uid);
+            if first {
+                self.node.uid_add(&uid, self.id);
+            }
+        }
+        if grant.is_some() {
+            self.counters.connections_authenticated += 1;
+        }
+        if grant.is_some() || ip.is_some() {
+            let ext = self.conns[slot].ext.get_or_insert_with(Default::default);
+            ext.token = grant;
+            ext.ip = ip;
+        }
         if self.welcome {
             let text = command::welcome(&id.client_id(), self.id, id.connection_number());
             self.send_control(slot as Slot, text);
@@ -800,6 +844,7 @@ impl Core {
             }
         };
         conn.last_rx = self.tick;
+        self.counters.bytes_received += n as u64;
         let mut out = Vec::new();
         let mut failure = None;
         if conn.phase != Phase::Dead && !conn.failed {
@@ -842,6 +887,7 @@ impl Core {
                 Inbound::Closed => {
                     if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
                         if conn.phase == Phase::Open {
+                            self.counters.closes_by_peer += 1;
                             conn.phase = Phase::Closing;
                             conn.deadline = None;
                         }
@@ -948,6 +994,9 @@ impl Core {
         if let Some((uid, true)) = &released.uid {
             self.node.uid_remove(uid, self.id);
         }
+        if let Some(key) = conn.ext.as_ref().and_then(|e| e.ip) {
+            self.node.ips.close(key);
+        }
         self.node.release_slot();
         self.counters.connections_open -= 1;
         if let Some(cb) = self.callbacks.on_close.clone() {
@@ -984,10 +1033,23 @@ impl Core {
         let forced = self.shutting_down.is_some_and(|d| d <= now);
         let max = self.config.message_bytes_max;
         let (tick, close_timeout) = (self.tick, self.config.close_timeout);
+        let (unix_now, grace) = (self.unix_now, self.node.auth.expiry_grace_secs);
         let Core { conns, dirty, config, counters, log_limiter, ping_frame, .. } = self;
         let mut finished = Vec::new();
+        let mut outbox_bytes = 0;
         for (slot, conn) in conns.iter_mut() {
+            outbox_bytes += conn.outbox.queued_bytes() as u64;
+            let expired = || {
+                let token = conn.ext.as_ref().and_then(|e| e.token.as_ref());
+                token.is_some_and(|t| t.expired(unix_now, grace))
+            };
             match conn.phase {
+                Phase::Open if !forced && expired() => {
+                    counters.token_expiry_closes += 1;
+                    let code = CloseCode::from(crate::auth::CLOSE_TOKEN_EXPIRED);
+                    conn.begin_close(code, "token expired", true, max);
+                    mark_dirty(conn, slot, dirty);
+                }
                 Phase::Open if idle_limit.is_some_and(|l| tick.since(conn.last_rx) > l) => {
                     counters.idle_timeouts += 1;
                     conn.begin_close(CloseCode::Away, "idle timeout", true, max);
@@ -1014,9 +1076,12 @@ impl Core {
                 finished.push(slot);
             }
         }
+        counters.outbox_bytes = outbox_bytes;
         for slot in finished {
             self.finish_if_done(slot);
         }
+        self.node.health[self.id]
+            .publish_heartbeat(now.saturating_duration_since(self.node.started));
     }
 
     pub(crate) fn done(&self) -> bool {

@@ -33,6 +33,8 @@ pub(crate) struct Outgoing {
     pub(crate) route: Route,
     pub(crate) exclude: Vec<ConnId>,
     pub(crate) frame: Bytes,
+    /// When the node accepted it: where its fan-out latency starts.
+    pub(crate) accepted: std::time::Instant,
 }
 
 /// A change to one connection, or to a group, on the shard that owns it.
@@ -46,6 +48,21 @@ pub(crate) enum Op {
     Close(ConnId, u16, String),
     /// Replace (`merge == false`) or merge into the connection's session.
     SetSession(ConnId, Session, bool),
+}
+
+impl Op {
+    /// The connection the operation is about; `None` for a dissolve (about a group).
+    pub(crate) fn conn(&self) -> Option<ConnId> {
+        match self {
+            Op::Join(c, _)
+            | Op::Leave(c, _)
+            | Op::BindUid(c, _)
+            | Op::UnbindUid(c)
+            | Op::Close(c, ..)
+            | Op::SetSession(c, ..) => Some(*c),
+            Op::Dissolve(_) => None,
+        }
+    }
 }
 
 /// A question to one shard; the answer goes back through the [`Reply`].
@@ -86,6 +103,11 @@ impl Link {
     /// Queue an event without ever blocking the caller.
     pub(crate) fn send(&self, msg: ShardMsg) -> Result<(), Full> {
         self.try_send(msg).map_err(|_| Full)
+    }
+
+    /// Events waiting in the inbox (a gauge for the metrics; racy by nature).
+    pub(crate) fn len(&self) -> usize {
+        self.tx.len()
     }
 
     /// Like [`Link::send`], but gives the event back when it could not be queued (so a reply

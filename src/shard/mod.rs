@@ -14,6 +14,7 @@ pub(crate) mod backplane;
 pub(crate) mod conn;
 mod core;
 pub mod directory;
+mod ips;
 pub(crate) mod mesh;
 pub(crate) mod node;
 pub(crate) mod reply;
@@ -97,6 +98,8 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     }
     let join_matcher = JoinMatcher::new(&config.permissions.join)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let auth = crate::auth::Policy::new(&config.auth, config.permissions.group_id_bytes_max)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let first = bind_reuseport(config.listen).map_err(|e| {
         io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
@@ -124,12 +127,16 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         }),
         links,
         counters: (0..shards).map(|_| SharedCounters::default()).collect(),
+        health: (0..shards).map(|_| Default::default()).collect(),
+        fanout_latency: (0..shards).map(|_| Default::default()).collect(),
         open: Default::default(),
         connections_max: config.connections_max,
         handle_frames_encoded: Default::default(),
         handle_mesh_dropped: Default::default(),
         handle_last_log_sec: Default::default(),
         started: std::time::Instant::now(),
+        ips: ips::IpLimits::new(&auth),
+        auth,
     });
     let cpus = config.cpus.clone().unwrap_or_else(crate::config::available_cpus);
     let config = Arc::new(config);
@@ -224,17 +231,60 @@ unsafe impl tokio_uring::buf::IoBuf for SharedFrame {
 }
 
 enum Handshake {
-    Accepted { stream: TcpStream, peer: SocketAddr, path: String, leftover: Vec<u8> },
-    Rejected { status: u16, full: bool },
+    Accepted {
+        stream: TcpStream,
+        peer: SocketAddr,
+        path: String,
+        leftover: Vec<u8>,
+        admitted: Admitted,
+    },
+    Rejected {
+        status: u16,
+        why: Refused,
+        peer: SocketAddr,
+    },
     Failed,
 }
 
-/// Read the upgrade request (bounded in bytes and time), answer it, reserve a node slot.
+/// What the auth layer decided for an upgrade it let through.
+pub(crate) struct Admitted {
+    /// The verified connect token (uid to bind, grants, expiry).
+    pub(crate) grant: Option<Box<crate::auth::TokenGrant>>,
+    /// The address the connection is counted under (per-address connection limit).
+    pub(crate) ip: Option<crate::auth::IpKey>,
+}
+
+/// Why an upgrade was refused, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// 503: the node is at `connections_max`.
+    Full,
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// 429: over the per-address handshake rate.
+    RateLimited,
+    /// 429: the address has `connections_per_ip_max` open.
+    PerIp,
+    /// Malformed, wrong method or version, too large, timed out.
+    Other,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Read the upgrade request (bounded in bytes and time), decide on it (rate, origin, token,
+/// per-address and node limits, in that order; every refusal before a slot is taken), answer
+/// it. `rate_limited`: the address was over its handshake rate at accept; the request is still
+/// read (bounded) so the 429 reaches the client instead of a reset.
 async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
     config: Arc<Config>,
     node: Arc<Node>,
+    rate_limited: bool,
 ) -> Handshake {
     let max = config.header_bytes_max;
     let read = async {
@@ -269,28 +319,70 @@ async fn handshake(
             .ok()
             .and_then(|(r, _)| r.ok())
     };
-    match outcome {
+    let decided = match outcome {
         Ok((accepted, buf)) => {
-            if !node.reserve_slot() {
-                let r = handshake::Rejection::Unavailable("server full");
-                write(r.response()).await;
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-                return Handshake::Rejected { status: 503, full: true };
-            }
-            if write(accepted.response).await.is_none() {
+            decide(&accepted, peer, &node, rate_limited).map(|d| (d, accepted, buf))
+        }
+        Err(Some(rejection)) => Err((rejection, Refused::Other)),
+        Err(None) => return Handshake::Failed,
+    };
+    match decided {
+        Ok(((response, path, admitted), accepted, buf)) => {
+            if write(response).await.is_none() {
                 node.release_slot();
+                if let Some(key) = admitted.ip {
+                    node.ips.close(key);
+                }
                 return Handshake::Failed;
             }
             let leftover = buf[accepted.consumed..].to_vec();
-            Handshake::Accepted { stream, peer, path: accepted.path, leftover }
+            Handshake::Accepted { stream, peer, path, leftover, admitted }
         }
-        Err(Some(rejection)) => {
+        Err((rejection, why)) => {
             write(rejection.response()).await;
             let _ = stream.shutdown(std::net::Shutdown::Write);
-            Handshake::Rejected { status: rejection.status(), full: false }
+            Handshake::Rejected { status: rejection.status(), why, peer }
         }
-        Err(None) => Handshake::Failed,
     }
+}
+
+/// The admission decision for a well-formed upgrade: the 101 to send, the path applications
+/// see (without the token), what was admitted; or the refusal. Takes the per-address count and
+/// the node slot only when everything else passed, and gives them back on refusal.
+#[allow(clippy::type_complexity)]
+fn decide(
+    accepted: &handshake::Accepted,
+    peer: SocketAddr,
+    node: &Node,
+    rate_limited: bool,
+) -> Result<(Vec<u8>, String, Admitted), (handshake::Rejection, Refused)> {
+    use crate::auth::{Refusal, UpgradeRequest};
+    use handshake::Rejection;
+    if rate_limited {
+        let r = Rejection::TooManyRequests("too many handshakes from this address");
+        return Err((r, Refused::RateLimited));
+    }
+    let req = UpgradeRequest {
+        path: &accepted.path,
+        origin: accepted.origin.as_deref(),
+        protocols: accepted.protocols.as_deref(),
+    };
+    let admission = node.auth.admit(&req, unix_now()).map_err(|r| match r {
+        Refusal::Unauthorized(why) => (Rejection::Unauthorized(why), Refused::Unauthorized),
+        Refusal::Forbidden(why) => (Rejection::Forbidden(why), Refused::Forbidden),
+    })?;
+    let ip = node.ips.open(peer.ip()).map_err(|()| {
+        let r = Rejection::TooManyRequests("too many connections from this address");
+        (r, Refused::PerIp)
+    })?;
+    if !node.reserve_slot() {
+        if let Some(key) = ip {
+            node.ips.close(key);
+        }
+        return Err((Rejection::Unavailable("server full"), Refused::Full));
+    }
+    let admitted = Admitted { grant: admission.grant.map(Box::new), ip };
+    Ok((accepted.response_with(admission.protocol), admission.path, admitted))
 }
 
 /// The shard's event loop; returns when shutdown has closed every connection.
@@ -375,7 +467,9 @@ async fn run(
                     Ok((stream, peer)) => {
                         core.counters.connections_accepted += 1;
                         let _ = stream.set_nodelay(true);
-                        handshakes.push(handshake(stream, peer, core.config.clone(), core.node.clone()));
+                        let rate = core.node.ips.handshake(peer.ip(), core.now);
+                        core.counters.ip_table_evictions += rate.evicted as u64;
+                        handshakes.push(handshake(stream, peer, core.config.clone(), core.node.clone(), !rate.allowed));
                     }
                     Err(e) => {
                         core.counters.accept_errors += 1;
@@ -404,18 +498,36 @@ async fn run(
             while let Poll::Ready(Some(outcome)) = handshakes.poll_next_unpin(cx) {
                 progress = true;
                 match outcome {
-                    Handshake::Accepted { stream, peer, path, leftover } => {
-                        core.insert(stream, peer, path, leftover)
+                    Handshake::Accepted { stream, peer, path, leftover, admitted } => {
+                        core.insert(stream, peer, path, leftover, admitted)
                     }
-                    Handshake::Rejected { status, full } => {
-                        core.counters.handshakes_rejected += 1;
-                        if full {
-                            core.counters.connections_refused_full += 1;
-                            core.log_limiter.warn("full", || {
-                                format!("refusing connections: node at connections_max {}", core.node.connections_max)
-                            });
+                    Handshake::Rejected { status, why, peer } => {
+                        let c = &mut core.counters;
+                        c.handshakes_rejected += 1;
+                        match why {
+                            Refused::Full => {
+                                c.connections_refused_full += 1;
+                                core.log_limiter.warn("full", || {
+                                    format!("refusing connections: node at connections_max {}", core.node.connections_max)
+                                });
+                            }
+                            Refused::Unauthorized => c.handshakes_unauthorized += 1,
+                            Refused::Forbidden => c.handshakes_forbidden += 1,
+                            Refused::RateLimited => {
+                                c.handshakes_rate_limited += 1;
+                                core.log_limiter.warn("ip-rate", || {
+                                    format!("refusing upgrades from {}: over auth.handshakes_per_ip_per_sec", peer.ip())
+                                });
+                            }
+                            Refused::PerIp => {
+                                c.connections_refused_per_ip += 1;
+                                core.log_limiter.warn("ip-conns", || {
+                                    format!("refusing upgrades from {}: at auth.connections_per_ip_max", peer.ip())
+                                });
+                            }
+                            Refused::Other => {}
                         }
-                        tracing::debug!(shard, status, "upgrade refused");
+                        tracing::debug!(shard, status, ?why, %peer, "upgrade refused");
                     }
                     Handshake::Failed => core.counters.handshakes_rejected += 1,
                 }
@@ -431,6 +543,7 @@ async fn run(
             }
 
             if housekeeping.poll_tick(cx).is_ready() {
+                core.unix_now = unix_now();
                 core.housekeeping();
                 progress = true;
             }
@@ -464,12 +577,16 @@ async fn run(
                 conn.outbox.take_batch(&mut batch);
                 conn.writing = true;
                 core.counters.writes += 1;
+                core.counters.frames_written += batch.len() as u64;
                 writes.push(write_op(conn.id, conn.stream.clone(), batch));
                 progress = true;
             }
             core.dirty = dirty;
 
             core.node.counters[shard].publish(&core.counters);
+            core.node.health[shard].publish_accepting(
+                listener.is_some() && accept_pause.is_none() && core.shutting_down.is_none(),
+            );
             if core.done() {
                 return Poll::Ready(());
             }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
-use crate::metrics::SharedCounters;
+use crate::metrics::{LatencyHistogram, ShardHealth, SharedCounters};
 
 use super::backplane::Hint;
 use super::directory::{Directory, ShardSet};
@@ -47,6 +47,10 @@ pub(crate) struct Node {
     pub(crate) id: NodeId,
     pub(crate) links: Vec<Link>,
     pub(crate) counters: Vec<SharedCounters>,
+    /// Per shard: accepting, and its last housekeeping pass (readiness).
+    pub(crate) health: Vec<ShardHealth>,
+    /// Per shard: publish accepted → last write completed.
+    pub(crate) fanout_latency: Vec<LatencyHistogram>,
     /// Open WebSocket connections on the whole node; checked only at handshake and close.
     pub(crate) open: AtomicUsize,
     pub(crate) connections_max: usize,
@@ -63,6 +67,10 @@ pub(crate) struct Node {
     pub(crate) started: std::time::Instant,
     /// Hand-off queues to the cluster task; `None` on a single node.
     pub(crate) tap: Option<super::backplane::Tap>,
+    /// Connect authentication and origin policy, compiled from `Config::auth`.
+    pub(crate) auth: crate::auth::Policy,
+    /// Per-address handshake rate and open-connection counts.
+    pub(crate) ips: super::ips::IpLimits,
 }
 
 impl Node {

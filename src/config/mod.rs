@@ -1,13 +1,19 @@
-//! Every limit and knob of a ringcast node, in one plain struct.
+//! Every limit and knob of a ringcast node, in one plain struct ([`Config`]), and the daemon's
+//! configuration layer ([`file`]): one TOML file, `RINGCAST_*` environment variables and
+//! command-line flags merged with a fixed precedence, validated in one place.
 //!
-//! Deliberately absent: parsing (the daemon's CLI lives in `main.rs`) and I/O.
 //! Names put units last (`outbox_bytes_max`, `ping_interval`), so a reader never guesses.
+
+pub mod file;
+
+pub use file::{ConfigError, ConfigFile, LogFormat, Resolved};
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// What a node does with a Text/Binary message a client sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnMessage {
     /// Drop it (after protocol validation). The default for a push daemon: clients listen,
     /// publishers use the node's API.
@@ -35,7 +41,8 @@ pub enum JoinPolicy {
 }
 
 /// Which groups a client may publish to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GroupPublishPolicy {
     /// None. The default.
     #[default]
@@ -91,7 +98,8 @@ impl Permissions {
 }
 
 /// What happens to a connection whose outbox is over `outbox_bytes_max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SlowConsumerPolicy {
     /// Close it with 1008 (policy violation, reason "slow consumer"): it can reconnect and
     /// resynchronise, and the node's memory stays bounded.
@@ -166,6 +174,8 @@ pub struct Config {
     pub session_bytes_max: usize,
     /// Clustering over Redis (off unless URLs are set): `[cluster]`, `--cluster*`.
     pub cluster: crate::cluster::ClusterConfig,
+    /// Connect tokens, origin allowlist, per-address limits (`[auth]`); off by default.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -199,6 +209,7 @@ impl Default for Config {
             commands_flood_close_after: Duration::from_secs(3),
             session_bytes_max: 4096,
             cluster: Default::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }

@@ -458,3 +458,49 @@ async fn a_stalled_redis_never_blocks_local_delivery() {
     })
     .await;
 }
+
+/// A uid bound by a connect token (not by a command or the API) is routed across nodes too:
+/// the node holding the connection subscribes to the uid's channel at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_bound_uid_is_reachable_from_every_node() {
+    use ringcast::auth::{token, Claims, Secret};
+    let secret = b"cluster-test-secret-of-at-least-32-bytes!".to_vec();
+    let dir = std::env::temp_dir().join(format!("ringcast-cluster-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, &secret).unwrap();
+    let redis = Redis::start();
+    let extra = ["--auth-mode", "required", "--auth-secret-file", secret_file.to_str().unwrap()];
+    let a = Node::start(BIN, &node_args(&redis.url(), &extra));
+    let b = Node::start(BIN, &node_args(&redis.url(), &extra));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let claims = Claims {
+        sub: "alice".into(),
+        exp: now.as_secs() + 600,
+        nbf: None,
+        iat: Some(now.as_secs()),
+        iss: None,
+        aud: None,
+        join: vec![],
+        publish: vec![],
+    };
+    let t = token::mint(&Secret::new(secret), &claims);
+    let (mut ws, resp) =
+        tokio_tungstenite::connect_async(format!("ws://{}/?token={t}", b.ws)).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let welcome: Value = match next_data(&mut ws, 10).await {
+        WsMessage::Text(t) => serde_json::from_str(&t).unwrap(),
+        other => panic!("expected the welcome, got {other:?}"),
+    };
+    let id = welcome["client_id"].as_str().unwrap().to_owned();
+    wait_numsub(&redis, "ringcast:u:alice", 1).await;
+    let r = publish(&a, "hi-alice", json!({"uids": ["alice"]}), &[]).await;
+    assert_eq!(r["queued"], 0, "nobody on A: {r}");
+    expect_text(&mut ws, "hi-alice").await;
+    let u = get(&a, "/api/uids/alice").await;
+    assert_eq!((u["online"].clone(), u["clients"].clone()), (json!(true), json!([id])), "{u}");
+    drop(ws);
+    // The last connection of the uid gone: B unsubscribes after the linger.
+    wait_numsub(&redis, "ringcast:u:alice", 0).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

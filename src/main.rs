@@ -712,7 +712,9 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
             // Subsystems with metrics or readiness conditions add them to
             // `api_config.observability` here (see ringcast::observe).
             if let Some(c) = &cluster {
-                api_config.cluster = Some(c.cluster());
+                let c = c.cluster();
+                c.observe(&mut api_config.observability);
+                api_config.cluster = Some(c);
             }
             match ringcast::api::spawn(handle.clone(), api_config) {
                 Ok(api) => {

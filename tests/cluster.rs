@@ -71,6 +71,21 @@ async fn wait_numsub(redis: &Redis, channel: &str, n: u64) {
     wait_for(10, &what, async || redis.numsub(channel) == n).await;
 }
 
+/// `/readyz`: the status code and the body.
+async fn readyz(node: &Node) -> (u16, Value) {
+    let r = http().get(node.url("/readyz")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// One sample of `/metrics` (a metric name with its labels, e.g.
+/// `ringcast_cluster_messages_dropped_total{reason="publish_failed"}`), if present.
+async fn metric(node: &Node, sample: &str) -> Option<f64> {
+    let text = http().get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+}
+
 async fn backplane(node: &Node) -> Value {
     get(node, "/api/stats").await["cluster"]["backplane"].clone()
 }
@@ -207,10 +222,37 @@ async fn redis_stops_and_comes_back() {
     publish(&a, "before", json!({"groups": ["room"]}), &[]).await;
     expect_text(&mut a1, "before").await;
     expect_text(&mut b1, "before").await;
+    // Ready: shards accepting, backplane connected and subscribed.
+    let (code, body) = readyz(&a).await;
+    assert_eq!(code, 200, "{body}");
+    let check = body["checks"].as_array().unwrap().iter().find(|c| c["name"] == "backplane");
+    assert_eq!(check.unwrap()["ok"], true, "{body}");
+    let up = "ringcast_cluster_backplane_state{state=\"up\"}";
+    let failed = "ringcast_cluster_messages_dropped_total{reason=\"publish_failed\"}";
+    assert_eq!(metric(&a, up).await, Some(1.0));
+    assert_eq!(metric(&a, "ringcast_cluster_ready").await, Some(1.0));
+    wait_for(10, "A to see both nodes in presence", async || {
+        metric(&a, "ringcast_cluster_nodes").await == Some(2.0)
+    })
+    .await;
+    assert_eq!(metric(&a, "ringcast_cluster_outbound_messages_max").await, Some(65536.0));
+    assert!(metric(&a, "ringcast_cluster_outbound_messages").await.is_some());
+    assert!(metric(&a, "ringcast_cluster_inbound_messages").await.is_some());
+    let malformed = "ringcast_cluster_bus_rejected_total{reason=\"malformed\"}";
+    assert_eq!(metric(&a, malformed).await, Some(0.0));
+    let failed_before = metric(&a, failed).await.unwrap();
 
     redis.stop();
     wait_for(10, "A to see the backplane down", async || backplane(&a).await["state"] == "down")
         .await;
+    // Not ready while the backplane is down, and /readyz says why.
+    let (code, body) = readyz(&a).await;
+    assert_eq!(code, 503, "{body}");
+    let check = body["checks"].as_array().unwrap().iter().find(|c| c["name"] == "backplane");
+    assert!(check.unwrap()["error"].as_str().unwrap().contains("down"), "{body}");
+    assert_eq!(metric(&a, up).await, Some(0.0));
+    assert_eq!(metric(&a, "ringcast_cluster_backplane_state{state=\"down\"}").await, Some(1.0));
+    assert_eq!(metric(&a, "ringcast_cluster_ready").await, Some(0.0));
     // Local delivery continues; what could not cross is counted.
     publish(&a, "during", json!({"groups": ["room"]}), &[]).await;
     expect_text(&mut a1, "during").await;
@@ -218,6 +260,7 @@ async fn redis_stops_and_comes_back() {
         backplane(&a).await["counters"]["publish_failed"].as_u64().unwrap() >= 1
     })
     .await;
+    assert!(metric(&a, failed).await.unwrap() > failed_before, "the drop counter moved");
     // The node answers queries with what it knows (itself) while Redis is away.
     let g = get(&a, "/api/groups/room").await;
     assert_eq!(g["count"], 1);
@@ -229,6 +272,8 @@ async fn redis_stops_and_comes_back() {
             && redis.numsub("ringcast:g:room") == 2
     })
     .await;
+    wait_for(10, "A ready again", async || readyz(&a).await.0 == 200).await;
+    assert_eq!(metric(&a, up).await, Some(1.0));
     publish(&a, "after", json!({"groups": ["room"]}), &[]).await;
     expect_text(&mut a1, "after").await;
     // b1 never got "during": the next thing it receives is "after".
@@ -343,6 +388,10 @@ async fn bad_bus_input_is_counted_and_dropped() {
     })
     .await;
     assert!(a.log_contains("incompatible format version"));
+    for (reason, n) in [("unknown_node", 1.0), ("version", 1.0), ("malformed", 3.0)] {
+        let sample = format!("ringcast_cluster_bus_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&a, &sample).await, Some(n), "{sample}");
+    }
     // Still serving: a local broadcast is the first thing the client sees.
     publish(&a, "ok", json!({"all": true}), &[]).await;
     expect_text(&mut a1, "ok").await;

@@ -67,6 +67,7 @@ pub(crate) async fn run(
 ) {
     let cfg = &inner.cfg;
     let (push_tx, push_rx) = mpsc::channel(cfg.inbound_messages_max);
+    let _ = inner.inbound_queue.set(push_tx.downgrade());
     let urls = cfg.urls.join(",");
     let mut bus = match tokio::time::timeout(
         CONNECT_TIMEOUT,

@@ -21,6 +21,7 @@ mod bus;
 pub mod config;
 mod driver;
 pub mod interest;
+mod observe;
 pub mod wire;
 
 use std::collections::BTreeSet;
@@ -221,6 +222,8 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     /// Pushes dropped by the bounded push queue (shared with the Redis client's callback).
     pub(crate) push_dropped: Arc<AtomicU64>,
+    /// The inbound queue (Redis pushes waiting for the inbound task), for its depth.
+    pub(crate) inbound_queue: std::sync::OnceLock<mpsc::WeakSender<redis::PushInfo>>,
     pub(crate) alive: Mutex<BTreeSet<NodeId>>,
     pub(crate) subs: Mutex<interest::Subscriptions>,
     pub(crate) sequence: AtomicU64,
@@ -321,6 +324,7 @@ pub fn spawn(handle: Handle, cfg: ClusterConfig) -> io::Result<ClusterServer> {
         state: AtomicU8::new(0),
         counters: Counters::default(),
         push_dropped: Arc::new(AtomicU64::new(0)),
+        inbound_queue: std::sync::OnceLock::new(),
         alive: Mutex::new(BTreeSet::new()),
         sequence: AtomicU64::new(1),
         log: LogBudget::default(),
@@ -347,10 +351,70 @@ impl Cluster {
         self.inner.me
     }
 
-    /// Whether cross-node delivery works now (Redis connected, subscriptions sent): the
-    /// accessor for `/readyz`.
+    /// Whether cross-node delivery works now (Redis connected, this node's own channels
+    /// subscribed): the accessor for `/readyz`.
     pub fn is_ready(&self) -> bool {
-        self.inner.state() == BackplaneState::Up
+        self.readiness().is_ok()
+    }
+
+    /// [`Cluster::is_ready`] with the reason when not: the `backplane` check of `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        let state = self.inner.state();
+        if state != BackplaneState::Up {
+            return Err(format!(
+                "backplane {}: cross-node delivery is not working (Redis at {})",
+                match state {
+                    BackplaneState::Connecting => "connecting",
+                    BackplaneState::Down => "down",
+                    BackplaneState::Up => "up",
+                },
+                self.inner
+                    .cfg
+                    .urls
+                    .iter()
+                    .map(|u| config::redact_url(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        let subs = self.inner.subs.lock().unwrap_or_else(|e| e.into_inner());
+        for ch in [interest::Channel::All, interest::Channel::Node(self.inner.me)] {
+            if !subs.is_receiving(&ch) {
+                return Err(format!(
+                    "backplane connected but {} is not subscribed yet",
+                    ch.name(&self.inner.cfg.namespace)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Wire this backplane into `/readyz` (check `backplane`) and `/metrics`
+    /// (`ringcast_cluster_*`).
+    pub fn observe(&self, obs: &mut crate::observe::Observability) {
+        let c = self.clone();
+        obs.add_readiness_check("backplane", move || c.readiness());
+        obs.add_collector(observe::ClusterCollector(self.clone()));
+    }
+
+    /// Publishes waiting to go to Redis, and the bound.
+    pub fn outbound_queue(&self) -> (usize, usize) {
+        match &self.inner.handle.node().tap {
+            Some(tap) => (tap.queued(), tap.messages_max()),
+            None => (0, self.inner.cfg.outbound_messages_max),
+        }
+    }
+
+    /// Messages from Redis waiting to be applied, and the bound.
+    pub fn inbound_queue(&self) -> (usize, usize) {
+        let max = self.inner.cfg.inbound_messages_max;
+        let depth = self
+            .inner
+            .inbound_queue
+            .get()
+            .and_then(|w| w.upgrade())
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity());
+        (depth, max)
     }
 
     /// State, live nodes, subscriptions and counters.

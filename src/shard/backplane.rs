@@ -83,6 +83,16 @@ impl Tap {
         false
     }
 
+    /// Publishes waiting in the outbound queue now.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued_messages.load(Ordering::Acquire)
+    }
+
+    /// The outbound queue's bound, in publishes.
+    pub(crate) fn messages_max(&self) -> usize {
+        self.messages_max
+    }
+
     /// The cluster task took `n` publishes out of the queue.
     pub(crate) fn taken(&self, n: usize) {
         self.queued_messages.fetch_sub(n, Ordering::AcqRel);

@@ -238,6 +238,32 @@ impl Handle {
         self.deliver(outgoing, want_reply)
     }
 
+    /// Publish one message and hand it to the cluster asking each receiving node for its
+    /// report under `request` (`"ack": "nodes"`). `false` beside the local pending report:
+    /// the cluster's outbound queue was full (counted), so it went to no other node.
+    pub(crate) fn publish_with_request(
+        &self,
+        p: Publish,
+        request: u64,
+    ) -> (Pending<Vec<PublishReport>>, bool) {
+        let outgoing: Arc<[Outgoing]> = Arc::from([Outgoing {
+            frame: p.message.encode(),
+            route: route_of(p.to),
+            exclude: p.exclude,
+            accepted: std::time::Instant::now(),
+        }]);
+        self.node.handle_frames_encoded.fetch_add(1, Ordering::Relaxed);
+        let sent = match &self.node.tap {
+            Some(tap) => tap.publish_with_request(&outgoing, request),
+            None => false,
+        };
+        let pending = match self.deliver(outgoing, true) {
+            Ok(p) => p,
+            Err(e) => Pending::ready(Err(e)),
+        };
+        (pending, sent)
+    }
+
     /// Queue already encoded publishes to this node's shards (no cluster hand-off: the
     /// cluster task uses this for publishes that came from other nodes).
     pub(crate) fn deliver(

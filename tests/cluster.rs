@@ -553,3 +553,117 @@ async fn a_token_bound_uid_is_reachable_from_every_node() {
     wait_numsub(&redis, "ringcast:u:alice", 0).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The publish reply names the nodes a publish was forwarded to (interest routing, from local
+/// state: nobody is waited for); with `"ack": "nodes"` it also waits, at most the query
+/// timeout, for each of those nodes' queued count and names the ones that did not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_replies_name_forwarded_nodes_and_ack_per_node_counts() {
+    let redis = Redis::start();
+    let ids = ["0000000a", "0000000b", "0000000c"];
+    let nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| Node::start(BIN, &node_args(&redis.url(), &["--node-id", id])))
+        .collect();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (mut a1, _) = client(a).await;
+    let (mut b1, _) = client(b).await;
+    let (mut b2, _) = client(b).await;
+    let (mut c1, c1_id) = client(c).await;
+    for ws in [&mut a1, &mut b1, &mut b2, &mut c1] {
+        command(ws, json!({"cmd": "add_group", "group_id": "room"})).await;
+    }
+    command(&mut c1, json!({"cmd": "add_group", "group_id": "solo"})).await;
+    wait_numsub(&redis, "ringcast:g:room", 3).await;
+    wait_numsub(&redis, "ringcast:g:solo", 1).await;
+    // Subscriptions are announced to the other nodes: A learns where "room" lives.
+    let room = json!({"groups": ["room"]});
+    wait_for(10, "A to know the nodes of room", async || {
+        publish(a, "probe", room.clone(), &[]).await["forwarded_to"] == json!([ids[1], ids[2]])
+    })
+    .await;
+    let r = publish(a, "plain", room.clone(), &[]).await;
+    assert_eq!(r["queued"], 1, "the local count: {r}");
+    assert_eq!(r["forwarded_to"], json!([ids[1], ids[2]]));
+    assert!(r.get("nodes").is_none(), "no waiting unless asked: {r}");
+    // Group on C only; a group nobody has; a broadcast; a client on C.
+    let r = publish(a, "s", json!({"groups": ["solo"]}), &[]).await;
+    assert_eq!((r["queued"].clone(), r["forwarded_to"].clone()), (json!(0), json!([ids[2]])));
+    let r = publish(a, "n", json!({"groups": ["nobody"]}), &[]).await;
+    assert_eq!(r["forwarded_to"], json!([]));
+    let r = publish(b, "all", json!({"all": true}), &[]).await;
+    assert_eq!(r["forwarded_to"], json!([ids[0], ids[2]]));
+    let r = publish(a, "c", json!({"clients": [c1_id]}), &[]).await;
+    assert_eq!(r["forwarded_to"], json!([ids[2]]));
+
+    // "ack": "nodes": every receiving node's count.
+    let acked =
+        |to: Value| post(a, "/api/publish", json!({"data": "acked", "to": to, "ack": "nodes"}));
+    let r = acked(room.clone()).await;
+    assert_eq!(r["forwarded_to"], json!([ids[1], ids[2]]), "{r}");
+    assert_eq!(
+        r["nodes"],
+        json!([
+            {"node_id": ids[1], "queued": 2, "slow_consumers": 0},
+            {"node_id": ids[2], "queued": 1, "slow_consumers": 0},
+        ]),
+        "{r}"
+    );
+    assert_eq!((r["nodes_missing"].clone(), r["queued_total"].clone()), (json!([]), json!(4)));
+    let r = acked(json!({"clients": [c1_id]})).await;
+    assert_eq!(r["nodes"], json!([{"node_id": ids[2], "queued": 1, "slow_consumers": 0}]));
+    let r = acked(json!({"all": true})).await;
+    assert_eq!(r["queued_total"], 4, "{r}");
+    // Everyone got every message meant for them, in order (the probes aside).
+    for (ws, want) in [
+        (&mut a1, &["plain", "all", "acked", "acked"][..]),
+        (&mut b1, &["plain", "all", "acked", "acked"][..]),
+        (&mut c1, &["plain", "s", "all", "c", "acked", "acked", "acked"][..]),
+    ] {
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            match next_data(ws, 10).await {
+                WsMessage::Text(t) if t.as_str() == "probe" => {}
+                WsMessage::Text(t) => got.push(t.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, want);
+    }
+
+    // A node that is alive in presence but does not answer is reported missing, and the
+    // answer still comes within the query timeout (500 ms).
+    c.pause(true);
+    let started = Instant::now();
+    let r = acked(room.clone()).await;
+    let took = started.elapsed();
+    c.pause(false);
+    assert_eq!(r["nodes_missing"], json!([ids[2]]), "{r}");
+    assert_eq!(r["nodes"], json!([{"node_id": ids[1], "queued": 2, "slow_consumers": 0}]));
+    assert!(took < Duration::from_millis(1500), "answered in {took:?}");
+
+    // B's members leave: after the linger B unsubscribes, announces it, and A stops naming it.
+    for ws in [&mut b1, &mut b2] {
+        command(ws, json!({"cmd": "leave_group", "group_id": "room"})).await;
+    }
+    wait_numsub(&redis, "ringcast:g:room", 2).await;
+    wait_for(10, "A to forget B for room", async || {
+        publish(a, "later", room.clone(), &[]).await["forwarded_to"] == json!([ids[2]])
+    })
+    .await;
+    // Bad ack values are refused; a batch takes no ack.
+    let r = http()
+        .post(a.url("/api/publish"))
+        .json(&json!({"data": "x", "to": {"all": true}, "ack": "all"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http()
+        .post(a.url("/api/publish/batch"))
+        .json(&json!([{"data": "x", "to": {"all": true}, "ack": "nodes"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

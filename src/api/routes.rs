@@ -307,10 +307,74 @@ async fn not_found() -> ApiError {
 async fn publish(State(s): St, req: Request) -> Answer {
     let body = json_body(req, s.body_bytes_max).await?;
     let parsed: PublishBody<'_> = parse(&body)?;
+    let ack = parsed.ack().map_err(ApiError::bad_request)?;
     let p = parsed.into_publish(Prefix(None), &body, s.limits).map_err(ApiError::bad_request)?;
-    let report = s.publish_one(p).await?;
-    s.counters.published(1);
-    publish_answer(std::slice::from_ref(&report), false)
+    match (&s.cluster, ack) {
+        (None, body::Ack::Local) => {
+            let report = s.publish_one(p).await?;
+            s.counters.published(1);
+            publish_answer(std::slice::from_ref(&report), false)
+        }
+        (Some(c), body::Ack::Local) => {
+            // The routing decision, from local state: no other node is waited for.
+            let forwarded_to = c.forwarded_to(&p.to);
+            let report = s.publish_one(p).await?;
+            s.counters.published(1);
+            publish_answer(std::slice::from_ref(&report), false)?;
+            ok(&ClusterPublishAnswer::local(report, &forwarded_to))
+        }
+        (None, body::Ack::Nodes) => {
+            let report = s.publish_one(p).await?;
+            s.counters.published(1);
+            publish_answer(std::slice::from_ref(&report), false)?;
+            let acked = crate::cluster::AckedPublish { local: report, ..Default::default() };
+            ok(&ClusterPublishAnswer::acked(&acked))
+        }
+        (Some(c), body::Ack::Nodes) => {
+            let acked = s.ask_cluster(c.publish_acked(p)).await?;
+            s.counters.published(1);
+            publish_answer(std::slice::from_ref(&acked.local), false)?;
+            ok(&ClusterPublishAnswer::acked(&acked))
+        }
+    }
+}
+
+/// A clustered node's answer to a single publish: the local report, where it was forwarded
+/// and, with `"ack": "nodes"`, every receiving node's count.
+#[derive(Serialize)]
+struct ClusterPublishAnswer {
+    queued: u64,
+    shards_missed: u32,
+    slow_consumers: u64,
+    forwarded_to: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<Vec<crate::cluster::NodeReport>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes_missing: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued_total: Option<u64>,
+}
+
+impl ClusterPublishAnswer {
+    fn local(r: PublishReport, forwarded_to: &[crate::ids::NodeId]) -> Self {
+        ClusterPublishAnswer {
+            queued: r.queued,
+            shards_missed: r.shards_missed,
+            slow_consumers: r.slow_consumers,
+            forwarded_to: forwarded_to.iter().map(|n| n.to_string()).collect(),
+            nodes: None,
+            nodes_missing: None,
+            queued_total: None,
+        }
+    }
+
+    fn acked(a: &crate::cluster::AckedPublish) -> Self {
+        let mut out = Self::local(a.local.clone(), &a.forwarded_to);
+        out.queued_total = Some(a.local.queued + a.nodes.iter().map(|n| n.queued).sum::<u64>());
+        out.nodes = Some(a.nodes.clone());
+        out.nodes_missing = Some(a.nodes_missing.iter().map(|n| n.to_string()).collect());
+        out
+    }
 }
 
 /// `POST /api/publish/batch`

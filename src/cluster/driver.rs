@@ -36,15 +36,20 @@ const INBOUND_BATCH_MAX: usize = 1024;
 /// Queries from other nodes being answered at once; past it they are dropped (counted).
 const ANSWERS_IN_FLIGHT_MAX: usize = 256;
 
-struct PendingAsk {
-    to: Option<NodeId>,
-    expected: Option<usize>,
-    answers: Vec<(NodeId, Bytes)>,
-    reply: Option<oneshot::Sender<Gathered>>,
-    deadline: Instant,
+/// Interest items per announcement message (the wire's lists hold at most `u16::MAX`).
+const INTEREST_ITEMS_PER_MESSAGE: usize = 4096;
+
+pub(crate) struct PendingAsk {
+    pub(crate) to: Option<NodeId>,
+    /// A publish's report: the nodes it was forwarded to (missing = these minus who answered).
+    pub(crate) expect_from: Option<Vec<NodeId>>,
+    pub(crate) expected: Option<usize>,
+    pub(crate) answers: Vec<(NodeId, Bytes)>,
+    pub(crate) reply: Option<oneshot::Sender<Gathered>>,
+    pub(crate) deadline: Instant,
 }
 
-type Asks = Arc<Mutex<HashMap<u64, PendingAsk>>>;
+pub(crate) type Asks = Arc<Mutex<HashMap<u64, PendingAsk>>>;
 
 fn presence_key(ns: &str, node: impl std::fmt::Display) -> String {
     format!("{{{ns}}}:node:{node}")
@@ -135,8 +140,10 @@ pub(crate) async fn run(
         "cluster backplane up"
     );
     let _ = ready.send(Ok(()));
+    // Tell the others what this node receives, and ask for what they receive.
+    announce_all(&inner, &mut bus, None).await;
 
-    let pending: Asks = Arc::default();
+    let pending: Asks = inner.pending.clone();
     let reconnect = Arc::new(Notify::new());
     let out =
         tokio::spawn(outbound(inner.clone(), bus.clone(), receivers.publishes, reconnect.clone()));
@@ -212,6 +219,7 @@ async fn heartbeat(bus: &mut Bus, inner: &Inner, token: &str) -> RedisResult<()>
         }
     }
     alive.insert(inner.me);
+    inner.remote.lock().unwrap_or_else(|e| e.into_inner()).retain(&alive);
     *inner.alive.lock().unwrap_or_else(|e| e.into_inner()) = alive;
     Ok(())
 }
@@ -253,7 +261,70 @@ async fn sync_subscriptions(inner: &Inner, bus: &mut Bus) -> RedisResult<()> {
         bus.unsubscribe(&names).await?;
         inner.counters.unsubscribes.fetch_add(names.len() as u64, Relaxed);
     }
+    // Announce the group and uid channels that changed, so the other nodes know where a
+    // publish goes (the reply's `forwarded_to`).
+    let routed = |c: &&Channel| matches!(c, Channel::Group(_) | Channel::Uid(_));
+    let added: Vec<Channel> = sub.iter().filter(routed).cloned().collect();
+    let removed: Vec<Channel> = unsub.iter().filter(routed).cloned().collect();
+    for (a, r) in chunks(&added).zip_longest_pairs(chunks(&removed)) {
+        let body = Body::Interest { replace: false, reply: false, added: a, removed: r };
+        send(inner, bus, &Channel::All, body).await?;
+    }
     Ok(())
+}
+
+fn chunks(v: &[Channel]) -> std::vec::IntoIter<Vec<Channel>> {
+    v.chunks(INTEREST_ITEMS_PER_MESSAGE).map(<[Channel]>::to_vec).collect::<Vec<_>>().into_iter()
+}
+
+trait ZipLongestPairs: Iterator<Item = Vec<Channel>> + Sized {
+    /// Pairs of chunks, an empty list where one side ran out first.
+    fn zip_longest_pairs<J: Iterator<Item = Vec<Channel>>>(
+        self,
+        other: J,
+    ) -> impl Iterator<Item = (Vec<Channel>, Vec<Channel>)> {
+        let mut a = self.fuse();
+        let mut b = other.fuse();
+        std::iter::from_fn(move || match (a.next(), b.next()) {
+            (None, None) => None,
+            (x, y) => Some((x.unwrap_or_default(), y.unwrap_or_default())),
+        })
+    }
+}
+
+impl<I: Iterator<Item = Vec<Channel>>> ZipLongestPairs for I {}
+
+/// Send this node's whole set of group and uid channels: to every node (`to: None`, asking
+/// for theirs in return: start-up and reconnection, when announcements may have been missed)
+/// or to one node that asked.
+async fn announce_all(inner: &Inner, bus: &mut Bus, to: Option<NodeId>) {
+    let chans: Vec<Channel> = inner
+        .subs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .receiving()
+        .into_iter()
+        .filter(|c| matches!(c, Channel::Group(_) | Channel::Uid(_)))
+        .collect();
+    let ch = to.map_or(Channel::All, Channel::Node);
+    let mut parts = chunks(&chans).peekable();
+    if parts.peek().is_none() {
+        parts = vec![Vec::new()].into_iter().peekable();
+    }
+    for (i, added) in parts.enumerate() {
+        let body = Body::Interest {
+            replace: i == 0,
+            reply: i == 0 && to.is_none(),
+            added,
+            removed: vec![],
+        };
+        if let Err(e) = send(inner, bus, &ch, body).await {
+            if inner.log.allow("announce").is_some() {
+                tracing::warn!("cluster: announcing this node's subscriptions failed: {e}");
+            }
+            return;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -272,6 +343,8 @@ async fn control(
     let mut backoff = backoff_min;
     let mut next_heartbeat = Instant::now() + hb;
     let mut need_resubscribe = false;
+    // After a reconnection: send the whole interest set once subscriptions are back.
+    let mut announce_needed = false;
     let mut down_since: Option<Instant> = None;
     let mut hint_buf = Vec::new();
     let tap = inner.handle.node().tap.as_ref().expect("clustered node has a tap");
@@ -342,6 +415,7 @@ async fn control(
                         inner.subs.lock().unwrap_or_else(|e| e.into_inner()).handle_reconnected();
                         resync(inner, std::time::Instant::now());
                         need_resubscribe = false;
+                        announce_needed = true;
                     }
                     down_since = None;
                     backoff = backoff_min;
@@ -365,7 +439,12 @@ async fn control(
             }
         }
         if inner.state() == BackplaneState::Up {
-            if let Err(e) = sync_subscriptions(inner, bus).await {
+            let synced = sync_subscriptions(inner, bus).await;
+            if synced.is_ok() && announce_needed {
+                announce_needed = false;
+                announce_all(inner, bus, None).await;
+            }
+            if let Err(e) = synced {
                 if inner.log.allow("subscribe").is_some() {
                     tracing::warn!("cluster: subscribing failed ({e}); retrying after reconnect");
                 }
@@ -389,6 +468,7 @@ async fn start_ask(inner: &Inner, bus: &mut Bus, pending: &Asks, ask: Ask) {
         request,
         PendingAsk {
             to,
+            expect_from: None,
             expected: None,
             answers: Vec::new(),
             reply: Some(reply),
@@ -419,12 +499,15 @@ fn finish_if_complete(inner: &Inner, p: &mut HashMap<u64, PendingAsk>, request: 
     }
 }
 
-fn finish(inner: &Inner, mut a: PendingAsk) {
+pub(crate) fn finish(inner: &Inner, mut a: PendingAsk) {
     let answered: HashSet<NodeId> = a.answers.iter().map(|(n, _)| *n).collect();
     let alive = inner.alive.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let missing: Vec<NodeId> = match a.to {
-        None => alive.into_iter().filter(|n| *n != inner.me && !answered.contains(n)).collect(),
-        Some(n) => {
+    let missing: Vec<NodeId> = match (&a.expect_from, a.to) {
+        (Some(from), _) => from.iter().filter(|n| !answered.contains(n)).copied().collect(),
+        (None, None) => {
+            alive.into_iter().filter(|n| *n != inner.me && !answered.contains(n)).collect()
+        }
+        (None, Some(n)) => {
             (alive.contains(&n) && !answered.contains(&n)).then_some(n).into_iter().collect()
         }
     };
@@ -458,7 +541,7 @@ async fn send(inner: &Inner, bus: &mut Bus, ch: &Channel, body: Body) -> RedisRe
 
 /// The bus messages for one local publish: one per channel that may have recipients on
 /// another node, each encoded once.
-fn encode_outgoing(inner: &Inner, o: &Outgoing, msgs: &mut Vec<(String, Vec<u8>)>) {
+fn encode_outgoing(inner: &Inner, o: &Outgoing, request: u64, msgs: &mut Vec<(String, Vec<u8>)>) {
     let me = inner.me;
     let ns = &inner.cfg.namespace;
     let mut emit =
@@ -466,7 +549,7 @@ fn encode_outgoing(inner: &Inner, o: &Outgoing, msgs: &mut Vec<(String, Vec<u8>)
             let env = Envelope {
                 origin: me,
                 sequence: inner.next_sequence(),
-                body: Body::Publish { request: 0, target, exclude, frame: o.frame.clone() },
+                body: Body::Publish { request, target, exclude, frame: o.frame.clone() },
             };
             let mut out = Vec::new();
             if let Err(e) = env.encode(&mut out) {
@@ -529,8 +612,8 @@ async fn outbound(
             tap.taken(batches.iter().map(|b| b.len()).sum());
         }
         for b in batches.drain(..) {
-            for o in b.iter() {
-                encode_outgoing(&inner, o, &mut msgs);
+            for o in b.publishes.iter() {
+                encode_outgoing(&inner, o, b.request, &mut msgs);
             }
         }
         if msgs.is_empty() {
@@ -680,7 +763,7 @@ async fn inbound(
                 continue;
             }
             match env.body {
-                Body::Publish { target, exclude, frame, .. } => {
+                Body::Publish { request, target, exclude, frame } => {
                     let arrival = parse_channel(&ns, ch);
                     let route = match target {
                         Target::All => Route::All,
@@ -727,7 +810,31 @@ async fn inbound(
                         }
                     };
                     let exclude = exclude.into_iter().filter(|c| c.node() == me).collect();
-                    batch.push(Outgoing { route, exclude, frame, accepted });
+                    let o = Outgoing { route, exclude, frame, accepted };
+                    if request == 0 {
+                        batch.push(o);
+                        continue;
+                    }
+                    // The publisher wants this node's count ("ack": "nodes"): deliver what
+                    // came before (order), then this one with a reply, and report it.
+                    deliver_batch(&inner, &mut batch);
+                    inner.counters.delivered.fetch_add(1, Relaxed);
+                    let pending = inner.handle.deliver(Arc::from([o]), true);
+                    let (inner, mut bus, origin) = (inner.clone(), bus.clone(), env.origin);
+                    tokio::spawn(async move {
+                        let t = inner.cfg.query_timeout;
+                        let r = match pending {
+                            Ok(p) => tokio::time::timeout(t, p).await.ok().and_then(Result::ok),
+                            Err(_) => None,
+                        };
+                        let r = r.and_then(|mut v| v.pop()).unwrap_or_default();
+                        let body = Body::Report {
+                            request,
+                            queued: r.queued,
+                            slow_consumers: r.slow_consumers,
+                        };
+                        let _ = send(&inner, &mut bus, &Channel::Node(origin), body).await;
+                    });
                 }
                 Body::Query { request, query } => {
                     let Ok(permit) = answering.clone().try_acquire_owned() else {
@@ -752,16 +859,50 @@ async fn inbound(
                         finish_if_complete(&inner, &mut p, request);
                     }
                 }
-                Body::Report { .. } => {}
+                Body::Report { request, queued, slow_consumers } => {
+                    let json =
+                        format!(r#"{{"queued":{queued},"slow_consumers":{slow_consumers}}}"#);
+                    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(a) = p.get_mut(&request) {
+                        a.answers.push((env.origin, Bytes::from(json)));
+                        finish_if_complete(&inner, &mut p, request);
+                    }
+                }
+                Body::Interest { replace, reply, added, removed } => {
+                    {
+                        let mut r = inner.remote.lock().unwrap_or_else(|e| e.into_inner());
+                        if replace {
+                            r.forget(env.origin);
+                        }
+                        for ch in added {
+                            r.add(env.origin, ch);
+                        }
+                        for ch in &removed {
+                            r.remove(env.origin, ch);
+                        }
+                    }
+                    if reply {
+                        let (inner, mut bus, origin) = (inner.clone(), bus.clone(), env.origin);
+                        tokio::spawn(
+                            async move { announce_all(&inner, &mut bus, Some(origin)).await },
+                        );
+                    }
+                }
             }
         }
-        if !batch.is_empty() {
-            inner.counters.delivered.fetch_add(batch.len() as u64, Relaxed);
-            // Encoded once by the origin; one mesh event per shard for the whole batch. A
-            // full shard inbox is counted by the node (mesh_dropped) and logged there.
-            let _ = inner.handle.deliver(Arc::from(batch), false);
-        }
+        deliver_batch(&inner, &mut batch);
     }
+}
+
+/// Hand remote publishes to this node's shards: encoded once by the origin; one mesh event per
+/// shard for the whole batch. A full shard inbox is counted by the node (mesh_dropped) and
+/// logged there.
+fn deliver_batch(inner: &Inner, batch: &mut Vec<Outgoing>) {
+    if batch.is_empty() {
+        return;
+    }
+    inner.counters.delivered.fetch_add(batch.len() as u64, Relaxed);
+    let _ = inner.handle.deliver(Arc::from(std::mem::take(batch)), false);
 }
 
 /// Whether `node` is in presence (refreshed from Redis the first time it is seen).

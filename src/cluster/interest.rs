@@ -10,7 +10,7 @@
 //! again in that time, it is kept and nothing goes to Redis. A channel wanted and unwanted
 //! between two polls is never sent at all.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -158,6 +158,15 @@ impl<C: Clone + Eq + Hash> Subscriptions<C> {
         self.state.values().filter(|s| **s == State::Pending).count()
     }
 
+    /// Every channel on which messages arrive now (subscribed, lingering included).
+    pub fn receiving(&self) -> Vec<C> {
+        self.state
+            .iter()
+            .filter(|(_, s)| matches!(s, State::Active | State::Lingering(_)))
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
     /// Every channel currently wanted (for a resynchronisation from the directory).
     pub fn wanted(&self) -> Vec<C> {
         self.state
@@ -168,9 +177,102 @@ impl<C: Clone + Eq + Hash> Subscriptions<C> {
     }
 }
 
+/// What the other nodes receive: which nodes are subscribed to each group and uid channel,
+/// from their announcements (a node announces its subscribes and unsubscribes on the `all`
+/// channel, and its whole set when it starts or reconnects). Lets a publish say which nodes it
+/// was forwarded to without asking anyone. Sans-I/O.
+#[derive(Debug, Default)]
+pub struct RemoteInterest {
+    by_channel: HashMap<Channel, BTreeSet<NodeId>>,
+    by_node: HashMap<NodeId, HashSet<Channel>>,
+}
+
+impl RemoteInterest {
+    /// `node` subscribed to `ch`.
+    pub fn add(&mut self, node: NodeId, ch: Channel) {
+        self.by_channel.entry(ch.clone()).or_default().insert(node);
+        self.by_node.entry(node).or_default().insert(ch);
+    }
+
+    /// `node` unsubscribed from `ch`.
+    pub fn remove(&mut self, node: NodeId, ch: &Channel) {
+        if let Some(nodes) = self.by_channel.get_mut(ch) {
+            nodes.remove(&node);
+            if nodes.is_empty() {
+                self.by_channel.remove(ch);
+            }
+        }
+        if let Some(chans) = self.by_node.get_mut(&node) {
+            chans.remove(ch);
+            if chans.is_empty() {
+                self.by_node.remove(&node);
+            }
+        }
+    }
+
+    /// Forget everything `node` announced (it left presence, or sends its whole set anew).
+    pub fn forget(&mut self, node: NodeId) {
+        for ch in self.by_node.remove(&node).unwrap_or_default() {
+            if let Some(nodes) = self.by_channel.get_mut(&ch) {
+                nodes.remove(&node);
+                if nodes.is_empty() {
+                    self.by_channel.remove(&ch);
+                }
+            }
+        }
+    }
+
+    /// Keep only the nodes in `alive`.
+    pub fn retain(&mut self, alive: &BTreeSet<NodeId>) {
+        let gone: Vec<NodeId> =
+            self.by_node.keys().filter(|n| !alive.contains(n)).copied().collect();
+        for n in gone {
+            self.forget(n);
+        }
+    }
+
+    /// Nodes subscribed to any of `channels`.
+    pub fn nodes<'a>(&self, channels: impl IntoIterator<Item = &'a Channel>) -> BTreeSet<NodeId> {
+        let mut out = BTreeSet::new();
+        for ch in channels {
+            if let Some(n) = self.by_channel.get(ch) {
+                out.extend(n.iter().copied());
+            }
+        }
+        out
+    }
+
+    /// Channels known for `node`.
+    pub fn channels_of(&self, node: NodeId) -> usize {
+        self.by_node.get(&node).map_or(0, HashSet::len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_interest_tracks_announcements_and_presence() {
+        let (a, b) = (NodeId(1), NodeId(2));
+        let mut r = RemoteInterest::default();
+        r.add(a, g("room"));
+        r.add(b, g("room"));
+        r.add(b, g("other"));
+        assert_eq!(r.nodes([&g("room")]), BTreeSet::from([a, b]));
+        assert_eq!(r.nodes([&g("other"), &g("none")]), BTreeSet::from([b]));
+        r.remove(a, &g("room"));
+        assert_eq!(r.nodes([&g("room")]), BTreeSet::from([b]));
+        r.remove(a, &g("room"));
+        assert_eq!(r.channels_of(a), 0);
+        r.retain(&BTreeSet::from([a]));
+        assert!(r.nodes([&g("room"), &g("other")]).is_empty(), "b left presence");
+        assert_eq!(r.channels_of(b), 0);
+        r.add(a, g("x"));
+        r.forget(a);
+        assert!(r.nodes([&g("x")]).is_empty());
+        assert!(r.by_channel.is_empty() && r.by_node.is_empty(), "nothing left behind");
+    }
 
     fn g(s: &str) -> Channel {
         Channel::Group(GroupId::new(s, 64).unwrap())

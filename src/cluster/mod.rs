@@ -36,7 +36,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{BusMode, ClusterConfig};
 
-use crate::addressing::{ClientInfo, GroupInfo, RequestError, Stats, UidInfo};
+use crate::addressing::{
+    ClientInfo, GroupInfo, Publish, PublishReport, RequestError, Stats, To, UidInfo,
+};
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
 use crate::Handle;
 
@@ -161,6 +163,31 @@ pub struct ClusterAnswer<T> {
     pub nodes_missing: Vec<String>,
 }
 
+/// One node's share of an acknowledged publish.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The node.
+    #[serde(default)]
+    pub node_id: String,
+    /// Connections on that node it was queued to.
+    pub queued: u64,
+    /// Recipients there skipped or disconnected for a full outbox.
+    pub slow_consumers: u64,
+}
+
+/// What a publish with `"ack": "nodes"` did across the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct AckedPublish {
+    /// This node's report.
+    pub local: PublishReport,
+    /// The nodes it was forwarded to (interest routing), sorted.
+    pub forwarded_to: Vec<NodeId>,
+    /// The reports of the nodes that answered within `query_timeout`.
+    pub nodes: Vec<NodeReport>,
+    /// Nodes it was forwarded to that did not answer in time.
+    pub nodes_missing: Vec<NodeId>,
+}
+
 /// Per-node totals of a cluster.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClusterStats {
@@ -226,6 +253,10 @@ pub(crate) struct Inner {
     pub(crate) inbound_queue: std::sync::OnceLock<mpsc::WeakSender<redis::PushInfo>>,
     pub(crate) alive: Mutex<BTreeSet<NodeId>>,
     pub(crate) subs: Mutex<interest::Subscriptions>,
+    /// Which other nodes receive which group and uid channels (from their announcements).
+    pub(crate) remote: Mutex<interest::RemoteInterest>,
+    /// Queries and acknowledged publishes waiting for other nodes.
+    pub(crate) pending: driver::Asks,
     pub(crate) sequence: AtomicU64,
     pub(crate) log: LogBudget,
 }
@@ -318,6 +349,8 @@ pub fn spawn(handle: Handle, cfg: ClusterConfig) -> io::Result<ClusterServer> {
     let me = handle.node_id();
     let inner = Arc::new(Inner {
         subs: Mutex::new(interest::Subscriptions::new(cfg.unsubscribe_linger)),
+        remote: Mutex::new(interest::RemoteInterest::default()),
+        pending: Default::default(),
         cfg,
         me,
         handle,
@@ -395,6 +428,92 @@ impl Cluster {
         let c = self.clone();
         obs.add_readiness_check("backplane", move || c.readiness());
         obs.add_collector(observe::ClusterCollector(self.clone()));
+    }
+
+    /// The nodes a publish to `to` is forwarded to, as interest routing decides it now: every
+    /// other live node for a broadcast, the nodes that announced a subscription to one of the
+    /// groups or uids, the nodes named in the client ids. Empty while the backplane is not
+    /// up (the publish reaches this node's clients only; counted). Reads local state only.
+    pub fn forwarded_to(&self, to: &To) -> Vec<NodeId> {
+        if self.inner.state() != BackplaneState::Up {
+            return Vec::new();
+        }
+        let me = self.inner.me;
+        let set: BTreeSet<NodeId> = match to {
+            To::All => self.inner.alive.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            To::Groups(gs) => {
+                let chans: Vec<interest::Channel> =
+                    gs.iter().cloned().map(interest::Channel::Group).collect();
+                self.inner.remote.lock().unwrap_or_else(|e| e.into_inner()).nodes(&chans)
+            }
+            To::Uids(us) => {
+                let chans: Vec<interest::Channel> =
+                    us.iter().cloned().map(interest::Channel::Uid).collect();
+                self.inner.remote.lock().unwrap_or_else(|e| e.into_inner()).nodes(&chans)
+            }
+            To::Clients(ids) => ids.iter().map(|c| c.node()).collect(),
+        };
+        set.into_iter().filter(|n| *n != me).collect()
+    }
+
+    /// Publish and wait, at most `query_timeout`, for the report of each node it was
+    /// forwarded to (`"ack": "nodes"`); nodes that did not answer are listed as missing. The
+    /// local delivery does not wait for them.
+    pub async fn publish_acked(&self, p: Publish) -> Result<AckedPublish, RequestError> {
+        let mut forwarded_to = self.forwarded_to(&p.to);
+        let request = self.inner.next_sequence();
+        let (tx, rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.query_timeout;
+        if !forwarded_to.is_empty() {
+            self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                request,
+                driver::PendingAsk {
+                    to: None,
+                    expect_from: Some(forwarded_to.clone()),
+                    expected: Some(forwarded_to.len()),
+                    answers: Vec::new(),
+                    reply: Some(tx),
+                    deadline,
+                },
+            );
+        }
+        let (local, sent) = self.inner.handle.publish_with_request(p, request);
+        if !sent {
+            // The outbound queue was full (counted): it went to no other node.
+            self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
+            forwarded_to.clear();
+        }
+        let remote = async {
+            if forwarded_to.is_empty() {
+                return Gathered::default();
+            }
+            if let Ok(Ok(g)) = tokio::time::timeout_at(deadline, rx).await {
+                return g;
+            }
+            // Timed out: whatever arrived so far, the rest missing.
+            let a = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&request);
+            let answers = a.map(|a| a.answers).unwrap_or_default();
+            let answered: BTreeSet<NodeId> = answers.iter().map(|(n, _)| *n).collect();
+            let missing: Vec<NodeId> =
+                forwarded_to.iter().filter(|n| !answered.contains(n)).copied().collect();
+            self.inner.counters.query_nodes_missing.fetch_add(missing.len() as u64, Relaxed);
+            Gathered { answers, missing }
+        };
+        let (local, remote) = tokio::join!(local, remote);
+        let local = local?.pop().unwrap_or_default();
+        let mut nodes: Vec<NodeReport> = remote
+            .answers
+            .iter()
+            .filter_map(|(n, json)| {
+                let mut r: NodeReport = self.decode(json)?;
+                r.node_id = n.to_string();
+                Some(r)
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let mut nodes_missing = remote.missing;
+        nodes_missing.sort();
+        Ok(AckedPublish { local, forwarded_to, nodes, nodes_missing })
     }
 
     /// Publishes waiting to go to Redis, and the bound.

@@ -22,10 +22,14 @@
 //! Query:   request u64 | tag u8 (0 stats, 1 group, 2 uid, 3 client) | name or client
 //! Answer:  request u64 | JSON body (the rest; control-plane traffic, small and rare)
 //! Report:  request u64 | queued u64 | slow consumers u64
+//! Interest: request u64 (0) | flags u8 (1: replace, this starts the sender's whole set;
+//!             2: reply with yours) | added | removed
+//!   added, removed = count u16 | items (tag u8: 1 group, 2 uid | name)
 //! ```
 
 use bytes::{Buf, BufMut, Bytes};
 
+use super::interest::Channel;
 use crate::ids::{ConnId, GroupId, NodeId, Uid, NAME_BYTES_MAX};
 
 /// The format version this build speaks.
@@ -94,6 +98,19 @@ pub enum Body {
         /// JSON text.
         json: Bytes,
     },
+    /// The sender's group and uid subscriptions changed (or, with `replace`, here is the
+    /// whole set, possibly followed by more messages without `replace`).
+    Interest {
+        /// Forget what the sender announced before: `added` starts its whole set.
+        replace: bool,
+        /// Answer with your whole set on the sender's node channel (it just started or came
+        /// back).
+        reply: bool,
+        /// Channels subscribed (group and uid channels only).
+        added: Vec<Channel>,
+        /// Channels unsubscribed.
+        removed: Vec<Channel>,
+    },
     /// What a publish did on the answering node.
     Report {
         /// The publish's request id.
@@ -151,6 +168,7 @@ impl Envelope {
             Body::Query { .. } => 2,
             Body::Answer { .. } => 3,
             Body::Report { .. } => 4,
+            Body::Interest { .. } => 5,
         };
         out.put_u8(VERSION);
         out.put_u8(kind);
@@ -206,6 +224,12 @@ impl Envelope {
                 out.put_u64(*request);
                 out.put_u64(*queued);
                 out.put_u64(*slow_consumers);
+            }
+            Body::Interest { replace, reply, added, removed } => {
+                out.put_u64(0);
+                out.put_u8(u8::from(*replace) | u8::from(*reply) << 1);
+                put_channels(out, added)?;
+                put_channels(out, removed)?;
             }
         }
         Ok(())
@@ -270,6 +294,19 @@ impl Envelope {
                 }
                 Body::Report { request, queued, slow_consumers }
             }
+            5 => {
+                need(&b, 1)?;
+                let flags = b.get_u8();
+                if flags > 3 {
+                    return Err(WireError::UnknownTag(flags));
+                }
+                let added = get_channels(&mut b)?;
+                let removed = get_channels(&mut b)?;
+                if !b.is_empty() {
+                    return Err(WireError::Trailing);
+                }
+                Body::Interest { replace: flags & 1 != 0, reply: flags & 2 != 0, added, removed }
+            }
             k => return Err(WireError::UnknownTag(k)),
         };
         Ok(Envelope { origin, sequence, body })
@@ -306,6 +343,45 @@ fn put_names<'a>(
         put_name(out, s)?;
     }
     Ok(())
+}
+
+/// Group and uid channels (others cannot be announced: a bad name is refused).
+fn put_channels(out: &mut Vec<u8>, chans: &[Channel]) -> Result<(), WireError> {
+    if chans.len() > ITEMS_MAX {
+        return Err(WireError::TooMany);
+    }
+    out.put_u16(chans.len() as u16);
+    for ch in chans {
+        match ch {
+            Channel::Group(g) => {
+                out.put_u8(1);
+                put_name(out, g)?;
+            }
+            Channel::Uid(u) => {
+                out.put_u8(2);
+                put_name(out, u)?;
+            }
+            Channel::All | Channel::Node(_) => return Err(WireError::BadName),
+        }
+    }
+    Ok(())
+}
+
+fn get_channels(b: &mut Bytes) -> Result<Vec<Channel>, WireError> {
+    need(b, 2)?;
+    let n = b.get_u16() as usize;
+    // Each item takes at least 4 bytes (tag, length, one byte of name).
+    need(b, n * 4)?;
+    (0..n)
+        .map(|_| {
+            need(b, 1)?;
+            match b.get_u8() {
+                1 => Ok(Channel::Group(get_name(b)?)),
+                2 => Ok(Channel::Uid(get_name(b)?)),
+                t => Err(WireError::UnknownTag(t)),
+            }
+        })
+        .collect()
 }
 
 fn put_client(out: &mut Vec<u8>, c: ConnId) {
@@ -475,6 +551,13 @@ mod tests {
             Body::Query { request: 4, query: Query::Client(c) },
             Body::Answer { request: 4, json: Bytes::from_static(b"{\"a\":1}") },
             Body::Report { request: 4, queued: 10, slow_consumers: 1 },
+            Body::Interest {
+                replace: true,
+                reply: true,
+                added: vec![Channel::Group(g("a")), Channel::Uid(Uid::new("u", 9).unwrap())],
+                removed: vec![Channel::Group(g("b"))],
+            },
+            Body::Interest { replace: false, reply: false, added: vec![], removed: vec![] },
         ] {
             round_trip(&Envelope { origin: NodeId(1), sequence: u64::MAX, body });
         }

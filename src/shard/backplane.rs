@@ -25,7 +25,18 @@ pub(crate) enum Hint {
 }
 
 /// Publishes made on this node, on their way to the other nodes.
-pub(crate) type OutboundBatch = Arc<[Outgoing]>;
+pub(crate) struct OutboundBatch {
+    pub(crate) publishes: Arc<[Outgoing]>,
+    /// Non-zero: the publisher wants each receiving node's report under this request id (a
+    /// publish with `"ack": "nodes"`; such a batch holds one publish).
+    pub(crate) request: u64,
+}
+
+impl OutboundBatch {
+    pub(crate) fn len(&self) -> usize {
+        self.publishes.len()
+    }
+}
 
 /// What shards and handles hold.
 pub(crate) struct Tap {
@@ -72,10 +83,16 @@ impl Tap {
 
     /// Hand a batch of local publishes to the cluster task; `false` (and counted) if its
     /// queue is full.
-    pub(crate) fn publish(&self, batch: &OutboundBatch) -> bool {
+    pub(crate) fn publish(&self, batch: &Arc<[Outgoing]>) -> bool {
+        self.publish_with_request(batch, 0)
+    }
+
+    /// [`Tap::publish`], asking the receiving nodes for a report under `request`.
+    pub(crate) fn publish_with_request(&self, batch: &Arc<[Outgoing]>, request: u64) -> bool {
         let n = batch.len();
         let before = self.queued_messages.fetch_add(n, Ordering::AcqRel);
-        if before + n <= self.messages_max && self.publishes.try_send(batch.clone()).is_ok() {
+        let b = OutboundBatch { publishes: batch.clone(), request };
+        if before + n <= self.messages_max && self.publishes.try_send(b).is_ok() {
             return true;
         }
         self.queued_messages.fetch_sub(n, Ordering::AcqRel);

@@ -284,6 +284,16 @@ impl Node {
         false
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a node that is alive in presence for a while
+    /// but answers nothing.
+    pub fn pause(&self, stop: bool) {
+        if let Some(c) = &self.child {
+            let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: sending a signal to our own child by pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     pub fn log_contains(&self, s: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(s))
     }

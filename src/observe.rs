@@ -201,12 +201,12 @@ impl fmt::Debug for NodeCollector {
     }
 }
 
-fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+pub(crate) fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
     let c = ConstCounter::new(v);
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
-fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {
+pub(crate) fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {
     let g = ConstGauge::new(v);
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
@@ -227,7 +227,7 @@ fn shard_gauges(
 }
 
 /// One counter family with a `label` taking each value of `values`.
-fn labelled_counters(
+pub(crate) fn labelled_counters(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -265,7 +265,7 @@ fn histogram(
     )
 }
 
-fn as_i64(v: usize) -> i64 {
+pub(crate) fn as_i64(v: usize) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 

@@ -183,6 +183,11 @@ impl Handle {
         acceptor.store().reload()
     }
 
+    /// The state shards and handles share (for the cluster task).
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.node.links.len()
@@ -240,6 +245,49 @@ impl Handle {
             })
             .collect();
         self.node.handle_frames_encoded.fetch_add(n as u64, Ordering::Relaxed);
+        if !self.node.tap_publish(&outgoing) && self.node.handle_log_due() {
+            tracing::warn!(
+                "cluster outbound queue full: publish not sent to the other nodes (at most one \
+                 such line per second; cluster.outbound_dropped counts them all)"
+            );
+        }
+        self.deliver(outgoing, want_reply)
+    }
+
+    /// Publish one message and hand it to the cluster asking each receiving node for its
+    /// report under `request` (`"ack": "nodes"`). `false` beside the local pending report:
+    /// the cluster's outbound queue was full (counted), so it went to no other node.
+    pub(crate) fn publish_with_request(
+        &self,
+        p: Publish,
+        request: u64,
+    ) -> (Pending<Vec<PublishReport>>, bool) {
+        let outgoing: Arc<[Outgoing]> = Arc::from([Outgoing {
+            frame: p.message.encode(),
+            route: route_of(p.to),
+            exclude: p.exclude,
+            accepted: std::time::Instant::now(),
+        }]);
+        self.node.handle_frames_encoded.fetch_add(1, Ordering::Relaxed);
+        let sent = match &self.node.tap {
+            Some(tap) => tap.publish_with_request(&outgoing, request),
+            None => false,
+        };
+        let pending = match self.deliver(outgoing, true) {
+            Ok(p) => p,
+            Err(e) => Pending::ready(Err(e)),
+        };
+        (pending, sent)
+    }
+
+    /// Queue already encoded publishes to this node's shards (no cluster hand-off: the
+    /// cluster task uses this for publishes that came from other nodes).
+    pub(crate) fn deliver(
+        &self,
+        outgoing: Arc<[Outgoing]>,
+        want_reply: bool,
+    ) -> Result<Pending<Vec<PublishReport>>, RequestError> {
+        let n = outgoing.len();
         let mut req = Request::new();
         let missed = self.node.send_publish(&outgoing, None, want_reply.then_some(&mut req));
         if missed > 0 {

@@ -48,6 +48,20 @@ pub(crate) struct PublishBody<'a> {
     to: Option<ToBody<'a>>,
     #[serde(borrow, default)]
     exclude: Vec<Text<'a>>,
+    /// `"local"` (the default: answer with this node's count) or `"nodes"` (also wait, at
+    /// most the cluster's query timeout, for each receiving node's count). Single publishes
+    /// only.
+    #[serde(borrow, default)]
+    ack: Option<Cow<'a, str>>,
+}
+
+/// What a publish's answer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// This node's count only; other nodes are named in `forwarded_to`, not waited for.
+    Local,
+    /// Each node it was forwarded to reports its count (bounded by the query timeout).
+    Nodes,
 }
 
 /// Exactly one of its fields.
@@ -179,6 +193,12 @@ mod batch {
                         Some(format!("publishes: more than {BATCH_PUBLISHES_MAX} entries"));
                     return Err(de::Error::custom("too many publishes"));
                 }
+                if item.ack.is_some() {
+                    *self.invalid = Some(format!(
+                        "publishes[{i}].ack: only a single publish (POST /api/publish) takes ack"
+                    ));
+                    return Err(de::Error::custom("ack in a batch"));
+                }
                 match item.into_publish(Prefix(Some(i)), self.body, self.limits) {
                     Ok(p) => self.out.push(p),
                     Err(msg) => {
@@ -262,6 +282,15 @@ fn list<T>(
 }
 
 impl PublishBody<'_> {
+    /// The `ack` field, checked.
+    pub(crate) fn ack(&self) -> Result<Ack, String> {
+        match self.ack.as_deref() {
+            None | Some("local") => Ok(Ack::Local),
+            Some("nodes") => Ok(Ack::Nodes),
+            Some(other) => Err(format!("ack: {other:?} is not \"local\" or \"nodes\"")),
+        }
+    }
+
     /// Validate and convert. `prefix` is prepended to field names in errors. `body` is the
     /// buffer this was deserialized from.
     pub(crate) fn into_publish(

@@ -31,6 +31,7 @@
 //! [log]       # format, level, periodic stats
 //! [auth]      # connect tokens (JWT), origin allowlist, per-address limits
 //! [tls]       # wss://: certificate and key files, an optional separate listener
+//! [cluster]   # the Redis backplane between nodes (off unless `urls` is set)
 //! ```
 //!
 //! `dist/ringcast.toml` documents every key with its default.
@@ -85,6 +86,8 @@ pub struct ConfigFile {
     pub auth: crate::auth::AuthConfig,
     /// `[tls]`: `wss://` certificate, key and listener.
     pub tls: crate::tls::TlsConfig,
+    /// `[cluster]`: the Redis backplane between nodes (off unless `urls` is set).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[server]`: where the node listens, how it runs, what client messages do.
@@ -841,6 +844,7 @@ impl ConfigFile {
                 demo_page: s.demo,
                 shutdown_timeout: t.shutdown_timeout,
                 observability: Default::default(),
+                cluster: None,
                 node_limits: crate::observe::NodeLimits {
                     inbox_events_max: l.inbox_events_max,
                     outbox_bytes_max: l.outbox_bytes_max,
@@ -868,6 +872,10 @@ impl ConfigFile {
             invalid(&key, m)
         })?;
         config.tls = self.tls.clone();
+
+        // [cluster]
+        self.cluster.check().map_err(|(key, m)| invalid(&format!("cluster.{key}"), m))?;
+        config.cluster = self.cluster.clone();
 
         let mut effective = self.clone();
         effective.server.shards = Some(config.shards);

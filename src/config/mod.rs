@@ -174,6 +174,8 @@ pub struct Config {
     pub session_bytes_max: usize,
     /// `wss://`: certificate, key, and where TLS is served (off by default).
     pub tls: crate::tls::TlsConfig,
+    /// Clustering over Redis (off unless URLs are set): `[cluster]`, `--cluster*`.
+    pub cluster: crate::cluster::ClusterConfig,
     /// Connect tokens, origin allowlist, per-address limits (`[auth]`); off by default.
     pub auth: crate::auth::AuthConfig,
 }
@@ -209,6 +211,7 @@ impl Default for Config {
             commands_flood_close_after: Duration::from_secs(3),
             session_bytes_max: 4096,
             tls: crate::tls::TlsConfig::default(),
+            cluster: Default::default(),
             auth: crate::auth::AuthConfig::default(),
         }
     }

@@ -311,6 +311,13 @@ impl Core {
     }
 
     fn publish_batch(&mut self, batch: Arc<[Outgoing]>) -> PublishReport {
+        if !self.node.tap_publish(&batch) {
+            self.log_limiter.warn("cluster", || {
+                "cluster outbound queue full: publish not sent to the other nodes \
+                 (cluster.outbound_dropped counts them)"
+                    .to_owned()
+            });
+        }
         let missed = self.node.send_publish(&batch, Some(self.id), None);
         if missed > 0 {
             self.counters.mesh_dropped += missed as u64;
@@ -478,7 +485,7 @@ impl Core {
         if let Op::Dissolve(g) = &op {
             let removed = self.router.dissolve(g);
             if !removed.is_empty() {
-                self.node.groups.remove(g, self.id);
+                self.node.group_remove(g, self.id);
             }
             return Answer::Dissolved(removed.len() as u64);
         }
@@ -492,7 +499,7 @@ impl Core {
                 Left::NotMember => Applied::Unchanged,
                 Left::Removed { last } => {
                     if last {
-                        self.node.groups.remove(&g, self.id);
+                        self.node.group_remove(&g, self.id);
                     }
                     Applied::Done
                 }
@@ -503,10 +510,10 @@ impl Core {
                 } else {
                     let Bound { first, previous } = self.router.bind_uid(slot, &uid);
                     if first {
-                        self.node.uids.add(&uid, self.id);
+                        self.node.uid_add(&uid, self.id);
                     }
                     if let Some((prev, true)) = previous {
-                        self.node.uids.remove(&prev, self.id);
+                        self.node.uid_remove(&prev, self.id);
                     }
                     Applied::Done
                 }
@@ -515,7 +522,7 @@ impl Core {
                 None => Applied::Unchanged,
                 Some((uid, emptied)) => {
                     if emptied {
-                        self.node.uids.remove(&uid, self.id);
+                        self.node.uid_remove(&uid, self.id);
                     }
                     Applied::Done
                 }
@@ -536,7 +543,7 @@ impl Core {
             Ok(Joined::Already) => Applied::Unchanged,
             Ok(Joined::Added { first }) => {
                 if first {
-                    self.node.groups.add(g, self.id);
+                    self.node.group_add(g, self.id);
                 }
                 Applied::Done
             }
@@ -724,7 +731,7 @@ impl Core {
             },
             Command::LeaveGroup { group } => {
                 if let Left::Removed { last: true } = self.router.leave(slot, &group) {
-                    self.node.groups.remove(&group, self.id);
+                    self.node.group_remove(&group, self.id);
                 }
                 Ok(())
             }
@@ -803,7 +810,7 @@ impl Core {
         if let Some(uid) = grant.as_mut().and_then(|g| g.uid.take()) {
             let Bound { first, .. } = self.router.bind_uid(slot as Slot, &uid);
             if first {
-                self.node.uids.add(&uid, self.id);
+                self.node.uid_add(&uid, self.id);
             }
         }
         if grant.is_some() {
@@ -1147,10 +1154,10 @@ impl Core {
         self.freed_since_trim += 1;
         let released = self.router.close(slot as Slot);
         for g in &released.emptied_groups {
-            self.node.groups.remove(g, self.id);
+            self.node.group_remove(g, self.id);
         }
         if let Some((uid, true)) = &released.uid {
-            self.node.uids.remove(uid, self.id);
+            self.node.uid_remove(uid, self.id);
         }
         if let Some(key) = conn.ext.as_ref().and_then(|e| e.ip) {
             self.node.ips.close(key);

@@ -10,6 +10,7 @@
 //! frames and has none in flight, then return to the runtime, which submits every new
 //! operation to the ring in one `io_uring_enter` when it parks.
 
+pub(crate) mod backplane;
 pub(crate) mod conn;
 mod core;
 pub mod directory;
@@ -143,6 +144,12 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         id: config.node_id.map(NodeId).unwrap_or_else(NodeId::generate),
         groups: directory::Directory::new(),
         uids: directory::Directory::new(),
+        tap: config.cluster.enabled().then(|| {
+            backplane::Tap::new(
+                config.cluster.outbound_messages_max,
+                config.cluster.interest_events_max,
+            )
+        }),
         links,
         counters: (0..shards).map(|_| SharedCounters::default()).collect(),
         health: (0..shards).map(|_| Default::default()).collect(),

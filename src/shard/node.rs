@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
 use crate::metrics::{LatencyHistogram, ShardHealth, SharedCounters};
 
+use super::backplane::Hint;
 use super::directory::{Directory, ShardSet};
 use super::mesh::{Link, Outgoing, Route, ShardMsg};
 use super::reply::Request;
@@ -66,6 +67,8 @@ pub(crate) struct Node {
     pub(crate) started: std::time::Instant,
     /// `wss://` sessions start here; its certificate store reloads on `SIGHUP`.
     pub(crate) tls: Option<crate::tls::TlsAcceptor>,
+    /// Hand-off queues to the cluster task; `None` on a single node.
+    pub(crate) tap: Option<super::backplane::Tap>,
     /// Connect authentication and origin policy, compiled from `Config::auth`.
     pub(crate) auth: crate::auth::Policy,
     /// Per-address handshake rate and open-connection counts.
@@ -91,6 +94,51 @@ impl Node {
                 .handle_last_log_sec
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+
+    /// Shard `shard` has its first member of `g` (directory update plus cluster hint).
+    pub(crate) fn group_add(&self, g: &GroupId, shard: usize) {
+        if self.groups.add(g, shard) {
+            if let Some(tap) = &self.tap {
+                tap.hint(Hint::Group(g.clone()));
+            }
+        }
+    }
+
+    /// Shard `shard` lost its last member of `g`.
+    pub(crate) fn group_remove(&self, g: &GroupId, shard: usize) {
+        if self.groups.remove(g, shard) {
+            if let Some(tap) = &self.tap {
+                tap.hint(Hint::Group(g.clone()));
+            }
+        }
+    }
+
+    /// Shard `shard` has its first connection bound to `u`.
+    pub(crate) fn uid_add(&self, u: &Uid, shard: usize) {
+        if self.uids.add(u, shard) {
+            if let Some(tap) = &self.tap {
+                tap.hint(Hint::Uid(u.clone()));
+            }
+        }
+    }
+
+    /// Shard `shard` lost its last connection bound to `u`.
+    pub(crate) fn uid_remove(&self, u: &Uid, shard: usize) {
+        if self.uids.remove(u, shard) {
+            if let Some(tap) = &self.tap {
+                tap.hint(Hint::Uid(u.clone()));
+            }
+        }
+    }
+
+    /// Hand locally made publishes to the cluster (no-op on a single node). Counted when the
+    /// outbound queue is full.
+    pub(crate) fn tap_publish(&self, batch: &Arc<[Outgoing]>) -> bool {
+        match &self.tap {
+            Some(tap) => tap.publish(batch),
+            None => true,
+        }
     }
 
     pub(crate) fn release_slot(&self) {

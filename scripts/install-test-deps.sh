@@ -6,9 +6,11 @@
 # Idempotent: a second run checks what is there and installs nothing new.
 #
 # What it installs:
-#   1. Debian packages (as root, non-interactive): redis-server, for a later stage's tests;
-#      chromium, nodejs and npm, for the demo page's browser test (tests/browser.rs).
-#      Set RINGCAST_SKIP_APT=1 to skip this step.
+#   1. Debian packages (as root, non-interactive): redis-server and redis-tools (redis-cli), for
+#      the cluster tests (tests/cluster.rs start their own redis-server processes, including a
+#      three-master Redis Cluster, which needs Redis >= 7 for sharded pub/sub: Debian 12's
+#      redis-server is 7.0); chromium, nodejs and npm, for the demo page's browser test
+#      (tests/browser.rs). Set RINGCAST_SKIP_APT=1 to skip this step.
 #   2. .autobahn/venv: a Python 2.7 virtualenv (gitignored) built from pyenv's 2.7.18, with
 #      Autobahn|Testsuite (`wstest`) and a fully pinned dependency set, for tests/autobahn.rs.
 #      Set PY27=/path/to/python2.7 to use another interpreter.
@@ -30,7 +32,7 @@ die() { log "ERROR: $*"; exit 1; }
 # 1. Debian packages
 # ---------------------------------------------------------------------------------------------
 # "command" when the package has the command's name, "command:package" otherwise.
-APT_PACKAGES=(redis-server chromium node:nodejs npm)
+APT_PACKAGES=(redis-server redis-cli:redis-tools chromium node:nodejs npm)
 
 install_apt_packages() {
     if [[ "${RINGCAST_SKIP_APT:-0}" == 1 ]]; then
@@ -47,7 +49,7 @@ install_apt_packages() {
             missing_cmds+=("$cmd")
         fi
     done
-    [[ ${#missing[@]} -eq 0 ]] && return
+    [[ ${#missing[@]} -eq 0 ]] && { check_redis_version; return; }
 
     local sudo=()
     if [[ "$(id -u)" != 0 ]]; then
@@ -63,6 +65,17 @@ install_apt_packages() {
     for cmd in "${missing_cmds[@]}"; do
         command -v "$cmd" >/dev/null 2>&1 || die "apt: $cmd still not on PATH after install"
     done
+    check_redis_version
+}
+
+# Sharded pub/sub (SSUBSCRIBE/SPUBLISH), used by the Redis Cluster tests, needs Redis >= 7.
+check_redis_version() {
+    local v major
+    v="$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')"
+    major="${v%%.*}"
+    [[ -n "$major" && "$major" -ge 7 ]] \
+        || die "redis-server $v is older than 7 (no sharded pub/sub); on Debian 11 install it from bullseye-backports or use Debian 12+"
+    log "apt: redis-server $v (>= 7: sharded pub/sub available)"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 //! Parity with GatewayWorker's `Gateway` class: send to all, to groups, to client ids, to uids,
 //! each with an exclude list; membership, uid binding, sessions, close; presence queries.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::history::Position;
 use crate::ids::{ConnId, GroupId, Uid};
@@ -80,7 +80,7 @@ pub enum Applied {
 }
 
 /// A group as the node sees it.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupInfo {
     /// Members on this node.
     pub count: u64,
@@ -91,7 +91,7 @@ pub struct GroupInfo {
 }
 
 /// One connection as the node sees it.
-#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// Whether it is connected to this node.
     pub online: bool,
@@ -104,7 +104,7 @@ pub struct ClientInfo {
 }
 
 /// A uid as the node sees it.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UidInfo {
     /// Whether any connection is bound to it on this node.
     pub online: bool,
@@ -113,7 +113,7 @@ pub struct UidInfo {
 }
 
 /// Totals for one shard.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardStats {
     /// Shard index.
     pub shard: usize,
@@ -128,7 +128,7 @@ pub struct ShardStats {
 }
 
 /// Node totals.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// The node's id.
     pub node_id: String,

@@ -2,6 +2,7 @@
 pub mod addressing;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod fanout;

@@ -85,6 +85,8 @@ struct Overrides {
     history: HistoryArgs,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// `true`/`false`, also `on`/`off`, `yes`/`no`, `1`/`0`.
@@ -461,6 +463,75 @@ struct TlsArgs {
     tls_listen: Option<SocketAddr>,
 }
 
+// ---- [cluster]: the Redis backplane between nodes (ringcast::cluster) ----------------------
+
+/// `ringcast::cluster::ClusterConfig` on the command line.
+#[derive(clap::Args, Serialize)]
+#[command(next_help_heading = "Cluster over Redis [cluster]")]
+struct ClusterArgs {
+    /// Join a cluster over Redis: redis://host:port (one Redis, classic pub/sub), or with
+    /// --cluster-bus sharded the comma-separated seed nodes of a Redis Cluster (a password
+    /// goes in the URL: prefer the environment variable or the file) [default: off, a single
+    /// node needs no Redis].
+    #[arg(
+        long = "cluster",
+        env = "RINGCAST_CLUSTER",
+        value_delimiter = ',',
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    #[serde(rename = "urls", skip_serializing_if = "Option::is_none")]
+    cluster_urls: Option<Vec<String>>,
+    /// Pub/sub flavour: classic (PUBLISH/SUBSCRIBE on one Redis) or sharded
+    /// (SPUBLISH/SSUBSCRIBE on a Redis Cluster, Redis >= 7) [default: classic].
+    #[arg(long, env = "RINGCAST_CLUSTER_BUS", value_parser = ["classic", "sharded"])]
+    #[serde(rename = "bus", skip_serializing_if = "Option::is_none")]
+    cluster_bus: Option<String>,
+    /// Prefix of the cluster's Redis channels and keys (several clusters can share a Redis)
+    /// [default: ringcast].
+    #[arg(long, env = "RINGCAST_CLUSTER_NAMESPACE")]
+    #[serde(rename = "namespace", skip_serializing_if = "Option::is_none")]
+    cluster_namespace: Option<String>,
+    /// Interval of presence heartbeats; a dead node vanishes within three of them
+    /// [default: 1s].
+    #[arg(long, env = "RINGCAST_CLUSTER_HEARTBEAT_INTERVAL", value_parser = duration_text)]
+    #[serde(rename = "heartbeat_interval", skip_serializing_if = "Option::is_none")]
+    cluster_heartbeat_interval: Option<String>,
+    /// How long a group's or uid's channel stays subscribed after its last local member left
+    /// (no churn when members come and go) [default: 5s].
+    #[arg(long, env = "RINGCAST_CLUSTER_UNSUBSCRIBE_LINGER", value_parser = duration_text)]
+    #[serde(rename = "unsubscribe_linger", skip_serializing_if = "Option::is_none")]
+    cluster_unsubscribe_linger: Option<String>,
+    /// Longest a cluster-wide query (stats, group, uid, client, forwarded operations) waits
+    /// for other nodes [default: 500ms].
+    #[arg(long, env = "RINGCAST_CLUSTER_QUERY_TIMEOUT", value_parser = duration_text)]
+    #[serde(rename = "query_timeout", skip_serializing_if = "Option::is_none")]
+    cluster_query_timeout: Option<String>,
+    /// Local publishes waiting to go to Redis; past it they are dropped and counted
+    /// [default: 65536].
+    #[arg(long, env = "RINGCAST_CLUSTER_OUTBOUND_MESSAGES_MAX")]
+    #[serde(rename = "outbound_messages_max", skip_serializing_if = "Option::is_none")]
+    cluster_outbound_messages_max: Option<usize>,
+    /// Messages from Redis waiting to be delivered; past it they are dropped and counted
+    /// [default: 65536].
+    #[arg(long, env = "RINGCAST_CLUSTER_INBOUND_MESSAGES_MAX")]
+    #[serde(rename = "inbound_messages_max", skip_serializing_if = "Option::is_none")]
+    cluster_inbound_messages_max: Option<usize>,
+    /// Interest changes (first/last local member of a group or uid) waiting for the cluster
+    /// task; past it the task resynchronises from the directory [default: 65536].
+    #[arg(long, env = "RINGCAST_CLUSTER_INTEREST_EVENTS_MAX")]
+    #[serde(rename = "interest_events_max", skip_serializing_if = "Option::is_none")]
+    cluster_interest_events_max: Option<usize>,
+    /// Publishes sent to Redis in one pipelined round trip at most [default: 1024].
+    #[arg(long, env = "RINGCAST_CLUSTER_BATCH_MESSAGES_MAX")]
+    #[serde(rename = "batch_messages_max", skip_serializing_if = "Option::is_none")]
+    cluster_batch_messages_max: Option<usize>,
+    /// Longest reconnect back-off after Redis fails [default: 2s].
+    #[arg(long, env = "RINGCAST_CLUSTER_RECONNECT_DELAY_MAX", value_parser = duration_text)]
+    #[serde(rename = "reconnect_delay_max", skip_serializing_if = "Option::is_none")]
+    cluster_reconnect_delay_max: Option<String>,
+}
+
 fn secret_from_env() -> Option<ringcast::auth::Secret> {
     std::env::var_os(ringcast::auth::config::SECRET_ENV)
         .filter(|v| !v.is_empty())
@@ -679,6 +750,7 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
     let Resolved { config, api: api_config, log, .. } = resolved;
     let shards = config.shards;
     let history_config = config.history.clone();
+    let config_cluster = config.cluster.clone();
     let handle = Server::builder().config(config).start().context("starting ringcast")?;
     tracing::info!(
         shards,
@@ -696,6 +768,21 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
         }
         None => tracing::info!("listening on {}", handle.local_addr()),
     }
+    let (redis_urls, redis_namespace) =
+        (config_cluster.urls.clone(), config_cluster.namespace.clone());
+    let redis_cluster_mode = config_cluster.bus == ringcast::cluster::BusMode::Sharded;
+    let cluster = if config_cluster.enabled() {
+        match ringcast::cluster::spawn(handle.clone(), config_cluster) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                handle.shutdown();
+                let _ = handle.join();
+                return Err(e).context("joining the cluster");
+            }
+        }
+    } else {
+        None
+    };
     let api = match api_config {
         None => None,
         Some(mut api_config) => {
@@ -706,6 +793,19 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
                 handle.clone(),
                 &history_config,
             ));
+            if let Some(c) = &cluster {
+                let c = c.cluster();
+                c.observe(&mut api_config.observability);
+                api_config.cluster = Some(c);
+                // Idempotency keys in the cluster's Redis: a repeated key is caught on
+                // whichever node it reaches.
+                api_config.idempotency_redis = Some(ringcast::api::RedisKeysConfig {
+                    urls: redis_urls.clone(),
+                    redis_cluster: redis_cluster_mode,
+                    namespace: redis_namespace.clone(),
+                    window: history_config.idempotency_window,
+                });
+            }
             match ringcast::api::spawn(handle.clone(), api_config) {
                 Ok(api) => {
                     tracing::info!("HTTP API listening on {}", api.local_addr());
@@ -763,6 +863,9 @@ fn serve(resolved: Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
         STOP.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(api) = api {
             api.shutdown();
+        }
+        if let Some(cluster) = cluster {
+            cluster.shutdown();
         }
         handle.shutdown();
     });

@@ -265,7 +265,7 @@ fn histogram(
     )
 }
 
-fn as_i64(v: usize) -> i64 {
+pub(crate) fn as_i64(v: usize) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 

@@ -17,7 +17,7 @@ use crate::history::{Claim, HistoryCounters, Read, ReadFrom};
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
 use crate::metrics::{Counters, LatencySnapshot};
 use crate::proto::Message;
-use crate::shard::mesh::{Op, Query, ShardMsg};
+use crate::shard::mesh::{Op, Outgoing, Query, ShardMsg};
 use crate::shard::reply::{Answer, Request};
 use crate::shard::{self, Callbacks, ConnInfo, Ctx, Node, Pending};
 
@@ -184,6 +184,11 @@ impl Handle {
         acceptor.store().reload()
     }
 
+    /// The state shards and handles share (for the cluster task).
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.node.links.len()
@@ -232,7 +237,57 @@ impl Handle {
         let n = batch.len();
         self.node.handle_frames_encoded.fetch_add(n as u64, Ordering::Relaxed);
         let mut req = Request::new();
-        let (outgoing, missed, _) = self.node.publish(batch, None, want_reply.then_some(&mut req));
+        let (outgoing, missed, _, tapped) =
+            self.node.publish(batch, None, want_reply.then_some(&mut req), 0);
+        if !tapped && self.node.handle_log_due() {
+            tracing::warn!(
+                "cluster outbound queue full: publish not sent to the other nodes (at most one \
+                 such line per second; cluster.outbound_dropped counts them all)"
+            );
+        }
+        self.gather(outgoing, missed, want_reply, req)
+    }
+
+    /// Publish one message and hand it to the cluster asking each receiving node for its
+    /// report under `request` (`"ack": "nodes"`). `false` beside the local pending report:
+    /// the cluster's outbound queue was full (counted), so it went to no other node.
+    pub(crate) fn publish_with_request(
+        &self,
+        p: Publish,
+        request: u64,
+    ) -> (Pending<Vec<PublishReport>>, bool) {
+        self.node.handle_frames_encoded.fetch_add(1, Ordering::Relaxed);
+        let mut req = Request::new();
+        let (outgoing, missed, _, sent) = self.node.publish(vec![p], None, Some(&mut req), request);
+        let sent = sent && self.node.tap.is_some();
+        let pending = match self.gather(outgoing, missed, true, req) {
+            Ok(p) => p,
+            Err(e) => Pending::ready(Err(e)),
+        };
+        (pending, sent)
+    }
+
+    /// Queue already encoded publishes to this node's shards (no cluster hand-off and no
+    /// history: the cluster task uses this for publishes that came from other nodes).
+    pub(crate) fn deliver(
+        &self,
+        outgoing: Arc<[Outgoing]>,
+        want_reply: bool,
+    ) -> Result<Pending<Vec<PublishReport>>, RequestError> {
+        let mut req = Request::new();
+        let missed = self.node.send_publish(&outgoing, None, None, want_reply.then_some(&mut req));
+        self.gather(outgoing, missed, want_reply, req)
+    }
+
+    /// The shards' reports for `outgoing`, sent with `req` (`missed` shards were full).
+    fn gather(
+        &self,
+        outgoing: Arc<[Outgoing]>,
+        missed: usize,
+        want_reply: bool,
+        req: Request,
+    ) -> Result<Pending<Vec<PublishReport>>, RequestError> {
+        let n = outgoing.len();
         if missed > 0 {
             let dropped = self.node.handle_mesh_dropped.fetch_add(missed as u64, Ordering::Relaxed);
             if self.node.handle_log_due() {

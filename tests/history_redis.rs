@@ -373,6 +373,7 @@ async fn the_same_idempotency_key_sent_to_two_nodes_delivers_once() {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 idempotency_redis: Some(RedisKeysConfig {
                     urls: vec![r.url()],
+                    redis_cluster: false,
                     namespace: "rc".into(),
                     window: Duration::from_secs(60),
                 }),

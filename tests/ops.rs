@@ -91,9 +91,62 @@ fn the_example_config_is_accepted_and_matches_the_defaults() {
     let (ok, out, err) = check_config(&empty.0, &[], &[]);
     assert!(ok, "{err}");
     assert_eq!(example, effective(&out), "dist/ringcast.toml drifted from the defaults");
-    for section in ["server", "limits", "timeouts", "commands", "api", "log"] {
+    for section in ["server", "limits", "timeouts", "commands", "api", "log", "auth", "cluster"] {
         assert!(example.contains_key(section), "no [{section}] in the effective config");
     }
+}
+
+#[test]
+fn the_cluster_section_is_checked_and_overridden_by_flags_and_env() {
+    let file = TempFile::new(
+        "ringcast.toml",
+        "[cluster]\nurls = [\"redis://:hunter2secret@127.0.0.1:6379\"]\nquery_timeout = \"250ms\"\n\
+         namespace = \"prod\"\n",
+    );
+    let (ok, out, err) = check_config(
+        &file.0,
+        &["--cluster-namespace", "flagged"],
+        &[("RINGCAST_CLUSTER_QUERY_TIMEOUT", "750ms"), ("RINGCAST_CLUSTER_BUS", "classic")],
+    );
+    assert!(ok, "{err}");
+    assert!(!out.contains("hunter2secret"), "a Redis password is never printed: {out}");
+    let t = effective(&out);
+    let c = t["cluster"].as_table().unwrap();
+    assert_eq!(c["urls"][0].as_str(), Some("redis://:***@127.0.0.1:6379"));
+    assert_eq!(c["namespace"].as_str(), Some("flagged"), "flag beats file");
+    assert_eq!(c["query_timeout"].as_str(), Some("750ms"), "env beats file");
+    assert_eq!(c["heartbeat_interval"].as_str(), Some("1s"), "default");
+    // Bad values name the key and the line; unknown keys are refused.
+    let bad =
+        TempFile::new("bad.toml", "[cluster]\nbus = \"classic\"\nheartbeat_interval = \"1ms\"\n");
+    let (ok, _, err) = check_config(&bad.0, &[], &[]);
+    assert!(!ok);
+    assert!(err.contains("cluster.heartbeat_interval") && err.contains("line 3"), "{err}");
+    let bad = TempFile::new("bad.toml", "[cluster]\nurls = [\"http://127.0.0.1:6379\"]\n");
+    let (ok, _, err) = check_config(&bad.0, &[], &[]);
+    assert!(!ok && err.contains("cluster.urls") && err.contains("redis://"), "{err}");
+    let bad = TempFile::new("bad.toml", "[cluster]\nurl = \"redis://127.0.0.1:6379\"\n");
+    let (ok, _, err) = check_config(&bad.0, &[], &[]);
+    assert!(!ok && err.contains("url"), "{err}");
+    // Several URLs need the sharded bus; from the environment the error names the variable.
+    let empty = TempFile::new("empty.toml", "");
+    let (ok, _, err) = check_config(
+        &empty.0,
+        &[],
+        &[("RINGCAST_CLUSTER", "redis://127.0.0.1:7001,redis://127.0.0.1:7002")],
+    );
+    assert!(!ok && err.contains("sharded") && err.contains("RINGCAST_CLUSTER"), "{err}");
+    let (ok, out, err) = check_config(
+        &empty.0,
+        &["--cluster-bus", "sharded", "--cluster-outbound-messages-max", "9"],
+        &[("RINGCAST_CLUSTER", "redis://127.0.0.1:7001,redis://127.0.0.1:7002")],
+    );
+    assert!(ok, "{err}");
+    let t = effective(&out);
+    assert_eq!(t["cluster"]["urls"].as_array().unwrap().len(), 2);
+    assert_eq!(t["cluster"]["outbound_messages_max"].as_integer(), Some(9));
+    let (ok, _, err) = check_config(&empty.0, &["--cluster-inbound-messages-max", "0"], &[]);
+    assert!(!ok && err.contains("--cluster-inbound-messages-max"), "{err}");
 }
 
 #[test]

@@ -52,6 +52,11 @@ pub(crate) struct PublishBody<'a> {
     /// delivered again (the `Idempotency-Key` header does the same for a whole request).
     #[serde(borrow, default)]
     idempotency_key: Option<Cow<'a, str>>,
+    /// `"local"` (the default: answer with this node's count) or `"nodes"` (also wait, at
+    /// most the cluster's query timeout, for each receiving node's count). Single publishes
+    /// only.
+    #[serde(borrow, default)]
+    ack: Option<Cow<'a, str>>,
 }
 
 /// An idempotency key: 1 to 256 bytes, no control characters.
@@ -64,6 +69,15 @@ pub(crate) fn idempotency_key(s: &str, field: &dyn std::fmt::Display) -> Result<
         return Err(format!("{field}: must not contain control characters"));
     }
     Ok(s.to_owned())
+}
+
+/// What a publish's answer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// This node's count only; other nodes are named in `forwarded_to`, not waited for.
+    Local,
+    /// Each node it was forwarded to reports its count (bounded by the query timeout).
+    Nodes,
 }
 
 /// Exactly one of its fields.
@@ -217,6 +231,12 @@ mod batch {
                         }
                     }
                 }
+                if item.ack.is_some() {
+                    *self.invalid = Some(format!(
+                        "publishes[{i}].ack: only a single publish (POST /api/publish) takes ack"
+                    ));
+                    return Err(de::Error::custom("ack in a batch"));
+                }
                 match item.into_publish(Prefix(Some(i)), self.body, self.limits) {
                     Ok(p) => self.out.push(p),
                     Err(msg) => {
@@ -338,6 +358,15 @@ impl PublishBody<'_> {
         match self.idempotency_key.take() {
             None => Ok(None),
             Some(k) => idempotency_key(&k, &"idempotency_key").map(Some),
+        }
+    }
+
+    /// The `ack` field, checked.
+    pub(crate) fn ack(&self) -> Result<Ack, String> {
+        match self.ack.as_deref() {
+            None | Some("local") => Ok(Ack::Local),
+            Some("nodes") => Ok(Ack::Nodes),
+            Some(other) => Err(format!("ack: {other:?} is not \"local\" or \"nodes\"")),
         }
     }
 

@@ -16,6 +16,8 @@ use crate::Handle;
 pub struct RedisKeysConfig {
     /// One Redis URL, or the seed URLs of a Redis Cluster.
     pub urls: Vec<String>,
+    /// `urls` are a Redis Cluster's nodes (else the first is one Redis).
+    pub redis_cluster: bool,
     /// Key prefix: keys are `<namespace>:idem:<key>` (a cluster's namespace).
     pub namespace: String,
     /// How long a key is remembered after its publish was answered.
@@ -37,7 +39,7 @@ impl Keys {
         redis: Option<&RedisKeysConfig>,
     ) -> std::io::Result<Keys> {
         let Some(cfg) = redis else { return Ok(Keys::Node(handle.clone())) };
-        let conn = RedisConn::connect(&cfg.urls).await.map_err(|e| {
+        let conn = RedisConn::connect(&cfg.urls, cfg.redis_cluster).await.map_err(|e| {
             std::io::Error::other(format!(
                 "idempotency keys: connecting to Redis ({}): {e}",
                 cfg.urls.join(", ")

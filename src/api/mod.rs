@@ -67,6 +67,9 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
     /// Time [`ApiServer::shutdown`] lets in-flight requests finish before dropping them.
     pub shutdown_timeout: Duration,
+    /// The cluster backplane, when the node is clustered: queries answer cluster-wide and
+    /// `/api/stats` shows the backplane.
+    pub cluster: Option<crate::cluster::Cluster>,
     /// Serve the demo page at `/` (the daemon's `--demo`): a page that connects to the node's
     /// WebSocket listener, joins groups, chats and pushes through this API. The page and its
     /// assets need no token (they hold no node data); the page asks for the token when one is
@@ -92,6 +95,7 @@ impl Default for ApiConfig {
             connections_max: 1024,
             header_read_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
+            cluster: None,
             demo_page: false,
             observability: Default::default(),
             node_limits: Default::default(),
@@ -196,6 +200,7 @@ pub fn spawn(handle: Handle, config: ApiConfig) -> io::Result<ApiServer> {
         body_bytes_max: config.body_bytes_max,
         counters: Default::default(),
         coalescer: Default::default(),
+        cluster: config.cluster.clone(),
         registry: Default::default(),
         observability: config.observability.clone(),
     });

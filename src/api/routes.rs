@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Single publishes of one tick go to the node as one batch.
     pub(crate) coalescer: Arc<Coalescer>,
+    /// The cluster backplane, if clustered: queries answer cluster-wide.
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
     /// What `/metrics` encodes (set once, right after `Shared` is built: it refers back to
     /// the API's counters).
     pub(crate) registry: std::sync::OnceLock<prometheus_client::registry::Registry>,
@@ -53,6 +55,18 @@ impl Shared {
     /// Wait for the shards' answer, at most `shard_timeout`.
     async fn ask<T>(&self, pending: Pending<T>) -> Result<T, ApiError> {
         match tokio::time::timeout(self.shard_timeout, pending).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(_) => Err(RequestError::Timeout.into()),
+        }
+    }
+
+    /// A cluster-wide query: bounded by the cluster's `query_timeout` (nodes that did not
+    /// answer are listed as missing) and, as a backstop, by `shard_timeout`.
+    async fn ask_cluster<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, RequestError>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.shard_timeout, f).await {
             Ok(r) => r.map_err(ApiError::from),
             Err(_) => Err(RequestError::Timeout.into()),
         }
@@ -403,21 +417,95 @@ async fn publish(State(s): St, req: Request) -> Answer {
         }
         (a, b) => a.or(b),
     };
+    let ack = parsed.ack().map_err(ApiError::bad_request)?;
     let p = parsed.into_publish(Prefix(None), &body, s.limits).map_err(ApiError::bad_request)?;
     let guard = match KeyGuard::claim_opt(&s.keys, key).await {
         Ok(g) => g,
         Err(answer) => return *answer,
     };
-    let report = s.publish_one(p).await?;
-    s.counters.published(1);
-    let answer = publish_answer(std::slice::from_ref(&report), false)?;
-    match guard {
-        None => Ok(answer),
-        Some(guard) => {
-            let body = reports_body(std::slice::from_ref(&report), false);
-            guard.complete(&body).await;
-            Ok(json_bytes(body))
+    let answer: Vec<u8> = match (&s.cluster, ack) {
+        (None, body::Ack::Local) => {
+            let report = s.publish_one(p).await?;
+            s.counters.published(1);
+            publish_answer(std::slice::from_ref(&report), false)?;
+            reports_body(std::slice::from_ref(&report), false)
         }
+        (Some(c), body::Ack::Local) => {
+            // The routing decision, from local state: no other node is waited for.
+            let forwarded_to = c.forwarded_to(&p.to);
+            let report = s.publish_one(p).await?;
+            s.counters.published(1);
+            publish_answer(std::slice::from_ref(&report), false)?;
+            ClusterPublishAnswer::local(report, &forwarded_to).to_json()
+        }
+        (None, body::Ack::Nodes) => {
+            let report = s.publish_one(p).await?;
+            s.counters.published(1);
+            publish_answer(std::slice::from_ref(&report), false)?;
+            let acked = crate::cluster::AckedPublish { local: report, ..Default::default() };
+            ClusterPublishAnswer::acked(&acked).to_json()
+        }
+        (Some(c), body::Ack::Nodes) => {
+            let acked = s.ask_cluster(c.publish_acked(p)).await?;
+            s.counters.published(1);
+            publish_answer(std::slice::from_ref(&acked.local), false)?;
+            ClusterPublishAnswer::acked(&acked).to_json()
+        }
+    };
+    if let Some(guard) = guard {
+        guard.complete(&answer).await;
+    }
+    Ok(json_bytes(answer))
+}
+
+/// A clustered node's answer to a single publish: the local report, where it was forwarded
+/// and, with `"ack": "nodes"`, every receiving node's count.
+#[derive(Serialize)]
+struct ClusterPublishAnswer {
+    queued: u64,
+    shards_missed: u32,
+    slow_consumers: u64,
+    forwarded_to: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<Vec<crate::cluster::NodeReport>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes_missing: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued_total: Option<u64>,
+    /// The publish's positions in this node's group histories (as in a single node's answer).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    positions: serde_json::Value,
+}
+
+impl ClusterPublishAnswer {
+    fn local(r: PublishReport, forwarded_to: &[crate::ids::NodeId]) -> Self {
+        let positions = serde_json::to_value(&r)
+            .ok()
+            .and_then(|v| v.get("positions").cloned())
+            .unwrap_or(serde_json::Value::Null);
+        ClusterPublishAnswer {
+            positions,
+            queued: r.queued,
+            shards_missed: r.shards_missed,
+            slow_consumers: r.slow_consumers,
+            forwarded_to: forwarded_to.iter().map(|n| n.to_string()).collect(),
+            nodes: None,
+            nodes_missing: None,
+            queued_total: None,
+        }
+    }
+
+    fn acked(a: &crate::cluster::AckedPublish) -> Self {
+        let mut out = Self::local(a.local.clone(), &a.forwarded_to);
+        out.queued_total = Some(a.local.queued + a.nodes.iter().map(|n| n.queued).sum::<u64>());
+        out.nodes = Some(a.nodes.clone());
+        out.nodes_missing = Some(a.nodes_missing.iter().map(|n| n.to_string()).collect());
+        out
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        // Plain data: serialising cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
@@ -569,6 +657,9 @@ async fn leave(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer
 /// `GET /api/groups/{group}`
 async fn group(State(s): St, Params(g): Params<String>) -> Answer {
     let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
+    if let Some(c) = &s.cluster {
+        return ok(&s.ask_cluster(c.group(group)).await?);
+    }
     ok(&s.ask(s.handle.group(group)).await?)
 }
 
@@ -670,6 +761,9 @@ async fn groups(State(s): St) -> Answer {
 /// hold (GatewayWorker's `isOnline`).
 async fn client(State(s): St, Params(c): Params<String>) -> Answer {
     let id = conn(&c)?;
+    if let Some(c) = &s.cluster {
+        return ok(&s.ask_cluster(c.client(id)).await?);
+    }
     ok(&s.ask(s.handle.client(id)).await?)
 }
 
@@ -721,6 +815,9 @@ async fn merge_session(State(s): St, Params(c): Params<String>, req: Request) ->
 /// `GET /api/uids/{uid}`
 async fn uid(State(s): St, Params(u): Params<String>) -> Answer {
     let uid = body::uid(&u, &"uid", s.limits).map_err(ApiError::bad_request)?;
+    if let Some(c) = &s.cluster {
+        return ok(&s.ask_cluster(c.uid(uid)).await?);
+    }
     ok(&s.ask(s.handle.uid(uid)).await?)
 }
 
@@ -733,9 +830,24 @@ async fn stats(State(s): St) -> Answer {
         #[serde(flatten)]
         node: Stats,
         api: ApiStats,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cluster: Option<ClusterView>,
+    }
+    /// The backplane's state and counters, and every node's totals.
+    #[derive(Serialize)]
+    struct ClusterView {
+        backplane: crate::cluster::BackplaneStatus,
+        #[serde(flatten)]
+        stats: crate::cluster::ClusterAnswer<crate::cluster::ClusterStats>,
     }
     let node = s.ask(s.handle.stats()).await?;
-    ok(&WithApi { node, api: s.counters.snapshot() })
+    let cluster = match &s.cluster {
+        Some(c) => {
+            Some(ClusterView { backplane: c.status(), stats: s.ask_cluster(c.stats()).await? })
+        }
+        None => None,
+    };
+    ok(&WithApi { node, api: s.counters.snapshot(), cluster })
 }
 
 /// `GET /api/metrics`: the node's counters, summed over its shards.

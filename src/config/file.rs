@@ -32,6 +32,7 @@
 //! [auth]      # connect tokens (JWT), origin allowlist, per-address limits
 //! [history]   # per-group history rules, its bounds, idempotent publish
 //! [tls]       # wss://: certificate and key files, an optional separate listener
+//! [cluster]   # the Redis backplane between nodes (off unless `urls` is set)
 //! ```
 //!
 //! `dist/ringcast.toml` documents every key with its default.
@@ -88,6 +89,8 @@ pub struct ConfigFile {
     pub history: crate::history::HistoryConfig,
     /// `[tls]`: `wss://` certificate, key and listener.
     pub tls: crate::tls::TlsConfig,
+    /// `[cluster]`: the Redis backplane between nodes (off unless `urls` is set).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[server]`: where the node listens, how it runs, what client messages do.
@@ -844,6 +847,7 @@ impl ConfigFile {
                 demo_page: s.demo,
                 shutdown_timeout: t.shutdown_timeout,
                 observability: Default::default(),
+                cluster: None,
                 node_limits: crate::observe::NodeLimits {
                     inbox_events_max: l.inbox_events_max,
                     outbox_bytes_max: l.outbox_bytes_max,
@@ -876,6 +880,20 @@ impl ConfigFile {
             invalid(&key, m)
         })?;
         config.tls = self.tls.clone();
+
+        // [cluster]
+        self.cluster.check().map_err(|(key, m)| invalid(&format!("cluster.{key}"), m))?;
+        config.cluster = self.cluster.clone();
+        if config.cluster.enabled() && config.history.enabled() {
+            // Each node's history would hold only what that node saw: a recovery could answer
+            // "recovered" and still miss messages published elsewhere.
+            return Err(invalid(
+                "history.rules",
+                "not supported together with [cluster] yet (a node's history would miss \
+                 messages published on other nodes); idempotency keys work in a cluster \
+                 without rules",
+            ));
+        }
 
         let mut effective = self.clone();
         effective.server.shards = Some(config.shards);

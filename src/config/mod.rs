@@ -176,6 +176,8 @@ pub struct Config {
     pub history: crate::history::HistoryConfig,
     /// `wss://`: certificate, key, and where TLS is served (off by default).
     pub tls: crate::tls::TlsConfig,
+    /// Clustering over Redis (off unless URLs are set): `[cluster]`, `--cluster*`.
+    pub cluster: crate::cluster::ClusterConfig,
     /// Connect tokens, origin allowlist, per-address limits (`[auth]`); off by default.
     pub auth: crate::auth::AuthConfig,
 }
@@ -212,6 +214,7 @@ impl Default for Config {
             session_bytes_max: 4096,
             history: crate::history::HistoryConfig::default(),
             tls: crate::tls::TlsConfig::default(),
+            cluster: Default::default(),
             auth: crate::auth::AuthConfig::default(),
         }
     }

@@ -178,13 +178,14 @@ pub enum RedisConn {
 }
 
 impl RedisConn {
-    /// Connect: one URL is one Redis, several are the seeds of a Redis Cluster. Must run on
-    /// the tokio runtime that will use the connection (its driver task lives there).
-    pub async fn connect(urls: &[String]) -> RedisResult<RedisConn> {
+    /// Connect to the first of `urls` (one Redis), or with `cluster` to the Redis Cluster they
+    /// are seeds of. Must run on the tokio runtime that will use the connection (its driver
+    /// task lives there).
+    pub async fn connect(urls: &[String], cluster: bool) -> RedisResult<RedisConn> {
         let timeout = Duration::from_secs(2);
         match urls {
             [] => Err(err("no Redis URL")),
-            [one] => {
+            [one, ..] if !cluster => {
                 let client = redis::Client::open(one.as_str())?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(timeout)

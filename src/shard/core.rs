@@ -314,8 +314,15 @@ impl Core {
     /// locally now, and send the same bytes to every other shard that may have recipients.
     fn publish(&mut self, p: Publish) -> PublishReport {
         self.counters.frames_encoded += 1;
-        let (batch, missed, local) = self.node.publish(vec![p], Some(self.id), None);
+        let (batch, missed, local, tapped) = self.node.publish(vec![p], Some(self.id), None, 0);
         self.own_inbox |= !local;
+        if !tapped {
+            self.log_limiter.warn("cluster", || {
+                "cluster outbound queue full: publish not sent to the other nodes \
+                 (cluster.outbound_dropped counts them)"
+                    .to_owned()
+            });
+        }
         if missed > 0 {
             self.counters.mesh_dropped += missed as u64;
             self.log_limiter.warn("mesh", || {
@@ -579,7 +586,7 @@ impl Core {
                 self.seams.forget_group(g);
             }
             if !removed.is_empty() {
-                self.node.groups.remove(g, self.id);
+                self.node.group_remove(g, self.id);
             }
             return Answer::Dissolved(removed.len() as u64);
         }
@@ -593,7 +600,7 @@ impl Core {
                 Left::NotMember => Applied::Unchanged,
                 Left::Removed { last } => {
                     if last {
-                        self.node.groups.remove(&g, self.id);
+                        self.node.group_remove(&g, self.id);
                     }
                     self.drop_seams(id, Some(&g));
                     Applied::Done
@@ -605,10 +612,10 @@ impl Core {
                 } else {
                     let Bound { first, previous } = self.router.bind_uid(slot, &uid);
                     if first {
-                        self.node.uids.add(&uid, self.id);
+                        self.node.uid_add(&uid, self.id);
                     }
                     if let Some((prev, true)) = previous {
-                        self.node.uids.remove(&prev, self.id);
+                        self.node.uid_remove(&prev, self.id);
                     }
                     Applied::Done
                 }
@@ -617,7 +624,7 @@ impl Core {
                 None => Applied::Unchanged,
                 Some((uid, emptied)) => {
                     if emptied {
-                        self.node.uids.remove(&uid, self.id);
+                        self.node.uid_remove(&uid, self.id);
                     }
                     Applied::Done
                 }
@@ -638,7 +645,7 @@ impl Core {
             Ok(Joined::Already) => Applied::Unchanged,
             Ok(Joined::Added { first }) => {
                 if first {
-                    self.node.groups.add(g, self.id);
+                    self.node.group_add(g, self.id);
                 }
                 Applied::Done
             }
@@ -840,7 +847,7 @@ impl Core {
             },
             Command::LeaveGroup { group } => {
                 if let Left::Removed { last: true } = self.router.leave(slot, &group) {
-                    self.node.groups.remove(&group, self.id);
+                    self.node.group_remove(&group, self.id);
                 }
                 self.drop_seams(id, Some(&group));
                 Ok(())
@@ -924,7 +931,7 @@ impl Core {
         if let Some(uid) = grant.as_mut().and_then(|g| g.uid.take()) {
             let Bound { first, .. } = self.router.bind_uid(slot as Slot, &uid);
             if first {
-                self.node.uids.add(&uid, self.id);
+                self.node.uid_add(&uid, self.id);
             }
         }
         if grant.is_some() {
@@ -1272,10 +1279,10 @@ impl Core {
         self.freed_since_trim += 1;
         let released = self.router.close(slot as Slot);
         for g in &released.emptied_groups {
-            self.node.groups.remove(g, self.id);
+            self.node.group_remove(g, self.id);
         }
         if let Some((uid, true)) = &released.uid {
-            self.node.uids.remove(uid, self.id);
+            self.node.uid_remove(uid, self.id);
         }
         if let Some(key) = conn.ext.as_ref().and_then(|e| e.ip) {
             self.node.ips.close(key);

@@ -97,21 +97,28 @@ where
         &self.stripes[(self.hasher.hash_one(name) as usize) % STRIPES]
     }
 
-    /// Shard `shard` has its first member of `name`.
-    pub(crate) fn add(&self, name: &K, shard: usize) {
+    /// Shard `shard` has its first member of `name`. Returns whether it is the node's first
+    /// (no other shard had one): the cluster's "subscribe" signal.
+    pub(crate) fn add(&self, name: &K, shard: usize) -> bool {
         let mut map = self.stripe(name.borrow()).write().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.clone()).or_default().insert(shard);
+        let set = map.entry(name.clone()).or_default();
+        let first = set.is_empty();
+        set.insert(shard);
+        first
     }
 
-    /// Shard `shard` lost its last member of `name`.
-    pub(crate) fn remove(&self, name: &str, shard: usize) {
+    /// Shard `shard` lost its last member of `name`. Returns whether it was the node's last:
+    /// the cluster's "unsubscribe" signal.
+    pub(crate) fn remove(&self, name: &str, shard: usize) -> bool {
         let mut map = self.stripe(name).write().unwrap_or_else(|e| e.into_inner());
         if let Some(set) = map.get_mut(name) {
             set.remove(shard);
             if set.is_empty() {
                 map.remove(name);
+                return true;
             }
         }
+        false
     }
 
     /// Shards with members of `name`.

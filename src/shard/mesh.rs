@@ -60,6 +60,38 @@ impl Outgoing {
         }
     }
 
+    /// A publish that arrived already encoded (from another node): `frame` is one unmasked
+    /// final text or binary frame, validated by the receiver; its payload is kept as the
+    /// message (a slice of the same bytes, no copy) for enveloped members.
+    pub(crate) fn from_frame(
+        route: Route,
+        exclude: Vec<ConnId>,
+        frame: Bytes,
+        accepted: std::time::Instant,
+    ) -> Self {
+        let header = match frame.get(1).map(|b| b & 0x7f) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        };
+        let payload = frame.slice(header.min(frame.len())..);
+        let message = match frame.first() {
+            Some(0x81) => tungstenite::Utf8Bytes::try_from(payload.clone())
+                .map(Message::Text)
+                .unwrap_or(Message::Binary(payload)),
+            _ => Message::Binary(payload),
+        };
+        Outgoing {
+            route,
+            exclude,
+            frame,
+            message,
+            positions: Box::default(),
+            enveloped: OnceLock::new(),
+            accepted,
+        }
+    }
+
     /// The enveloped frame, and whether this call encoded it.
     pub(crate) fn enveloped(&self) -> (Bytes, bool) {
         if let Some(b) = self.enveloped.get() {

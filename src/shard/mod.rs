@@ -10,6 +10,7 @@
 //! frames and has none in flight, then return to the runtime, which submits every new
 //! operation to the ring in one `io_uring_enter` when it parks.
 
+pub(crate) mod backplane;
 pub(crate) mod conn;
 mod core;
 pub mod directory;
@@ -101,6 +102,13 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     let join_matcher = JoinMatcher::new(&config.permissions.join)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     config.history.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    if config.history.enabled() && config.cluster.enabled() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "history rules are not supported together with clustering yet (a node's history \
+             would miss messages published on other nodes)",
+        ));
+    }
     let history = crate::history::MemoryHistory::new(&config.history)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     config.tls.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -146,6 +154,12 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
         id: config.node_id.map(NodeId).unwrap_or_else(NodeId::generate),
         groups: directory::Directory::new(),
         uids: directory::Directory::new(),
+        tap: config.cluster.enabled().then(|| {
+            backplane::Tap::new(
+                config.cluster.outbound_messages_max,
+                config.cluster.interest_events_max,
+            )
+        }),
         links,
         counters: (0..shards).map(|_| SharedCounters::default()).collect(),
         health: (0..shards).map(|_| Default::default()).collect(),

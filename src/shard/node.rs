@@ -13,6 +13,7 @@ use crate::history::{AppendItem, HistoryBackend};
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
 use crate::metrics::{LatencyHistogram, ShardHealth, SharedCounters};
 
+use super::backplane::Hint;
 use super::directory::{Directory, ShardSet};
 use super::mesh::{Link, Outgoing, Route, ShardMsg};
 use super::reply::Request;
@@ -72,6 +73,8 @@ pub(crate) struct Node {
     pub(crate) history: Arc<dyn HistoryBackend>,
     /// `wss://` sessions start here; its certificate store reloads on `SIGHUP`.
     pub(crate) tls: Option<crate::tls::TlsAcceptor>,
+    /// Hand-off queues to the cluster task; `None` on a single node.
+    pub(crate) tap: Option<super::backplane::Tap>,
     /// Connect authentication and origin policy, compiled from `Config::auth`.
     pub(crate) auth: crate::auth::Policy,
     /// Per-address handshake rate and open-connection counts.
@@ -97,6 +100,42 @@ impl Node {
                 .handle_last_log_sec
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+
+    /// Shard `shard` has its first member of `g` (directory update plus cluster hint).
+    pub(crate) fn group_add(&self, g: &GroupId, shard: usize) {
+        if self.groups.add(g, shard) {
+            if let Some(tap) = &self.tap {
+                tap.hint(Hint::Group(g.clone()));
+            }
+        }
+    }
+
+    /// Shard `shard` lost its last member of `g`.
+    pub(crate) fn group_remove(&self, g: &GroupId, shard: usize) {
+        if self.groups.remove(g, shard) {
+            if let Some(tap) = &self.tap {
+                tap.hint(Hint::Group(g.clone()));
+            }
+        }
+    }
+
+    /// Shard `shard` has its first connection bound to `u`.
+    pub(crate) fn uid_add(&self, u: &Uid, shard: usize) {
+        if self.uids.add(u, shard) {
+            if let Some(tap) = &self.tap {
+                tap.hint(Hint::Uid(u.clone()));
+            }
+        }
+    }
+
+    /// Shard `shard` lost its last connection bound to `u`.
+    pub(crate) fn uid_remove(&self, u: &Uid, shard: usize) {
+        if self.uids.remove(u, shard) {
+            if let Some(tap) = &self.tap {
+                tap.hint(Hint::Uid(u.clone()));
+            }
+        }
     }
 
     pub(crate) fn release_slot(&self) {
@@ -143,12 +182,21 @@ impl Node {
     /// messages in offset order: the seam of a recovering join relies on it. A positioned
     /// batch from a shard goes through that shard's own inbox too (not applied at once), so
     /// it cannot overtake older messages of the group still waiting there.
+    ///
+    /// On a clustered node the batch is also handed to the cluster task for the other nodes
+    /// (`tap_request`: non-zero asks them for a report); the last value returned is `false`
+    /// when the cluster's outbound queue was full (counted there).
     pub(crate) fn publish(
         &self,
         batch: Vec<Publish>,
         skip: Option<usize>,
         mut request: Option<&mut Request>,
-    ) -> (Arc<[Outgoing]>, usize, bool) {
+        tap_request: u64,
+    ) -> (Arc<[Outgoing]>, usize, bool, bool) {
+        let tap = |batch: &Arc<[Outgoing]>| match &self.tap {
+            Some(tap) => tap.publish_with_request(batch, tap_request),
+            None => true,
+        };
         let outgoing: Vec<Outgoing> = batch
             .into_iter()
             .map(|p| Outgoing::new(super::core::route_of(p.to), p.exclude, p.message))
@@ -184,15 +232,17 @@ impl Node {
                         outgoing[i].positions = a.positions.into_boxed_slice();
                     }
                     let batch: Arc<[Outgoing]> = outgoing.into();
+                    let tapped = tap(&batch);
                     let missed = self.send_publish(&batch, None, skip, request.take());
-                    done = Some((batch, missed, false));
+                    done = Some((batch, missed, false, tapped));
                 });
                 return done.unwrap_or_else(|| unreachable!("append calls fan_out once"));
             }
         }
         let batch: Arc<[Outgoing]> = outgoing.into();
+        let tapped = tap(&batch);
         let missed = self.send_publish(&batch, skip, None, request);
-        (batch, missed, skip.is_some())
+        (batch, missed, skip.is_some(), tapped)
     }
 
     /// Send a batch of publishes to every shard that may hold recipients, except `skip` (the

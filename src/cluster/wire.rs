@@ -167,6 +167,9 @@ pub enum WireError {
     /// More items than [`ITEMS_MAX`].
     #[error("too many names or clients")]
     TooMany,
+    /// A reserved field is not zero.
+    #[error("reserved field not zero")]
+    Reserved,
 }
 
 impl Envelope {
@@ -317,6 +320,10 @@ impl Envelope {
                 Body::Report { request, queued, slow_consumers }
             }
             5 => {
+                // The request field is reserved here: zero, so every message has one encoding.
+                if request != 0 {
+                    return Err(WireError::Reserved);
+                }
                 need(&b, 1)?;
                 let flags = b.get_u8();
                 if flags > 3 {
@@ -647,6 +654,13 @@ mod tests {
         assert_eq!(with(&[1, 0, 1, 0, 1, 7, 0, 0, 0x81, 0]), Err(WireError::BadName)); // control
         assert_eq!(with(&[9]), Err(WireError::UnknownTag(9)));
         assert_eq!(with(&[1, 0xff, 0xff, 0, 1]), Err(WireError::Truncated));
+        let mut interest = m.clone();
+        interest[1] = 5;
+        interest[HEADER_BYTES + 7] = 1; // the reserved request field
+        interest.extend_from_slice(&[0, 0, 0, 0, 0]);
+        assert_eq!(Envelope::decode(interest.clone().into()), Err(WireError::Reserved));
+        interest[HEADER_BYTES + 7] = 0;
+        assert!(Envelope::decode(interest.into()).is_ok());
         let mut k = m.clone();
         k[1] = 77;
         assert_eq!(Envelope::decode(k.into()), Err(WireError::UnknownTag(77)));

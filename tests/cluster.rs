@@ -651,6 +651,19 @@ async fn publish_replies_name_forwarded_nodes_and_ack_per_node_counts() {
         publish(a, "later", room.clone(), &[]).await["forwarded_to"] == json!([ids[2]])
     })
     .await;
+    // A batch: each result names its own nodes.
+    let r = post(
+        a,
+        "/api/publish/batch",
+        json!({"publishes": [
+            {"data": "x", "to": {"groups": ["solo"]}},
+            {"data": "y", "to": {"all": true}}
+        ]}),
+    )
+    .await;
+    assert_eq!(r["results"][0]["forwarded_to"], json!([ids[2]]), "{r}");
+    assert_eq!(r["results"][1]["forwarded_to"], json!([ids[1], ids[2]]), "{r}");
+    assert_eq!(r["results"][1]["queued"], 1, "{r}");
     // Bad ack values are refused; a batch takes no ack.
     let r = http()
         .post(a.url("/api/publish"))
@@ -661,11 +674,13 @@ async fn publish_replies_name_forwarded_nodes_and_ack_per_node_counts() {
     assert_eq!(r.status(), 400);
     let r = http()
         .post(a.url("/api/publish/batch"))
-        .json(&json!([{"data": "x", "to": {"all": true}, "ack": "nodes"}]))
+        .json(&json!({"publishes": [{"data": "x", "to": {"all": true}, "ack": "nodes"}]}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("publishes[0].ack"), "{e}");
 }
 
 /// A request with a method and an optional JSON body: status and JSON answer.

@@ -392,9 +392,23 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
     if n == 0 {
         return Ok(reports_json(&[], true));
     }
+    // Clustered: each result also names the nodes its publish was forwarded to.
+    let forwarded: Option<Vec<Vec<crate::ids::NodeId>>> =
+        s.cluster.as_ref().map(|c| batch.iter().map(|p| c.forwarded_to(&p.to)).collect());
     let reports = s.ask(s.handle.publish_batch(batch)).await?;
     s.counters.published(n);
-    publish_answer(&reports, true)
+    let answer = publish_answer(&reports, true)?;
+    let Some(forwarded) = forwarded else { return Ok(answer) };
+    #[derive(Serialize)]
+    struct Results {
+        results: Vec<ClusterPublishAnswer>,
+    }
+    let results = reports
+        .into_iter()
+        .zip(forwarded)
+        .map(|(r, f)| ClusterPublishAnswer::local(r, &f))
+        .collect();
+    ok(&Results { results })
 }
 
 // ---- groups ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ use super::demo;
 use super::error::ApiError;
 use super::stats::{ApiStats, Counters};
 use crate::addressing::{Applied, Publish, PublishReport, RequestError, Session, Stats};
+use crate::cluster::ops::RemoteOp;
 use crate::ids::ConnId;
 use crate::{Handle, Pending};
 
@@ -59,10 +60,13 @@ impl Shared {
 
     /// A cluster-wide query: bounded by the cluster's `query_timeout` (nodes that did not
     /// answer are listed as missing) and, as a backstop, by `shard_timeout`.
-    async fn ask_cluster<T>(
+    async fn ask_cluster<T, E>(
         &self,
-        f: impl std::future::Future<Output = Result<T, RequestError>>,
-    ) -> Result<T, ApiError> {
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, ApiError>
+    where
+        ApiError: From<E>,
+    {
         match tokio::time::timeout(self.shard_timeout, f).await {
             Ok(r) => r.map_err(ApiError::from),
             Err(_) => Err(RequestError::Timeout.into()),
@@ -388,9 +392,23 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
     if n == 0 {
         return Ok(reports_json(&[], true));
     }
+    // Clustered: each result also names the nodes its publish was forwarded to.
+    let forwarded: Option<Vec<Vec<crate::ids::NodeId>>> =
+        s.cluster.as_ref().map(|c| batch.iter().map(|p| c.forwarded_to(&p.to)).collect());
     let reports = s.ask(s.handle.publish_batch(batch)).await?;
     s.counters.published(n);
-    publish_answer(&reports, true)
+    let answer = publish_answer(&reports, true)?;
+    let Some(forwarded) = forwarded else { return Ok(answer) };
+    #[derive(Serialize)]
+    struct Results {
+        results: Vec<ClusterPublishAnswer>,
+    }
+    let results = reports
+        .into_iter()
+        .zip(forwarded)
+        .map(|(r, f)| ClusterPublishAnswer::local(r, &f))
+        .collect();
+    ok(&Results { results })
 }
 
 // ---- groups ---------------------------------------------------------------------------------
@@ -416,10 +434,27 @@ fn conn(s: &str) -> Result<ConnId, ApiError> {
     body::client_id(s, &"client_id").map_err(ApiError::bad_request)
 }
 
+/// Whether another node of the cluster holds `id` (its id names the node).
+fn elsewhere(s: &Shared, id: ConnId) -> bool {
+    s.cluster.as_ref().is_some_and(|c| id.node() != c.node_id())
+}
+
+/// An operation on a connection another node holds: forwarded there and answered within the
+/// cluster's query timeout (504 past it, 404 for a node not in the cluster).
+async fn forward(s: &Shared, id: ConnId, op: RemoteOp) -> Answer {
+    let Some(c) = &s.cluster else {
+        return Err(ApiError::not_found("client not found"));
+    };
+    applied(s.ask_cluster(c.op(id, &op)).await?)
+}
+
 /// `PUT /api/groups/{group}/clients/{client_id}`
 async fn join(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer {
     let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
     let id = conn(&c)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::JoinGroup { group: group.to_string() }).await;
+    }
     applied(s.ask(s.handle.join_group(id, group)).await?)
 }
 
@@ -427,6 +462,9 @@ async fn join(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer 
 async fn leave(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer {
     let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
     let id = conn(&c)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::LeaveGroup { group: group.to_string() }).await;
+    }
     applied(s.ask(s.handle.leave_group(id, group)).await?)
 }
 
@@ -475,6 +513,9 @@ async fn client(State(s): St, Params(c): Params<String>) -> Answer {
 async fn close(State(s): St, Params(c): Params<String>, req: Request) -> Answer {
     let id = conn(&c)?;
     let (code, reason) = body::close_params(req.uri().query()).map_err(ApiError::bad_request)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::Close { code, reason: reason.to_string() }).await;
+    }
     applied(s.ask(s.handle.close(id, code, &reason)).await?)
 }
 
@@ -484,12 +525,18 @@ async fn bind_uid(State(s): St, Params(c): Params<String>, req: Request) -> Answ
     let body = json_body(req, s.body_bytes_max).await?;
     let b: UidBody<'_> = parse(&body)?;
     let uid = body::uid(&b.uid, &"uid", s.limits).map_err(ApiError::bad_request)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::BindUid { uid: uid.to_string() }).await;
+    }
     applied(s.ask(s.handle.bind_uid(id, uid)).await?)
 }
 
 /// `DELETE /api/clients/{client_id}/uid`
 async fn unbind_uid(State(s): St, Params(c): Params<String>) -> Answer {
     let id = conn(&c)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::UnbindUid).await;
+    }
     applied(s.ask(s.handle.unbind_uid(id)).await?)
 }
 
@@ -503,6 +550,9 @@ async fn session(s: &Shared, c: &str, req: Request, merge: bool) -> Answer {
             ApiError::bad_json(&e)
         }
     })?;
+    if elsewhere(s, id) {
+        return forward(s, id, RemoteOp::SetSession { session, merge }).await;
+    }
     applied(s.ask(s.handle.set_session(id, session, merge)).await?)
 }
 

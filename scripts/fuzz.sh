@@ -8,7 +8,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-    targets=(handshake codec command api_body token)
+    targets=(handshake codec command api_body token cluster_wire)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "cargo-fuzz is missing: cargo install cargo-fuzz" >&2

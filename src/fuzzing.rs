@@ -173,3 +173,34 @@ fn policy(mode: AuthMode, origins: &[&str]) -> auth::Policy {
     };
     auth::Policy::new(&c, 32).expect("valid fuzz policy")
 }
+
+/// The inter-node format (`cluster::wire`): what a node reads from the Redis bus, which any
+/// client of that Redis can publish to. `data` is decoded as it arrives, and again behind a
+/// valid header whose kind the first byte picks (so the bodies are reached, not just the
+/// version check). Never panics; an accepted message re-encodes to exactly the same bytes (the
+/// format is canonical, so what a node forwards is what it read); a publish's frame is one
+/// valid WebSocket frame; an operation's JSON either parses as a `RemoteOp` or is refused.
+pub fn cluster_wire(data: &[u8]) {
+    use crate::cluster::wire::{Body, Envelope, Query, HEADER_BYTES, VERSION};
+    let check = |msg: Vec<u8>| {
+        let Ok(env) = Envelope::decode(bytes::Bytes::from(msg.clone())) else { return };
+        let mut out = Vec::with_capacity(msg.len());
+        env.encode(&mut out).expect("an accepted message encodes");
+        assert_eq!(out, msg, "not canonical: {env:?}");
+        match &env.body {
+            Body::Publish { frame, .. } => {
+                assert!(frame.len() >= 2 && matches!(frame[0], 0x81 | 0x82));
+            }
+            Body::Query { query: Query::Op { op, .. }, .. } => {
+                let _ = serde_json::from_slice::<crate::cluster::ops::RemoteOp>(op);
+            }
+            _ => {}
+        }
+    };
+    check(data.to_vec());
+    let Some((&kind, rest)) = data.split_first() else { return };
+    let mut msg = Vec::with_capacity(HEADER_BYTES + rest.len());
+    msg.extend_from_slice(&[VERSION, kind % 6 + 1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1]);
+    msg.extend_from_slice(rest);
+    check(msg);
+}

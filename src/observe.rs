@@ -21,6 +21,9 @@
 //! api_config.observability = obs;
 //! ```
 //!
+//! The cluster backplane does exactly this in `ringcast::cluster::Cluster::observe` (check
+//! `backplane`, metrics `ringcast_cluster_*`), called by the daemon before the API starts.
+//!
 //! The built-in check, `shards`, passes when every shard is accepting (listener open, not
 //! shutting down, accepts not paused after an accept error), its loop ran housekeeping in the
 //! last [`HEARTBEAT_STALE`], and the node is below `connections_max`.

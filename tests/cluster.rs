@@ -651,6 +651,19 @@ async fn publish_replies_name_forwarded_nodes_and_ack_per_node_counts() {
         publish(a, "later", room.clone(), &[]).await["forwarded_to"] == json!([ids[2]])
     })
     .await;
+    // A batch: each result names its own nodes.
+    let r = post(
+        a,
+        "/api/publish/batch",
+        json!({"publishes": [
+            {"data": "x", "to": {"groups": ["solo"]}},
+            {"data": "y", "to": {"all": true}}
+        ]}),
+    )
+    .await;
+    assert_eq!(r["results"][0]["forwarded_to"], json!([ids[2]]), "{r}");
+    assert_eq!(r["results"][1]["forwarded_to"], json!([ids[1], ids[2]]), "{r}");
+    assert_eq!(r["results"][1]["queued"], 1, "{r}");
     // Bad ack values are refused; a batch takes no ack.
     let r = http()
         .post(a.url("/api/publish"))
@@ -661,9 +674,114 @@ async fn publish_replies_name_forwarded_nodes_and_ack_per_node_counts() {
     assert_eq!(r.status(), 400);
     let r = http()
         .post(a.url("/api/publish/batch"))
-        .json(&json!([{"data": "x", "to": {"all": true}, "ack": "nodes"}]))
+        .json(&json!({"publishes": [{"data": "x", "to": {"all": true}, "ack": "nodes"}]}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("publishes[0].ack"), "{e}");
+}
+
+/// A request with a method and an optional JSON body: status and JSON answer.
+async fn call(
+    node: &Node,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http().request(method, node.url(path));
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Operations on a client that lives on another node are forwarded to that node over the bus
+/// and answered within the query timeout: 404 for an unknown client or node, 504 when the node
+/// is there but does not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_another_nodes_client_are_forwarded_to_it() {
+    use reqwest::Method;
+    let redis = Redis::start();
+    let a = Node::start(BIN, &node_args(&redis.url(), &["--node-id", "000000a1"]));
+    let b = Node::start(BIN, &node_args(&redis.url(), &["--node-id", "000000b1"]));
+    let (mut b1, b1_id) = client(&b).await;
+    let ok = |changed: bool| json!({"ok": true, "changed": changed});
+    let member = format!("/api/groups/room/clients/{b1_id}");
+
+    // Join through A: B runs it, subscribes, and a publish from A reaches b1.
+    assert_eq!(call(&a, Method::PUT, &member, None).await, (200, ok(true)));
+    assert_eq!(call(&a, Method::PUT, &member, None).await, (200, ok(false)));
+    wait_numsub(&redis, "ringcast:g:room", 1).await;
+    publish(&a, "joined-remotely", json!({"groups": ["room"]}), &[]).await;
+    expect_text(&mut b1, "joined-remotely").await;
+    assert_eq!(get(&a, "/api/groups/room").await["clients"], json!([b1_id]));
+
+    // Uid and session through A; GET the client through A shows them.
+    let uid = format!("/api/clients/{b1_id}/uid");
+    assert_eq!(call(&a, Method::PUT, &uid, Some(json!({"uid": "u9"}))).await, (200, ok(true)));
+    let session = format!("/api/clients/{b1_id}/session");
+    assert_eq!(call(&a, Method::PUT, &session, Some(json!({"a": 1}))).await, (200, ok(true)));
+    assert_eq!(call(&a, Method::PATCH, &session, Some(json!({"b": 2}))).await.0, 200);
+    let cl = get(&a, &format!("/api/clients/{b1_id}")).await;
+    assert_eq!((cl["online"].clone(), cl["uid"].clone()), (json!(true), json!("u9")), "{cl}");
+    assert_eq!(cl["session"], json!({"a": 1, "b": 2}), "{cl}");
+    assert_eq!(cl["groups"], json!(["room"]), "{cl}");
+    // A session that is not an object is refused before anything is forwarded.
+    assert_eq!(call(&a, Method::PUT, &session, Some(json!([1]))).await.0, 400);
+    assert_eq!(call(&a, Method::DELETE, &uid, None).await, (200, ok(true)));
+    assert_eq!(get(&a, &format!("/api/clients/{b1_id}")).await["uid"], Value::Null);
+    assert_eq!(call(&a, Method::DELETE, &member, None).await, (200, ok(true)));
+    wait_numsub(&redis, "ringcast:g:room", 0).await;
+
+    // Unknown client on a live node, and a node that is not in the cluster: 404.
+    let gone =
+        format!("{}{}", &b1_id[..b1_id.len() - 1], if b1_id.ends_with('0') { '1' } else { '0' });
+    let (code, body) =
+        call(&a, Method::PUT, &format!("/api/groups/room/clients/{gone}"), None).await;
+    assert_eq!(code, 404, "{body}");
+    let stranger = format!("000000ff{}", &b1_id[8..]);
+    let (code, body) =
+        call(&a, Method::DELETE, &format!("/api/clients/{stranger}/uid"), None).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no node 000000ff"), "{body}");
+    let cl = get(&a, &format!("/api/clients/{stranger}")).await;
+    assert_eq!(cl["online"], false, "a client of no node is offline: {cl}");
+
+    // A node that does not answer: 504 within the query timeout (500 ms), JSON error.
+    b.pause(true);
+    // (Both at once: a paused node leaves presence after three heartbeats, 900 ms here, and
+    // is then unknown rather than slow.)
+    let started = Instant::now();
+    let client_path = format!("/api/clients/{b1_id}");
+    let ((code, body), (get_code, _)) = tokio::join!(
+        call(&a, Method::PUT, &member, None),
+        call(&a, Method::GET, &client_path, None)
+    );
+    let took = started.elapsed();
+    b.pause(false);
+    assert_eq!(code, 504, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("did not answer"), "{body}");
+    assert!(took < Duration::from_millis(1500), "answered in {took:?}");
+    assert_eq!(get_code, 504);
+    let api = get(&a, "/api/stats").await["api"].clone();
+    assert!(api["gateway_timeout"].as_u64().unwrap() >= 2, "{api}");
+
+    // Close through A, with a code and a reason.
+    let path = format!("/api/clients/{b1_id}?code=4001&reason=bye+now");
+    assert_eq!(call(&a, Method::DELETE, &path, None).await, (200, ok(true)));
+    loop {
+        match next_data(&mut b1, 10).await {
+            WsMessage::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 4001);
+                assert_eq!(frame.reason.as_str(), "bye now");
+                break;
+            }
+            // The paused join may have been applied after B resumed.
+            WsMessage::Text(_) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
 }

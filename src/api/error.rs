@@ -33,13 +33,16 @@ pub enum ErrorKind {
     /// 503: a shard's inbox was full, the shards did not answer in time, or the node is
     /// stopping.
     Unavailable,
+    /// 504: the node that holds the client did not answer a forwarded operation within the
+    /// cluster's query timeout.
+    GatewayTimeout,
     /// Anything else (a bug, or an HTTP error hyper or axum produced by itself).
     Other,
 }
 
 impl ErrorKind {
     /// Every kind, in counter order.
-    pub(crate) const ALL: [ErrorKind; 10] = [
+    pub(crate) const ALL: [ErrorKind; 11] = [
         ErrorKind::BadRequest,
         ErrorKind::Unauthorized,
         ErrorKind::Forbidden,
@@ -49,6 +52,7 @@ impl ErrorKind {
         ErrorKind::PayloadTooLarge,
         ErrorKind::UnsupportedMediaType,
         ErrorKind::Unavailable,
+        ErrorKind::GatewayTimeout,
         ErrorKind::Other,
     ];
 
@@ -68,6 +72,7 @@ impl ErrorKind {
             StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorKind::UnsupportedMediaType,
             StatusCode::SERVICE_UNAVAILABLE => ErrorKind::Unavailable,
+            StatusCode::GATEWAY_TIMEOUT => ErrorKind::GatewayTimeout,
             _ => ErrorKind::Other,
         }
     }
@@ -83,6 +88,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::GatewayTimeout => "gateway_timeout",
             ErrorKind::Other => "other",
         }
     }
@@ -177,6 +183,11 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable, message)
     }
 
+    /// 504.
+    pub fn gateway_timeout(message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, ErrorKind::GatewayTimeout, message)
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -191,6 +202,21 @@ impl ApiError {
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
         ApiError::unavailable(e.to_string())
+    }
+}
+
+impl From<crate::cluster::ops::OpError> for ApiError {
+    fn from(e: crate::cluster::ops::OpError) -> Self {
+        use crate::cluster::ops::OpError;
+        match e {
+            OpError::Request(e) => e.into(),
+            OpError::UnknownNode(_) => ApiError::not_found(e.to_string()),
+            OpError::Timeout(..) => ApiError::gateway_timeout(e.to_string()),
+            OpError::Invalid(m) => ApiError::bad_request(m),
+            OpError::BackplaneDown | OpError::RemoteUnavailable(_) | OpError::BadAnswer => {
+                ApiError::unavailable(e.to_string())
+            }
+        }
     }
 }
 

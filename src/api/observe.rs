@@ -89,6 +89,7 @@ impl Collector for ApiCollector {
                 (ErrorKind::PayloadTooLarge, s.payload_too_large),
                 (ErrorKind::UnsupportedMediaType, s.unsupported_media_type),
                 (ErrorKind::Unavailable, s.unavailable),
+                (ErrorKind::GatewayTimeout, s.gateway_timeout),
                 (ErrorKind::Other, s.other_errors),
             ] {
                 ConstCounter::new(n).encode(m.encode_family(&[("kind", kind.name())])?)?;

@@ -22,6 +22,7 @@ use super::demo;
 use super::error::ApiError;
 use super::stats::{ApiStats, Counters};
 use crate::addressing::{Applied, Publish, PublishReport, RequestError, Session, Stats};
+use crate::cluster::ops::RemoteOp;
 use crate::history::{Claim, ReadFrom};
 use crate::ids::ConnId;
 use crate::{Handle, Pending};
@@ -62,10 +63,13 @@ impl Shared {
 
     /// A cluster-wide query: bounded by the cluster's `query_timeout` (nodes that did not
     /// answer are listed as missing) and, as a backstop, by `shard_timeout`.
-    async fn ask_cluster<T>(
+    async fn ask_cluster<T, E>(
         &self,
-        f: impl std::future::Future<Output = Result<T, RequestError>>,
-    ) -> Result<T, ApiError> {
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, ApiError>
+    where
+        ApiError: From<E>,
+    {
         match tokio::time::timeout(self.shard_timeout, f).await {
             Ok(r) => r.map_err(ApiError::from),
             Err(_) => Err(RequestError::Timeout.into()),
@@ -509,6 +513,24 @@ impl ClusterPublishAnswer {
     }
 }
 
+/// A clustered batch's answer: `{"results":[..]}`, each with `forwarded_to`.
+fn cluster_results(
+    reports: Vec<PublishReport>,
+    forwarded: Vec<Vec<crate::ids::NodeId>>,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Results {
+        results: Vec<ClusterPublishAnswer>,
+    }
+    let results = reports
+        .into_iter()
+        .zip(forwarded)
+        .map(|(r, f)| ClusterPublishAnswer::local(r, &f))
+        .collect();
+    // Plain data: serialising cannot fail.
+    serde_json::to_vec(&Results { results }).unwrap_or_default()
+}
+
 /// `POST /api/publish/batch`. The `Idempotency-Key` header covers the whole request; an
 /// item's `idempotency_key` covers that item (a repeated item gets its first answer, flagged
 /// `"duplicate":true`, and is not delivered again).
@@ -526,19 +548,22 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
     if batch.is_empty() {
         return Ok(reports_json(&[], true));
     }
+    // Clustered: each result also names the nodes its publish was forwarded to.
+    let forwarded_to = |p: &Publish| s.cluster.as_ref().map(|c| c.forwarded_to(&p.to));
     if keys.iter().all(Option::is_none) {
         let n = batch.len();
+        let forwarded: Option<Vec<_>> = batch.iter().map(forwarded_to).collect();
         let reports = s.ask(s.handle.publish_batch(batch)).await?;
         s.counters.published(n);
-        let answer = publish_answer(&reports, true)?;
-        return Ok(match whole {
-            None => answer,
-            Some(guard) => {
-                let body = reports_body(&reports, true);
-                guard.complete(&body).await;
-                json_bytes(body)
-            }
-        });
+        publish_answer(&reports, true)?;
+        let body = match forwarded {
+            None => reports_body(&reports, true),
+            Some(f) => cluster_results(reports, f),
+        };
+        if let Some(guard) = whole {
+            guard.complete(&body).await;
+        }
+        return Ok(json_bytes(body));
     }
     let mut seen = std::collections::HashSet::new();
     for (i, k) in keys.iter().enumerate() {
@@ -556,6 +581,7 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
     let mut guards: Vec<(usize, KeyGuard)> = Vec::new();
     let mut send = Vec::with_capacity(n);
     let mut sent_at = Vec::with_capacity(n);
+    let mut forwarded = vec![None; n];
     for (i, (p, k)) in
         batch.into_iter().zip(keys.into_iter().chain(std::iter::repeat(None))).enumerate()
     {
@@ -575,6 +601,7 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
             }
         }
         sent_at.push(i);
+        forwarded[i] = forwarded_to(&p);
         send.push(p);
     }
     let reports = if send.is_empty() {
@@ -602,7 +629,12 @@ async fn publish_batch(State(s): St, req: Request) -> Answer {
             out.extend_from_slice(answer);
         } else if let Some(r) = fresh[i] {
             let start = out.len();
-            one_report(&mut out, r, &mut num);
+            match &forwarded[i] {
+                None => one_report(&mut out, r, &mut num),
+                Some(f) => {
+                    out.extend_from_slice(&ClusterPublishAnswer::local(r.clone(), f).to_json())
+                }
+            }
             if guards.peek().is_some_and(|(j, _)| *j == i) {
                 if let Some((_, guard)) = guards.next() {
                     guard.complete(&out[start..]).await;
@@ -640,10 +672,27 @@ fn conn(s: &str) -> Result<ConnId, ApiError> {
     body::client_id(s, &"client_id").map_err(ApiError::bad_request)
 }
 
+/// Whether another node of the cluster holds `id` (its id names the node).
+fn elsewhere(s: &Shared, id: ConnId) -> bool {
+    s.cluster.as_ref().is_some_and(|c| id.node() != c.node_id())
+}
+
+/// An operation on a connection another node holds: forwarded there and answered within the
+/// cluster's query timeout (504 past it, 404 for a node not in the cluster).
+async fn forward(s: &Shared, id: ConnId, op: RemoteOp) -> Answer {
+    let Some(c) = &s.cluster else {
+        return Err(ApiError::not_found("client not found"));
+    };
+    applied(s.ask_cluster(c.op(id, &op)).await?)
+}
+
 /// `PUT /api/groups/{group}/clients/{client_id}`
 async fn join(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer {
     let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
     let id = conn(&c)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::JoinGroup { group: group.to_string() }).await;
+    }
     applied(s.ask(s.handle.join_group(id, group)).await?)
 }
 
@@ -651,6 +700,9 @@ async fn join(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer 
 async fn leave(State(s): St, Params((g, c)): Params<(String, String)>) -> Answer {
     let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
     let id = conn(&c)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::LeaveGroup { group: group.to_string() }).await;
+    }
     applied(s.ask(s.handle.leave_group(id, group)).await?)
 }
 
@@ -771,6 +823,9 @@ async fn client(State(s): St, Params(c): Params<String>) -> Answer {
 async fn close(State(s): St, Params(c): Params<String>, req: Request) -> Answer {
     let id = conn(&c)?;
     let (code, reason) = body::close_params(req.uri().query()).map_err(ApiError::bad_request)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::Close { code, reason: reason.to_string() }).await;
+    }
     applied(s.ask(s.handle.close(id, code, &reason)).await?)
 }
 
@@ -780,12 +835,18 @@ async fn bind_uid(State(s): St, Params(c): Params<String>, req: Request) -> Answ
     let body = json_body(req, s.body_bytes_max).await?;
     let b: UidBody<'_> = parse(&body)?;
     let uid = body::uid(&b.uid, &"uid", s.limits).map_err(ApiError::bad_request)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::BindUid { uid: uid.to_string() }).await;
+    }
     applied(s.ask(s.handle.bind_uid(id, uid)).await?)
 }
 
 /// `DELETE /api/clients/{client_id}/uid`
 async fn unbind_uid(State(s): St, Params(c): Params<String>) -> Answer {
     let id = conn(&c)?;
+    if elsewhere(&s, id) {
+        return forward(&s, id, RemoteOp::UnbindUid).await;
+    }
     applied(s.ask(s.handle.unbind_uid(id)).await?)
 }
 
@@ -799,6 +860,9 @@ async fn session(s: &Shared, c: &str, req: Request, merge: bool) -> Answer {
             ApiError::bad_json(&e)
         }
     })?;
+    if elsewhere(s, id) {
+        return forward(s, id, RemoteOp::SetSession { session, merge }).await;
+    }
     applied(s.ask(s.handle.set_session(id, session, merge)).await?)
 }
 

@@ -35,6 +35,8 @@ pub struct ApiStats {
     pub unsupported_media_type: u64,
     /// 503 answers (busy shard, timeout, stopping node).
     pub unavailable: u64,
+    /// 504 answers (an operation forwarded to another node got no answer in time).
+    pub gateway_timeout: u64,
     /// Other error statuses.
     pub other_errors: u64,
     /// Publish requests that reached the node (single, batch and seed form).
@@ -97,6 +99,7 @@ impl Counters {
             payload_too_large: k(ErrorKind::PayloadTooLarge),
             unsupported_media_type: k(ErrorKind::UnsupportedMediaType),
             unavailable: k(ErrorKind::Unavailable),
+            gateway_timeout: k(ErrorKind::GatewayTimeout),
             other_errors: k(ErrorKind::Other),
             publish_requests: self.publish_requests.load(Relaxed),
             messages_published: self.messages_published.load(Relaxed),

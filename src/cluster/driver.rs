@@ -938,6 +938,12 @@ async fn answer(inner: &Inner, query: Query) -> Option<Vec<u8>> {
             }
             serde_json::to_vec(&tokio::time::timeout(t, h.client(c)).await.ok()?.ok()?)
         }
+        Query::Op { client, op } => {
+            if client.node() != inner.me {
+                return None;
+            }
+            serde_json::to_vec(&super::ops::apply(h, client, &op, t).await)
+        }
     };
     json.ok()
 }

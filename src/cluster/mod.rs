@@ -22,6 +22,7 @@ pub mod config;
 mod driver;
 pub mod interest;
 mod observe;
+pub mod ops;
 pub mod wire;
 
 use std::collections::BTreeSet;
@@ -36,8 +37,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{BusMode, ClusterConfig};
 
+use bytes::Bytes;
+
 use crate::addressing::{
-    ClientInfo, GroupInfo, Publish, PublishReport, RequestError, Stats, To, UidInfo,
+    Applied, ClientInfo, GroupInfo, Publish, PublishReport, RequestError, Stats, To, UidInfo,
 };
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
 use crate::Handle;
@@ -570,7 +573,13 @@ impl Cluster {
     async fn ask(&self, query: wire::Query, to: Option<NodeId>) -> Gathered {
         let (tx, rx) = oneshot::channel();
         if self.asks.try_send(Ask { query, to, reply: tx }).is_err() {
-            return Gathered::default();
+            // Too many questions in flight: nobody was asked, every node is missing.
+            let alive = self.inner.alive.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let missing = match to {
+                Some(n) => vec![n],
+                None => alive.into_iter().filter(|n| *n != self.inner.me).collect(),
+            };
+            return Gathered { answers: Vec::new(), missing };
         }
         let bound = self.inner.cfg.query_timeout + Duration::from_millis(500);
         tokio::time::timeout(bound, rx).await.ok().and_then(Result::ok).unwrap_or_default()
@@ -651,16 +660,41 @@ impl Cluster {
     }
 
     /// One connection, asked of the node that holds it (its id names it). Bounded by
-    /// `query_timeout`; a node that is gone answers nothing, so the client is offline.
-    pub async fn client(&self, conn: ConnId) -> Result<ClientInfo, RequestError> {
+    /// `query_timeout`: a node that is not in the cluster holds nothing, so the client is
+    /// offline; a node that is there but does not answer in time is an error.
+    pub async fn client(&self, conn: ConnId) -> Result<ClientInfo, ops::OpError> {
         if conn.node() == self.inner.me {
-            return self.inner.handle.client(conn).await;
+            return self.inner.handle.client(conn).await.map_err(ops::OpError::Request);
         }
-        let remote = self.ask(wire::Query::Client(conn), Some(conn.node())).await;
-        Ok(remote
-            .answers
-            .first()
-            .and_then(|(_, json)| self.decode::<ClientInfo>(json))
-            .unwrap_or_default())
+        let json = match self.ask_node(wire::Query::Client(conn), conn.node()).await {
+            Err(ops::OpError::UnknownNode(_)) => return Ok(ClientInfo::default()),
+            r => r?,
+        };
+        self.decode::<ClientInfo>(&json).ok_or(ops::OpError::BadAnswer)
+    }
+
+    /// Run an operation on a connection another node holds, on that node. Bounded by
+    /// `query_timeout`.
+    pub async fn op(&self, conn: ConnId, op: &ops::RemoteOp) -> Result<Applied, ops::OpError> {
+        let json = serde_json::to_vec(op).map_err(|_| ops::OpError::BadAnswer)?;
+        let q = wire::Query::Op { client: conn, op: json.into() };
+        let answer = self.ask_node(q, conn.node()).await?;
+        self.decode::<ops::OpAnswer>(&answer).ok_or(ops::OpError::BadAnswer)?.into_applied()
+    }
+
+    /// Ask one node; its answer, or why there is none.
+    async fn ask_node(&self, q: wire::Query, node: NodeId) -> Result<Bytes, ops::OpError> {
+        if self.inner.state() != BackplaneState::Up {
+            return Err(ops::OpError::BackplaneDown);
+        }
+        let g = self.ask(q, Some(node)).await;
+        if let Some((_, json)) = g.answers.into_iter().next() {
+            return Ok(json);
+        }
+        if g.missing.is_empty() {
+            // Nobody is subscribed to its node channel and it is not in presence.
+            return Err(ops::OpError::UnknownNode(node));
+        }
+        Err(ops::OpError::Timeout(node, self.inner.cfg.query_timeout))
     }
 }

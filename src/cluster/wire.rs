@@ -19,7 +19,9 @@
 //!   frame   = the rest: ONE unmasked final WebSocket frame (text or binary), exactly as the
 //!             origin encoded it, so a receiving node queues these very bytes and encodes
 //!             nothing; it is validated (header, length, UTF-8 for text) before use.
-//! Query:   request u64 | tag u8 (0 stats, 1 group, 2 uid, 3 client) | name or client
+//! Query:   request u64 | tag u8 (0 stats, 1 group, 2 uid, 3 client, 4 operation) | name or
+//!          client; an operation is client | JSON (the rest: join/leave a group, bind/unbind
+//!          a uid, set a session, close, forwarded to the node that holds the client)
 //! Answer:  request u64 | JSON body (the rest; control-plane traffic, small and rare)
 //! Report:  request u64 | queued u64 | slow consumers u64
 //! Interest: request u64 (0) | flags u8 (1: replace, this starts the sender's whole set;
@@ -68,6 +70,14 @@ pub enum Query {
     Uid(Uid),
     /// One connection (sent to its node only).
     Client(ConnId),
+    /// An operation on a connection, for the node that holds it; `op` is JSON (control-plane
+    /// traffic, small and rare), checked by the receiver.
+    Op {
+        /// The connection.
+        client: ConnId,
+        /// The operation, JSON.
+        op: Bytes,
+    },
 }
 
 /// What a message carries.
@@ -157,6 +167,9 @@ pub enum WireError {
     /// More items than [`ITEMS_MAX`].
     #[error("too many names or clients")]
     TooMany,
+    /// A reserved field is not zero.
+    #[error("reserved field not zero")]
+    Reserved,
 }
 
 impl Envelope {
@@ -213,6 +226,11 @@ impl Envelope {
                     Query::Client(c) => {
                         out.put_u8(3);
                         put_client(out, *c);
+                    }
+                    Query::Op { client, op } => {
+                        out.put_u8(4);
+                        put_client(out, *client);
+                        out.put_slice(op);
                     }
                 }
             }
@@ -278,6 +296,13 @@ impl Envelope {
                     1 => Query::Group(get_name(&mut b)?),
                     2 => Query::Uid(get_name(&mut b)?),
                     3 => Query::Client(get_client(&mut b)?),
+                    4 => {
+                        let client = get_client(&mut b)?;
+                        if b.is_empty() {
+                            return Err(WireError::Truncated);
+                        }
+                        Query::Op { client, op: std::mem::take(&mut b) }
+                    }
                     t => return Err(WireError::UnknownTag(t)),
                 };
                 if !b.is_empty() {
@@ -295,6 +320,10 @@ impl Envelope {
                 Body::Report { request, queued, slow_consumers }
             }
             5 => {
+                // The request field is reserved here: zero, so every message has one encoding.
+                if request != 0 {
+                    return Err(WireError::Reserved);
+                }
                 need(&b, 1)?;
                 let flags = b.get_u8();
                 if flags > 3 {
@@ -549,6 +578,10 @@ mod tests {
             Body::Query { request: 2, query: Query::Group(g("a")) },
             Body::Query { request: 3, query: Query::Uid(Uid::new("x", 9).unwrap()) },
             Body::Query { request: 4, query: Query::Client(c) },
+            Body::Query {
+                request: 5,
+                query: Query::Op { client: c, op: Bytes::from_static(b"{\"close\":{}}") },
+            },
             Body::Answer { request: 4, json: Bytes::from_static(b"{\"a\":1}") },
             Body::Report { request: 4, queued: 10, slow_consumers: 1 },
             Body::Interest {
@@ -621,6 +654,13 @@ mod tests {
         assert_eq!(with(&[1, 0, 1, 0, 1, 7, 0, 0, 0x81, 0]), Err(WireError::BadName)); // control
         assert_eq!(with(&[9]), Err(WireError::UnknownTag(9)));
         assert_eq!(with(&[1, 0xff, 0xff, 0, 1]), Err(WireError::Truncated));
+        let mut interest = m.clone();
+        interest[1] = 5;
+        interest[HEADER_BYTES + 7] = 1; // the reserved request field
+        interest.extend_from_slice(&[0, 0, 0, 0, 0]);
+        assert_eq!(Envelope::decode(interest.clone().into()), Err(WireError::Reserved));
+        interest[HEADER_BYTES + 7] = 0;
+        assert!(Envelope::decode(interest.into()).is_ok());
         let mut k = m.clone();
         k[1] = 77;
         assert_eq!(Envelope::decode(k.into()), Err(WireError::UnknownTag(77)));

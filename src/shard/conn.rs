@@ -59,12 +59,9 @@ pub(crate) struct Conn {
     /// When `Closing` gives up waiting for the peer; set by the first housekeeping pass after
     /// the close began (so at most one housekeeping interval late).
     pub(crate) deadline: Option<Tick>,
-    /// State only some connections need (a session, a command rate limiter): allocated on
-    /// first use, so a plain subscriber pays one pointer.
+    /// State only some connections need (a session, a command rate limiter, a TLS session):
+    /// allocated on first use, so a plain subscriber pays one pointer.
     pub(crate) ext: Option<Box<ConnExt>>,
-    /// `wss://` connections only: their TLS session. Plain connections pay one null pointer
-    /// and one predictable branch per read and per write start, nothing per frame.
-    pub(crate) tls: Option<Box<TlsConn>>,
 }
 
 /// A TLS connection's extra state.
@@ -102,6 +99,9 @@ pub(crate) struct ConnExt {
     /// The address this connection is counted under (`auth.connections_per_ip_max`),
     /// released when the slot is freed.
     pub(crate) ip: Option<IpKey>,
+    /// `wss://` connections only: their TLS session, here from the handshake to the end (a
+    /// plain connection pays nothing for TLS but one branch per read and per write start).
+    pub(crate) tls: Option<Box<TlsConn>>,
 }
 
 impl Conn {
@@ -122,9 +122,13 @@ impl Conn {
             replaying: false,
             last_rx: now,
             deadline: None,
-            ext: None,
-            tls,
+            ext: tls.map(|tls| Box::new(ConnExt { tls: Some(tls), ..ConnExt::default() })),
         }
+    }
+
+    /// Whether this is a `wss://` connection.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.ext.as_ref().is_some_and(|e| e.tls.is_some())
     }
 
     /// Free the extension when nothing is left in it.
@@ -135,6 +139,7 @@ impl Conn {
                 && e.token.is_none()
                 && e.ip.is_none()
                 && e.backlog.is_empty()
+                && e.tls.is_none()
         }) {
             self.ext = None;
         }
@@ -271,6 +276,6 @@ mod tests {
     #[test]
     fn a_connection_stays_small() {
         // Idle memory per connection is a goal (docs in results/): keep the struct compact.
-        assert!(std::mem::size_of::<Conn>() <= 112, "{}", std::mem::size_of::<Conn>());
+        assert!(std::mem::size_of::<Conn>() <= 104, "{}", std::mem::size_of::<Conn>());
     }
 }

@@ -984,7 +984,7 @@ impl Core {
         // Read big next time if this read filled the buffer; otherwise go back to a small one.
         let full = n == buf.capacity();
         conn.big_read = full;
-        let tls_outcome = match conn.tls.as_mut() {
+        let tls_outcome = match conn.ext.as_mut().and_then(|e| e.tls.as_mut()) {
             None => None,
             Some(_) if conn.phase == Phase::Dead || conn.failed => Some(Ok(Default::default())),
             Some(tls) => {
@@ -1090,7 +1090,7 @@ impl Core {
         outcome: Result<crate::tls::ReadOutcome, rustls::Error>,
     ) {
         let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) else { return };
-        let Some(tls) = conn.tls.as_mut() else { return };
+        let Some(tls) = conn.ext.as_mut().and_then(|e| e.tls.as_mut()) else { return };
         match outcome {
             Ok(o) if o.peer_closed => {
                 if conn.phase == Phase::Open {
@@ -1184,7 +1184,7 @@ impl Core {
     ) -> Option<(ConnId, std::rc::Rc<TcpStream>, Vec<u8>)> {
         let Core { conns, cipher_pool, counters, .. } = self;
         let conn = conns.get_mut(slot)?;
-        let tls = conn.tls.as_mut()?;
+        let tls = conn.ext.as_mut().and_then(|e| e.tls.as_mut())?;
         debug_assert!(tls.in_flight.is_empty() && !conn.writing);
         let mut out = cipher_pool.pop().unwrap_or_default();
         if !conn.outbox.is_empty() && !tls.broken {
@@ -1218,7 +1218,7 @@ impl Core {
         let slot = id.slot() as usize;
         if let Some(conn) = self.conns.get_mut(slot).filter(|c| c.id == id) {
             conn.writing = false;
-            if let Some(tls) = conn.tls.as_mut() {
+            if let Some(tls) = conn.ext.as_mut().and_then(|e| e.tls.as_mut()) {
                 let ok = res.is_ok();
                 if ok {
                     self.counters.bytes_written += buf.len() as u64;
@@ -1233,7 +1233,7 @@ impl Core {
                     }
                     conn.kill();
                 }
-                let Some(tls) = conn.tls.as_ref() else { return };
+                let Some(tls) = conn.ext.as_ref().and_then(|e| e.tls.as_ref()) else { return };
                 let owed = !conn.outbox.is_empty()
                     || tls.session.wants_write()
                     || (conn.phase == Phase::Closing
@@ -1260,7 +1260,7 @@ impl Core {
                 && !conn.writing
                 && conn.outbox.is_empty()
                 && !conn.fin_sent
-                && conn.tls.as_ref().is_none_or(|t| {
+                && conn.ext.as_ref().and_then(|e| e.tls.as_ref()).is_none_or(|t| {
                     !t.session.wants_write() && (t.broken || t.session.close_notify_sent())
                 })
             {

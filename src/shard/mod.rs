@@ -700,7 +700,7 @@ async fn run(
                 if conn.writing || conn.phase == Phase::Dead {
                     continue;
                 }
-                if conn.tls.is_some() {
+                if conn.is_tls() {
                     match core.start_tls_write(slot) {
                         Some((id, stream, buf)) => {
                             tls_writes.push(tls_write_op(id, stream, buf));

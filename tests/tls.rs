@@ -128,6 +128,13 @@ where
     }
 }
 
+/// The address in the daemon's "listening on ADDR (wss://)" line (TLS on the main listener).
+fn wss_listen_addr(line: &str) -> SocketAddr {
+    assert!(line.contains("(wss://)"), "{line}");
+    let after = line.split("listening on ").nth(1).expect("a listening line");
+    after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 fn tls_node(pki: &Pki, separate: bool, on_message: OnMessage) -> Handle {
     let listen = separate.then(|| "127.0.0.1:0".parse().unwrap());
     start(ringcast::Config { tls: pki.tls_config(listen), on_message, ..config() })
@@ -325,16 +332,7 @@ async fn daemon_reloads_on_sighup_without_dropping_connections() {
         }
     };
     let l = line("listening on");
-    assert!(l.contains("(wss://)"), "{l}");
-    let addr: SocketAddr = l
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = wss_listen_addr(&l);
 
     let (mut old, leaf) = connect_tls(addr, &live.ca).await.unwrap();
     assert_eq!(leaf, live.leaf);
@@ -438,16 +436,7 @@ async fn the_config_file_alone_turns_on_tls_and_tokens() {
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
     let l = lines.find(|l| l.contains("listening on")).expect("a listening line");
-    assert!(l.contains("(wss://)"), "{l}");
-    let addr: SocketAddr = l
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = wss_listen_addr(&l);
     std::thread::spawn(move || lines.for_each(drop));
 
     // No token: refused with 401, read through TLS.

@@ -5,6 +5,8 @@
 //! - `idempotency.rs`: the idempotency-key table (sans-I/O).
 //! - `envelope.rs`: the enveloped frame members who opted in receive (pure).
 //! - `seam.rs`: which recovering members skip which live messages (sans-I/O).
+//! - `holding.rs`: live messages held for a member whose history read (Redis, in a cluster)
+//!   is in flight, and what to send when it returns (sans-I/O; not used by the node yet).
 //! - `memory.rs`: [`MemoryHistory`], the single-node backend (striped locks around the above).
 //! - `config.rs`: [`HistoryConfig`].
 //!
@@ -13,6 +15,7 @@
 
 pub mod config;
 pub mod envelope;
+pub mod holding;
 pub mod idempotency;
 pub mod memory;
 pub mod metrics;
@@ -31,6 +34,7 @@ use crate::ids::GroupId;
 use crate::proto::Message;
 
 pub use config::{HistoryConfig, HistoryRule};
+pub use holding::{Holds, Resolved};
 pub use idempotency::{Claim, IdempotencyTable};
 pub use memory::MemoryHistory;
 pub use metrics::HistoryCollector;

@@ -725,6 +725,30 @@ async fn inbound(
                 continue;
             };
             inner.counters.received.fetch_add(1, Relaxed);
+            if let Some(body) = payload.strip_prefix(super::wire::POSITIONED_PREFIX) {
+                // A group's message with its position, published by the history's append
+                // script: every subscribed node delivers it, the origin included, so the
+                // group's messages reach each node in offset order.
+                match (parse_channel(&ns, ch), crate::history::redis::decode_positioned(body)) {
+                    (Some(Channel::Group(g)), Some(p)) => {
+                        let mut o =
+                            Outgoing::new(Route::Groups(vec![g.clone()]), Vec::new(), p.message);
+                        o.positions = vec![(g, p.position)].into_boxed_slice();
+                        o.accepted = accepted;
+                        batch.push(o);
+                    }
+                    _ => {
+                        inner.counters.rejected_malformed.fetch_add(1, Relaxed);
+                        if let Some(suppressed) = inner.log.allow("malformed") {
+                            tracing::warn!(
+                                suppressed,
+                                "cluster: dropped a malformed positioned history message"
+                            );
+                        }
+                    }
+                }
+                continue;
+            }
             let env = match Envelope::decode(Bytes::copy_from_slice(payload)) {
                 Ok(e) => e,
                 Err(WireError::Version(v)) => {

@@ -37,6 +37,12 @@ use crate::ids::{ConnId, GroupId, NodeId, Uid, NAME_BYTES_MAX};
 /// The format version this build speaks.
 pub const VERSION: u8 = 1;
 
+/// What starts a positioned history message on a group's channel: published by the Redis
+/// append script (`history::redis`, its `prefix`), not by a node, so it has no header; the
+/// rest is `<epoch>:<offset>:<kind><data>` (`history::redis::decode_positioned`). Version 0
+/// is never a node's, so it cannot be mistaken for an [`Envelope`].
+pub const POSITIONED_PREFIX: &[u8] = b"\0h";
+
 /// Bytes of the common header.
 pub const HEADER_BYTES: usize = 14;
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::addressing::Session;
-use crate::history::Position;
+use crate::history::{Position, Read};
 use crate::ids::{ConnId, GroupId, Uid};
 use crate::proto::Message;
 
@@ -152,6 +152,17 @@ pub(crate) enum ShardMsg {
     Op(Op, Option<Reply>),
     /// A query.
     Query(Query, Reply),
+    /// A frame of ours for one connection (a command's reply the control plane answered).
+    Control(ConnId, String),
+    /// The history read of a recovering (or enveloped) join on a clustered node came back:
+    /// end the member's hold and answer (`history::Holds::resolve`).
+    Recovered {
+        conn: ConnId,
+        group: GroupId,
+        req_id: Option<crate::command::RequestId>,
+        since: Option<Position>,
+        read: Read,
+    },
     /// Begin graceful shutdown: stop accepting, close everyone with 1001.
     Shutdown,
 }

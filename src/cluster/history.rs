@@ -25,10 +25,10 @@ use super::Inner;
 use crate::command;
 use crate::history::redis::{RedisConn, RedisHistory};
 use crate::history::{Read, Unrecoverable};
-use crate::ids::{ConnId, GroupId};
+use crate::ids::ConnId;
 use crate::shard::backplane::{AppendAnswer, AppendItem, HistoryJob, ReadAnswer, ReadJob};
-use crate::shard::mesh::ShardMsg;
-use crate::shard::reply::Answer;
+use crate::shard::mesh::{Recovery, ShardMsg};
+use crate::shard::reply::{Answer, Appended};
 
 /// Reads in flight at once; past it the job queue waits (it is bounded: shards then see it
 /// full and answer their clients at once).
@@ -64,11 +64,7 @@ pub(crate) async fn run(
 
 /// Append each item to each of its groups, in order. Stops at the first failure: the items
 /// after it are not appended (nothing is half-published out of order).
-async fn append(
-    inner: &Inner,
-    store: &RedisHistory<RedisConn>,
-    items: &[AppendItem],
-) -> Result<Vec<(usize, Vec<(GroupId, crate::history::Position)>)>, String> {
+async fn append(inner: &Inner, store: &RedisHistory<RedisConn>, items: &[AppendItem]) -> Appended {
     let mut out = Vec::with_capacity(items.len());
     for (done, item) in items.iter().enumerate() {
         let prefix = super::wire::positioned_prefix(&item.exclude);
@@ -104,11 +100,7 @@ async fn append(
     Ok(out)
 }
 
-async fn answer_append(
-    inner: &Inner,
-    answer: AppendAnswer,
-    result: Result<Vec<(usize, Vec<(GroupId, crate::history::Position)>)>, String>,
-) {
+async fn answer_append(inner: &Inner, answer: AppendAnswer, result: Appended) {
     match answer {
         AppendAnswer::Nobody => {}
         AppendAnswer::Reply(r) => r.send(Answer::Positions(result)),
@@ -129,8 +121,8 @@ async fn answer_append(
 }
 
 /// Read one group's history and answer whoever asked.
-async fn read(inner: &Inner, store: &RedisHistory<RedisConn>, job: ReadJob) {
-    let ReadJob { group, limits, from, limit, answer } = job;
+async fn read(inner: &Inner, store: &RedisHistory<RedisConn>, job: Box<ReadJob>) {
+    let ReadJob { group, limits, from, limit, answer } = *job;
     let joining = matches!(answer, ReadAnswer::Join { .. });
     let ready = !joining || subscribed(inner, &Channel::Group(group.clone())).await;
     inner.counters.history_reads.fetch_add(1, Relaxed);
@@ -156,7 +148,8 @@ async fn read(inner: &Inner, store: &RedisHistory<RedisConn>, job: ReadJob) {
         ReadAnswer::Join { conn, req_id, since } => {
             let read =
                 result.unwrap_or(Read { position: None, outcome: Err(Unrecoverable::Unavailable) });
-            to_shard(inner, conn, ShardMsg::Recovered { conn, group, req_id, since, read }).await;
+            let r = Recovery { conn, group, req_id, since, read };
+            to_shard(inner, conn, ShardMsg::Recovered(Box::new(r))).await;
         }
         ReadAnswer::Command { conn, req_id, since_given, bytes_max } => {
             let text = match result {

@@ -595,7 +595,7 @@ impl Cluster {
         let (tx, rx) = oneshot::channel();
         let job =
             ReadJob { group: group.clone(), limits, from, limit, answer: ReadAnswer::Caller(tx) };
-        if tap.history_job(HistoryJob::Read(job)).is_err() {
+        if tap.history_job(HistoryJob::Read(Box::new(job))).is_err() {
             return Err("the cluster's history queue is full; retry".into());
         }
         match tokio::time::timeout(self.inner.cfg.query_timeout * 2, rx).await {

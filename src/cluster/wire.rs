@@ -63,15 +63,18 @@ pub fn positioned_prefix(exclude: &[ConnId]) -> Vec<u8> {
     out
 }
 
+/// A positioned message's exclude list and the rest, or `Err` when malformed.
+pub type SplitPositioned<'a> = Result<(Vec<ConnId>, &'a [u8]), ()>;
+
 /// Split a bus payload that is a positioned history message into its exclude list and the
 /// rest (for `history::redis::decode_positioned`). `None`: not one; `Some(Err(()))`: one,
 /// malformed.
-pub fn split_positioned(payload: &[u8]) -> Option<Result<(Vec<ConnId>, &[u8]), ()>> {
+pub fn split_positioned(payload: &[u8]) -> Option<SplitPositioned<'_>> {
     if let Some(body) = payload.strip_prefix(POSITIONED_PREFIX) {
         return Some(Ok((Vec::new(), body)));
     }
     let rest = payload.strip_prefix(POSITIONED_EXCLUDING_PREFIX)?;
-    let parse = || -> Result<(Vec<ConnId>, &[u8]), ()> {
+    let parse = || -> SplitPositioned<'_> {
         let nl = rest.iter().position(|&b| b == b'\n').ok_or(())?;
         let list = std::str::from_utf8(&rest[..nl]).map_err(|_| ())?;
         let ids = list

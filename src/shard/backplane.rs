@@ -48,8 +48,8 @@ pub(crate) enum HistoryJob {
     /// Append these messages (in order: one publisher's messages keep their order) and publish
     /// them positioned on their groups' channels; answer the positions.
     Append(Vec<AppendItem>, AppendAnswer),
-    /// Read a group's history and answer.
-    Read(ReadJob),
+    /// Read a group's history and answer (boxed: the queue's slots stay small).
+    Read(Box<ReadJob>),
 }
 
 /// One message of a publish, for its groups with history.

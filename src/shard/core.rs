@@ -524,7 +524,7 @@ impl Core {
                 limit: limits.messages_max,
                 answer: ReadAnswer::Join { conn: id, req_id: req_id.cloned(), since },
             };
-            if tap.history_job(HistoryJob::Read(job)).is_err() {
+            if tap.history_job(HistoryJob::Read(Box::new(job))).is_err() {
                 self.log_limiter.warn("history_queue", || {
                     "the cluster's history queue is full: a recovering join answers \
                      recovered=false"
@@ -727,7 +727,8 @@ impl Core {
                     self.send_control(slot, text);
                 }
             }
-            ShardMsg::Recovered { conn, group, req_id, since, read } => {
+            ShardMsg::Recovered(r) => {
+                let super::mesh::Recovery { conn, group, req_id, since, read } = *r;
                 self.recovered(conn, group, req_id, since, read)
             }
             ShardMsg::Shutdown => self.begin_shutdown(),
@@ -1010,7 +1011,7 @@ impl Core {
                             bytes_max: (self.config.outbox_bytes_max / 2).max(4096),
                         },
                     };
-                    if tap.history_job(HistoryJob::Read(job)).is_err() {
+                    if tap.history_job(HistoryJob::Read(Box::new(job))).is_err() {
                         self.counters.commands_rejected += 1;
                         let why = "history store busy (the cluster's history queue is full); retry";
                         self.send_control(slot, command::error(req_id.as_ref(), Some(name), why));

@@ -36,8 +36,12 @@ pub(crate) enum Answer {
     /// The cluster task's answer for a batch's appends to groups with history (kept in Redis):
     /// per publish index, its positions; or why nothing was appended (then those publishes
     /// reached nobody through their groups with history).
-    Positions(Result<Vec<(usize, Vec<(GroupId, Position)>)>, String>),
+    Positions(Appended),
 }
+
+/// Appends to a history in Redis: per publish index, its positions; or why nothing more was
+/// appended.
+pub(crate) type Appended = Result<Vec<(usize, Vec<(GroupId, Position)>)>, String>;
 
 struct State {
     answers: Vec<Answer>,

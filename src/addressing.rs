@@ -154,4 +154,8 @@ pub enum RequestError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,
+    /// A clustered node could not append to a group's history in Redis (HTTP 503): the
+    /// message reached nobody through that group.
+    #[error("history store unavailable: {0}")]
+    HistoryUnavailable(String),
 }

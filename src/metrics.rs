@@ -93,6 +93,13 @@ counters! {
     commands_rejected,
     /// Client commands dropped by the per-connection rate limit.
     commands_rate_limited,
+    /// Clustered node: recovering joins answered `recovered: true` (history read in Redis).
+    recoveries,
+    /// Clustered node: recovering joins answered `recovered: false`.
+    recoveries_failed,
+    /// Clustered node: live messages dropped from a recovering member's hold past
+    /// `history.recovery_held_messages_max` (its join answers `recovered: false`).
+    recovery_held_dropped,
     /// Connections closed with 1008 for flooding commands.
     command_flood_closes,
     /// TLS handshakes completed (`wss://` connections that reached the upgrade request).

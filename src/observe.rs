@@ -489,6 +489,25 @@ impl Collector for NodeCollector {
             "Client commands dropped by the per-connection rate limit.",
             m.commands_rate_limited,
         )?;
+        counter(
+            e,
+            "ringcast_cluster_recoveries",
+            "Clustered node: recovering joins answered recovered=true (history read in Redis).",
+            m.recoveries,
+        )?;
+        counter(
+            e,
+            "ringcast_cluster_recoveries_failed",
+            "Clustered node: recovering joins answered recovered=false.",
+            m.recoveries_failed,
+        )?;
+        counter(
+            e,
+            "ringcast_cluster_recovery_held_dropped",
+            "Clustered node: live messages dropped from a recovering member's hold past \
+             history.recovery_held_messages_max.",
+            m.recovery_held_dropped,
+        )?;
         let mut latency = LatencySnapshot::default();
         for s in h.shard_fanout_latency() {
             latency += s;

@@ -18,6 +18,7 @@ use crate::ids::{ConnId, GroupId, NodeId, Uid};
 use crate::metrics::{Counters, LatencySnapshot};
 use crate::proto::Message;
 use crate::shard::mesh::{Op, Outgoing, Query, ShardMsg};
+use crate::shard::node::HistoryHandOff;
 use crate::shard::reply::{Answer, Request};
 use crate::shard::{self, Callbacks, ConnInfo, Ctx, Node, Pending};
 
@@ -237,8 +238,11 @@ impl Handle {
         let n = batch.len();
         self.node.handle_frames_encoded.fetch_add(n as u64, Ordering::Relaxed);
         let mut req = Request::new();
-        let (outgoing, missed, _, tapped) =
-            self.node.publish(batch, None, want_reply.then_some(&mut req), 0);
+        let published = self.node.publish(batch, None, want_reply.then_some(&mut req), 0, None);
+        let (outgoing, missed, tapped) = (published.batch, published.missed, published.tapped);
+        if let (false, HistoryHandOff::Refused(why)) = (want_reply, &published.history) {
+            return Err(RequestError::HistoryUnavailable(why.clone()));
+        }
         if !tapped && self.node.handle_log_due() {
             tracing::warn!(
                 "cluster outbound queue full: publish not sent to the other nodes (at most one \
@@ -258,8 +262,9 @@ impl Handle {
     ) -> (Pending<Vec<PublishReport>>, bool) {
         self.node.handle_frames_encoded.fetch_add(1, Ordering::Relaxed);
         let mut req = Request::new();
-        let (outgoing, missed, _, sent) = self.node.publish(vec![p], None, Some(&mut req), request);
-        let sent = sent && self.node.tap.is_some();
+        let published = self.node.publish(vec![p], None, Some(&mut req), request, None);
+        let (outgoing, missed) = (published.batch, published.missed);
+        let sent = published.tapped && self.node.tap.is_some();
         let pending = match self.gather(outgoing, missed, true, req) {
             Ok(p) => p,
             Err(e) => Pending::ready(Err(e)),
@@ -304,17 +309,32 @@ impl Handle {
         }
         Ok(req.pending(move |answers, busy| {
             let mut total = vec![PublishReport::default(); n];
-            for a in answers {
-                if let Answer::Published(reports) = a {
-                    for (t, r) in total.iter_mut().zip(reports) {
-                        t.queued += r.queued;
-                        t.slow_consumers += r.slow_consumers;
-                    }
-                }
-            }
             for (t, o) in total.iter_mut().zip(outgoing.iter()) {
                 t.shards_missed = busy as u32;
                 t.positions = o.positions.to_vec();
+            }
+            for a in answers {
+                match a {
+                    Answer::Published(reports) => {
+                        for (t, r) in total.iter_mut().zip(reports) {
+                            t.queued += r.queued;
+                            t.slow_consumers += r.slow_consumers;
+                        }
+                    }
+                    // Positions in a history kept in Redis (a clustered node): the members
+                    // get these messages from the bus, on every node, in offset order.
+                    Answer::Positions(Ok(at)) => {
+                        for (i, positions) in at {
+                            if let Some(t) = total.get_mut(i) {
+                                t.positions.extend(positions);
+                            }
+                        }
+                    }
+                    Answer::Positions(Err(why)) => {
+                        return Err(RequestError::HistoryUnavailable(why));
+                    }
+                    _ => {}
+                }
             }
             Ok(total)
         }))

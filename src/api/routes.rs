@@ -756,7 +756,15 @@ async fn history(State(s): St, Params(g): Params<String>, req: Request) -> Answe
     let group = body::group_id(&g, &"group", s.limits).map_err(ApiError::bad_request)?;
     let (since, limit) = body::history_params(req.uri().query()).map_err(ApiError::bad_request)?;
     let from = since.map_or(ReadFrom::Last(limit), ReadFrom::Since);
-    let read = s.handle.history(&group, from, limit);
+    let read = match &s.cluster {
+        // A clustered node keeps history in Redis: read there (any node answers the same).
+        Some(c) => match c.history(&group, from, limit).await {
+            Ok(Some(read)) => read,
+            Ok(None) => s.handle.history(&group, from, limit),
+            Err(e) => return Err(ApiError::unavailable(format!("history store unavailable: {e}"))),
+        },
+        None => s.handle.history(&group, from, limit),
+    };
     let Some(position) = read.position else {
         return Err(ApiError::not_found(format!(
             "group {:?} keeps no history (no history rule matches it)",

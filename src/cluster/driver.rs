@@ -23,6 +23,7 @@ use super::bus::{self, Bus};
 use super::interest::Channel;
 use super::wire::{Body, Envelope, Query, Target, WireError};
 use super::{Ask, BackplaneState, Gathered, Inner};
+use crate::history::redis::{PublishOn, RedisConn, RedisHistory};
 use crate::ids::{ConnId, GroupId, NodeId, Uid, NAME_BYTES_MAX};
 use crate::shard::backplane::{Hint, OutboundBatch, Receivers};
 use crate::shard::mesh::{Outgoing, Route};
@@ -131,6 +132,30 @@ pub(crate) async fn run(
         let _ = ready.send(Err(start_error(format!("cluster: first heartbeat: {e}"))));
         return;
     }
+    // A node with history rules keeps the history in Redis, over its own connection (the
+    // bus's is busy with pub/sub).
+    let history_store = match inner.handle.node().history_on {
+        false => None,
+        true => match RedisConn::connect(&cfg.urls, cfg.bus == super::BusMode::Sharded).await {
+            Ok(conn) => Some(RedisHistory::new(
+                conn,
+                &cfg.namespace,
+                match cfg.bus {
+                    super::BusMode::Classic => PublishOn::Classic,
+                    super::BusMode::Sharded => PublishOn::Sharded,
+                },
+                Bytes::from_static(super::wire::POSITIONED_PREFIX),
+                // Idempotency keys are the HTTP API's (`api::keys`), not this store's.
+                Duration::ZERO,
+            )),
+            Err(e) => {
+                let _ = ready.send(Err(start_error(format!(
+                    "cluster: connecting the history store to Redis at {urls}: {e}"
+                ))));
+                return;
+            }
+        },
+    };
     inner.set_state(BackplaneState::Up);
     tracing::info!(
         node_id = %inner.me,
@@ -147,6 +172,8 @@ pub(crate) async fn run(
     let reconnect = Arc::new(Notify::new());
     let out =
         tokio::spawn(outbound(inner.clone(), bus.clone(), receivers.publishes, reconnect.clone()));
+    let hist = history_store
+        .map(|store| tokio::spawn(super::history::run(inner.clone(), store, receivers.history)));
     let inb = tokio::spawn(inbound(
         inner.clone(),
         bus.clone(),
@@ -157,6 +184,9 @@ pub(crate) async fn run(
     control(&inner, &mut bus, receivers.hints, asks, &pending, stop, &token, &reconnect).await;
     out.abort();
     inb.abort();
+    if let Some(h) = hist {
+        h.abort();
+    }
     // Leave presence at once rather than after the TTL (best effort).
     let key = presence_key(&cfg.namespace, inner.me);
     let leave = async {
@@ -255,9 +285,17 @@ async fn sync_subscriptions(inner: &Inner, bus: &mut Bus) -> RedisResult<()> {
         let names: Vec<String> = sub.iter().map(|c| c.name(ns)).collect();
         bus.subscribe(&names).await?;
         inner.counters.subscribes.fetch_add(names.len() as u64, Relaxed);
+        inner.confirmed.lock().unwrap_or_else(|e| e.into_inner()).extend(sub.iter().cloned());
+        inner.confirmed_changed.notify_waiters();
     }
     if !unsub.is_empty() {
         let names: Vec<String> = unsub.iter().map(|c| c.name(ns)).collect();
+        {
+            let mut confirmed = inner.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+            for c in &unsub {
+                confirmed.remove(c);
+            }
+        }
         bus.unsubscribe(&names).await?;
         inner.counters.unsubscribes.fetch_add(names.len() as u64, Relaxed);
     }
@@ -412,6 +450,7 @@ async fn control(
                         need_resubscribe = true;
                     }
                     if need_resubscribe {
+                        inner.confirmed.lock().unwrap_or_else(|e| e.into_inner()).clear();
                         inner.subs.lock().unwrap_or_else(|e| e.into_inner()).handle_reconnected();
                         resync(inner, std::time::Instant::now());
                         need_resubscribe = false;
@@ -422,6 +461,7 @@ async fn control(
                     next_heartbeat = now + hb;
                 }
                 Err(e) => {
+                    inner.confirmed.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     if inner.set_state(BackplaneState::Down) != BackplaneState::Down {
                         inner.counters.disconnects.fetch_add(1, Relaxed);
                         down_since = Some(now);
@@ -570,6 +610,8 @@ fn encode_outgoing(inner: &Inner, o: &Outgoing, request: u64, msgs: &mut Vec<(St
         };
     let remote_excludes = || o.exclude.iter().filter(|c| c.node() != me).copied().collect();
     match &o.route {
+        // Every group had a history (appended in Redis, which publishes it): nothing to send.
+        Route::Groups(gs) if gs.is_empty() => {}
         Route::All => emit(Target::All, remote_excludes(), &mut std::iter::once(Channel::All)),
         Route::Groups(gs) => emit(
             Target::Groups(gs.clone()),
@@ -725,6 +767,35 @@ async fn inbound(
                 continue;
             };
             inner.counters.received.fetch_add(1, Relaxed);
+            if let Some(split) = super::wire::split_positioned(payload) {
+                // A group's message with its position, published by the history's append
+                // script: every subscribed node delivers it, the origin included, so the
+                // group's messages reach each node in offset order.
+                let decoded = split.ok().and_then(|(exclude, body)| {
+                    crate::history::redis::decode_positioned(body).map(|p| (exclude, p))
+                });
+                match (parse_channel(&ns, ch), decoded) {
+                    (Some(Channel::Group(g)), Some((exclude, p))) => {
+                        let exclude =
+                            exclude.into_iter().filter(|c| c.node() == inner.me).collect();
+                        let mut o =
+                            Outgoing::new(Route::Groups(vec![g.clone()]), exclude, p.message);
+                        o.positions = vec![(g, p.position)].into_boxed_slice();
+                        o.accepted = accepted;
+                        batch.push(o);
+                    }
+                    _ => {
+                        inner.counters.rejected_malformed.fetch_add(1, Relaxed);
+                        if let Some(suppressed) = inner.log.allow("malformed") {
+                            tracing::warn!(
+                                suppressed,
+                                "cluster: dropped a malformed positioned history message"
+                            );
+                        }
+                    }
+                }
+                continue;
+            }
             let env = match Envelope::decode(Bytes::copy_from_slice(payload)) {
                 Ok(e) => e,
                 Err(WireError::Version(v)) => {

@@ -20,6 +20,7 @@
 mod bus;
 pub mod config;
 mod driver;
+mod history;
 pub mod interest;
 mod observe;
 pub mod ops;
@@ -123,6 +124,21 @@ counters! {
     queries_answered,
     /// Another live process claimed this node's id.
     node_id_clashes,
+    /// Messages appended to a group's history in Redis (one per message and group).
+    history_appends,
+    /// Appends that failed (Redis down or an error): those messages reached nobody through
+    /// their groups with history, and their publisher was told.
+    history_append_failed,
+    /// History reads made in Redis (recovering joins, `history` commands, the HTTP API).
+    history_reads,
+    /// Reads that failed (Redis down, an error, or the group's channel not subscribed in
+    /// time): a recovering join answers `recovered: false`.
+    history_read_failed,
+    /// History jobs (appends, reads) refused because their queue was full.
+    history_jobs_dropped,
+    /// Answers to a shard (a deferred command reply, a recovery) dropped after its inbox stayed
+    /// full for a second.
+    history_answers_dropped,
 }
 
 /// What the backplane is doing (for `/api/stats`, `/readyz`, logs).
@@ -262,6 +278,11 @@ pub(crate) struct Inner {
     pub(crate) pending: driver::Asks,
     pub(crate) sequence: AtomicU64,
     pub(crate) log: LogBudget,
+    /// Channels whose `SUBSCRIBE` Redis confirmed (cleared when the bus reconnects), and a
+    /// wake-up when one is added: a recovering join reads the history only once its group's
+    /// channel is here, so every later message reaches the node.
+    pub(crate) confirmed: Mutex<std::collections::HashSet<interest::Channel>>,
+    pub(crate) confirmed_changed: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -364,6 +385,8 @@ pub fn spawn(handle: Handle, cfg: ClusterConfig) -> io::Result<ClusterServer> {
         alive: Mutex::new(BTreeSet::new()),
         sequence: AtomicU64::new(1),
         log: LogBudget::default(),
+        confirmed: Mutex::new(Default::default()),
+        confirmed_changed: tokio::sync::Notify::new(),
     });
     let (asks_tx, asks_rx) = mpsc::channel(1024);
     let (stop, stop_rx) = watch::channel(false);
@@ -463,7 +486,16 @@ impl Cluster {
     /// forwarded to (`"ack": "nodes"`); nodes that did not answer are listed as missing. The
     /// local delivery does not wait for them.
     pub async fn publish_acked(&self, p: Publish) -> Result<AckedPublish, RequestError> {
-        let mut forwarded_to = self.forwarded_to(&p.to);
+        // Groups with history are delivered through Redis's append script, not forwarded by
+        // this node: no node reports on them (the reply's positions confirm the append).
+        let node = self.inner.handle.node();
+        let forwarded = match &p.to {
+            To::Groups(gs) if node.history_on => To::Groups(
+                gs.iter().filter(|g| node.history.limits_for(g).is_none()).cloned().collect(),
+            ),
+            to => to.clone(),
+        };
+        let mut forwarded_to = self.forwarded_to(&forwarded);
         let request = self.inner.next_sequence();
         let (tx, rx) = oneshot::channel();
         let deadline = tokio::time::Instant::now() + self.inner.cfg.query_timeout;
@@ -539,12 +571,47 @@ impl Cluster {
         (depth, max)
     }
 
+    /// History jobs (appends, reads) waiting for the cluster task, and the queue's bound.
+    pub fn history_queue(&self) -> (usize, usize) {
+        match &self.inner.handle.node().tap {
+            Some(tap) => (tap.history_jobs_queued(), tap.history_jobs_max()),
+            None => (0, 0),
+        }
+    }
+
+    /// A group's history, read in Redis (a clustered node with history rules keeps it there):
+    /// the same answer as [`Handle::history`]. `Ok(None)`: no rule matches `group` (it keeps
+    /// no history); `Err`: Redis could not answer (or the job queue was full).
+    pub async fn history(
+        &self,
+        group: &crate::ids::GroupId,
+        from: crate::history::ReadFrom,
+        limit: usize,
+    ) -> Result<Option<crate::history::Read>, String> {
+        use crate::shard::backplane::{HistoryJob, ReadAnswer, ReadJob};
+        let node = self.inner.handle.node();
+        let (true, Some(tap)) = (node.history_on, &node.tap) else { return Ok(None) };
+        let Some(limits) = node.history.limits_for(group) else { return Ok(None) };
+        let (tx, rx) = oneshot::channel();
+        let job =
+            ReadJob { group: group.clone(), limits, from, limit, answer: ReadAnswer::Caller(tx) };
+        if tap.history_job(HistoryJob::Read(Box::new(job))).is_err() {
+            return Err("the cluster's history queue is full; retry".into());
+        }
+        match tokio::time::timeout(self.inner.cfg.query_timeout * 2, rx).await {
+            Ok(Ok(r)) => r.map(Some),
+            Ok(Err(_)) => Err("the cluster task stopped".into()),
+            Err(_) => Err("Redis did not answer the history read in time".into()),
+        }
+    }
+
     /// State, live nodes, subscriptions and counters.
     pub fn status(&self) -> BackplaneStatus {
         let subs = self.inner.subs.lock().unwrap_or_else(|e| e.into_inner());
         let mut counters = self.inner.counters.snapshot();
         if let Some(tap) = &self.inner.handle.node().tap {
             counters.outbound_dropped += tap.outbound_dropped.load(Relaxed);
+            counters.history_jobs_dropped += tap.history_jobs_dropped.load(Relaxed);
         }
         counters.inbound_dropped += self.inner.push_dropped.load(Relaxed);
         BackplaneStatus {

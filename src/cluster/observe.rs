@@ -72,6 +72,19 @@ impl Collector for ClusterCollector {
             "Bound of the outbound queue (cluster.outbound_messages_max).",
             as_i64(out_max),
         )?;
+        let (hist, hist_max) = self.0.history_queue();
+        gauge(
+            e,
+            "ringcast_cluster_history_jobs",
+            "History appends and reads waiting for the cluster task (history kept in Redis).",
+            as_i64(hist),
+        )?;
+        gauge(
+            e,
+            "ringcast_cluster_history_jobs_max",
+            "Bound of the history job queue (cluster.outbound_messages_max jobs).",
+            as_i64(hist_max),
+        )?;
         let (inb, inb_max) = self.0.inbound_queue();
         gauge(
             e,
@@ -132,6 +145,24 @@ impl Collector for ClusterCollector {
             ),
             ("ringcast_cluster_queries_answered", "Queries from other nodes answered.", c.queries_answered),
             ("ringcast_cluster_node_id_clashes", "Another live process claimed this node's id.", c.node_id_clashes),
+            ("ringcast_cluster_history_appends", "Messages appended to a group's history in Redis.", c.history_appends),
+            (
+                "ringcast_cluster_history_append_failed",
+                "History appends that failed (Redis down or erroring): those messages reached nobody through their groups with history; the publisher was told.",
+                c.history_append_failed,
+            ),
+            ("ringcast_cluster_history_reads", "History reads made in Redis (recoveries, history commands, the HTTP API).", c.history_reads),
+            (
+                "ringcast_cluster_history_read_failed",
+                "History reads that failed (Redis down or erroring, or the group's channel not subscribed in time).",
+                c.history_read_failed,
+            ),
+            ("ringcast_cluster_history_jobs_dropped", "History jobs refused because their queue was full.", c.history_jobs_dropped),
+            (
+                "ringcast_cluster_history_answers_dropped",
+                "History answers to a shard dropped after its inbox stayed full for a second.",
+                c.history_answers_dropped,
+            ),
         ] {
             counter(e, name, help, v)?;
         }

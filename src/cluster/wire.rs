@@ -37,6 +37,55 @@ use crate::ids::{ConnId, GroupId, NodeId, Uid, NAME_BYTES_MAX};
 /// The format version this build speaks.
 pub const VERSION: u8 = 1;
 
+/// What starts a positioned history message on a group's channel: published by the Redis
+/// append script (`history::redis`, its `prefix`), not by a node, so it has no header; the
+/// rest is `<epoch>:<offset>:<kind><data>` (`history::redis::decode_positioned`). Version 0
+/// is never a node's, so it cannot be mistaken for an [`Envelope`].
+pub const POSITIONED_PREFIX: &[u8] = b"\0h";
+
+/// A positioned history message with an exclude list: `\0x<client id>,<client id>\n` then
+/// what follows [`POSITIONED_PREFIX`]. Each node skips the listed clients it holds.
+pub const POSITIONED_EXCLUDING_PREFIX: &[u8] = b"\0x";
+
+/// The prefix the append script puts before a positioned message excluding `exclude`.
+pub fn positioned_prefix(exclude: &[ConnId]) -> Vec<u8> {
+    if exclude.is_empty() {
+        return POSITIONED_PREFIX.to_vec();
+    }
+    let mut out = POSITIONED_EXCLUDING_PREFIX.to_vec();
+    for (i, id) in exclude.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(id.to_string().as_bytes());
+    }
+    out.push(b'\n');
+    out
+}
+
+/// A positioned message's exclude list and the rest, or `Err` when malformed.
+pub type SplitPositioned<'a> = Result<(Vec<ConnId>, &'a [u8]), ()>;
+
+/// Split a bus payload that is a positioned history message into its exclude list and the
+/// rest (for `history::redis::decode_positioned`). `None`: not one; `Some(Err(()))`: one,
+/// malformed.
+pub fn split_positioned(payload: &[u8]) -> Option<SplitPositioned<'_>> {
+    if let Some(body) = payload.strip_prefix(POSITIONED_PREFIX) {
+        return Some(Ok((Vec::new(), body)));
+    }
+    let rest = payload.strip_prefix(POSITIONED_EXCLUDING_PREFIX)?;
+    let parse = || -> SplitPositioned<'_> {
+        let nl = rest.iter().position(|&b| b == b'\n').ok_or(())?;
+        let list = std::str::from_utf8(&rest[..nl]).map_err(|_| ())?;
+        let ids = list
+            .split(',')
+            .map(|s| s.parse::<ConnId>().map_err(|_| ()))
+            .collect::<Result<_, _>>()?;
+        Ok((ids, &rest[nl + 1..]))
+    };
+    Some(parse())
+}
+
 /// Bytes of the common header.
 pub const HEADER_BYTES: usize = 14;
 

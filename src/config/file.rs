@@ -884,17 +884,6 @@ impl ConfigFile {
         // [cluster]
         self.cluster.check().map_err(|(key, m)| invalid(&format!("cluster.{key}"), m))?;
         config.cluster = self.cluster.clone();
-        if config.cluster.enabled() && config.history.enabled() {
-            // Each node's history would hold only what that node saw: a recovery could answer
-            // "recovered" and still miss messages published elsewhere.
-            return Err(invalid(
-                "history.rules",
-                "not supported together with [cluster] yet (a node's history would miss \
-                 messages published on other nodes); idempotency keys work in a cluster \
-                 without rules",
-            ));
-        }
-
         let mut effective = self.clone();
         effective.server.shards = Some(config.shards);
         effective.server.on_message = Some(config.on_message);

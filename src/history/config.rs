@@ -12,6 +12,7 @@
 //! bytes_max = 268435456
 //! idempotency_window = "2m"
 //! idempotency_keys_max = 100000
+//! recovery_held_messages_max = 10000
 //! ```
 
 use std::time::Duration;
@@ -41,6 +42,10 @@ pub struct HistoryConfig {
     /// Idempotency keys remembered at once. Past it the oldest key is forgotten early
     /// (counted in `idempotency_keys_evicted`): a repeat of it would be delivered again.
     pub idempotency_keys_max: usize,
+    /// A clustered node (history in Redis): live messages of a group held for one recovering
+    /// member while its history read is in flight. Past it the held messages are dropped
+    /// (counted in `recovery_held_dropped`) and the join answers `recovered: false`.
+    pub recovery_held_messages_max: usize,
 }
 
 /// One history rule: `pattern=messages,age`, e.g. `chat:*=1000,10m`. In the config file
@@ -99,6 +104,7 @@ impl Default for HistoryConfig {
             bytes_max: 256 << 20,
             idempotency_window: Duration::from_secs(120),
             idempotency_keys_max: 100_000,
+            recovery_held_messages_max: 10_000,
         }
     }
 }
@@ -142,6 +148,9 @@ impl HistoryConfig {
         super::Rules::new(&self.rules).map_err(|e| ("rules", e))?;
         if self.groups_max == 0 {
             return Err(("groups_max", "must be at least 1".into()));
+        }
+        if self.recovery_held_messages_max == 0 {
+            return Err(("recovery_held_messages_max", "must be at least 1".into()));
         }
         if self.bytes_max < 4096 {
             return Err(("bytes_max", format!("must be at least 4096 (got {})", self.bytes_max)));

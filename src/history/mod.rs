@@ -5,14 +5,19 @@
 //! - `idempotency.rs`: the idempotency-key table (sans-I/O).
 //! - `envelope.rs`: the enveloped frame members who opted in receive (pure).
 //! - `seam.rs`: which recovering members skip which live messages (sans-I/O).
+//! - `holding.rs`: live messages held for a member whose history read (Redis, in a cluster)
+//!   is in flight, and what to send when it returns (sans-I/O; a clustered node's shards).
 //! - `memory.rs`: [`MemoryHistory`], the single-node backend (striped locks around the above).
 //! - `config.rs`: [`HistoryConfig`].
 //!
-//! The node talks to a [`HistoryBackend`]; the in-memory one is the only backend so far. How a
-//! Redis backend slots in for clusters is in ARCHITECTURE.md ("History backends").
+//! - `redis.rs`: [`redis::RedisHistory`], a cluster's store (async, control plane only).
+//!
+//! A single node's shards talk to a [`HistoryBackend`] (in memory); a clustered node's go
+//! through the cluster task to Redis. See ARCHITECTURE.md ("History backends").
 
 pub mod config;
 pub mod envelope;
+pub mod holding;
 pub mod idempotency;
 pub mod memory;
 pub mod metrics;
@@ -31,6 +36,7 @@ use crate::ids::GroupId;
 use crate::proto::Message;
 
 pub use config::{HistoryConfig, HistoryRule};
+pub use holding::{Holds, Resolved};
 pub use idempotency::{Claim, IdempotencyTable};
 pub use memory::MemoryHistory;
 pub use metrics::HistoryCollector;
@@ -183,7 +189,8 @@ impl HistoryCounters {
 }
 
 /// The seam between the node and where history and idempotency keys live: in this process
-/// ([`MemoryHistory`]) or, for a cluster, in Redis (not built yet; see ARCHITECTURE.md).
+/// ([`MemoryHistory`], what this trait serves). A clustered node keeps history in Redis instead
+/// (`redis.rs`, driven by the cluster task: see ARCHITECTURE.md, "History backends").
 ///
 /// The contract that makes recovery exact ("no gap, no duplicate at the seam"):
 /// - `append` assigns each group's next offsets and stores the messages, then calls `fan_out`

@@ -391,6 +391,18 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisHistory<C> {
         limits: StreamLimits,
         message: &Message,
     ) -> RedisResult<Position> {
+        self.append_with_prefix(group, limits, message, &self.prefix.clone()).await
+    }
+
+    /// [`RedisHistory::append`] with `prefix` instead of the backend's own before the
+    /// published message (the bus adds per-message data there, e.g. an exclude list).
+    pub async fn append_with_prefix(
+        &self,
+        group: &str,
+        limits: StreamLimits,
+        message: &Message,
+        prefix: &[u8],
+    ) -> RedisResult<Position> {
         let (stream, meta) = self.keys(group)?;
         let channel = self.channel(group);
         let (kind, data): (&str, &[u8]) = match message {
@@ -410,7 +422,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisHistory<C> {
             .arg(fresh_epoch().to_string())
             .arg(if self.publish == PublishOn::Nothing { "" } else { channel.as_str() })
             .arg(if self.publish == PublishOn::Sharded { "1" } else { "0" })
-            .arg(self.prefix.as_ref());
+            .arg(prefix);
         let mut conn = self.conn.clone();
         let r: RedisResult<(String, u64)> = inv.invoke_async(&mut conn).await;
         let (epoch, offset) = r.inspect_err(|_| {

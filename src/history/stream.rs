@@ -84,6 +84,14 @@ pub enum Unrecoverable {
     /// The connection is already a member: it has been receiving the group's messages live
     /// (leave the group first to recover from a position).
     AlreadyMember,
+    /// The history store (Redis, in a cluster) could not be reached or answered an error.
+    Unavailable,
+    /// More live messages arrived while the history was being read than the node holds for
+    /// a recovering member (`held_messages_max`).
+    HoldOverflow,
+    /// The live messages that arrived while the history was being read do not continue it
+    /// (a gap, or another epoch): some were lost between the store and this node.
+    Interrupted,
 }
 
 impl Unrecoverable {
@@ -95,6 +103,9 @@ impl Unrecoverable {
             Unrecoverable::Ahead => "position ahead of the history",
             Unrecoverable::NoHistory => "group keeps no history",
             Unrecoverable::AlreadyMember => "already a member of the group",
+            Unrecoverable::Unavailable => "history store unavailable",
+            Unrecoverable::HoldOverflow => "too many live messages while recovering",
+            Unrecoverable::Interrupted => "live messages interrupted while recovering",
         }
     }
 }

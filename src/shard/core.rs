@@ -14,11 +14,13 @@ use bytes::Bytes;
 use slab::Slab;
 use tokio_uring::net::TcpStream;
 
+use super::backplane::{HistoryJob, ReadAnswer, ReadJob};
+use super::node::{HistoryHandOff, Published};
 use crate::addressing::{Applied, ClientInfo, Publish, PublishReport, Session, ShardStats, To};
 use crate::command::{self, Command, JoinMatcher, ParseLimits, RateDecision, Request};
 use crate::config::{Config, OnMessage, SlowConsumerPolicy};
 use crate::fanout::{FrameDone, SendStatus, SharedFrame};
-use crate::history::{Position, ReadFrom, Seams, Unrecoverable};
+use crate::history::{Holds, Position, Read, ReadFrom, Resolved, Seams, Unrecoverable};
 use crate::ids::{ConnId, GroupId, NodeId, Slot, Uid};
 use crate::metrics::Counters;
 use crate::proto::{self, CloseCode, Inbound, Message};
@@ -76,6 +78,10 @@ pub(crate) struct Core {
     /// them. Removed once a later message of the group arrives (the shard's inbox holds a
     /// group's messages in offset order), or when the member leaves or closes. Usually empty.
     seams: Seams<ConnId>,
+    /// A clustered node (history in Redis): members whose history read is in flight, and the
+    /// live messages of their group held for them meanwhile (see `history::holding`).
+    /// Usually empty.
+    holds: Holds<ConnId, Message>,
     /// This shard queued a publish to its own inbox (a positioned publish, which must not
     /// overtake older messages of its groups there): the loop drains the inbox before parking.
     pub(crate) own_inbox: bool,
@@ -231,6 +237,7 @@ impl Core {
     ) -> Self {
         let now = Instant::now();
         let welcome = config.welcome.unwrap_or(config.on_message == OnMessage::Commands);
+        let held_max = config.history.recovery_held_messages_max;
         Core {
             id,
             latency_sink: Rc::new(LatencySink { node: node.clone(), shard: id }),
@@ -249,6 +256,7 @@ impl Core {
             join_matcher,
             welcome,
             seams: Seams::default(),
+            holds: Holds::new(held_max),
             own_inbox: false,
             recipients: Vec::new(),
             excluded: Vec::new(),
@@ -313,8 +321,23 @@ impl Core {
     /// Publish from this shard (a callback, a timer, a client command): encode once, queue
     /// locally now, and send the same bytes to every other shard that may have recipients.
     fn publish(&mut self, p: Publish) -> PublishReport {
+        self.publish_from(p, None).0
+    }
+
+    /// [`Core::publish`] for a client's command (`command`: its connection, request id and
+    /// name), which a clustered node with history answers later, once Redis assigned the
+    /// positions (the returned hand-off says so).
+    fn publish_from(
+        &mut self,
+        p: Publish,
+        command: Option<(ConnId, Option<command::RequestId>, &'static str)>,
+    ) -> (PublishReport, HistoryHandOff) {
         self.counters.frames_encoded += 1;
-        let (batch, missed, local, tapped) = self.node.publish(vec![p], Some(self.id), None, 0);
+        let Published { batch, missed, local, tapped, history } =
+            self.node.publish(vec![p], Some(self.id), None, 0, command);
+        if let HistoryHandOff::Refused(why) = &history {
+            self.log_limiter.warn("history_queue", || why.clone());
+        }
         self.own_inbox |= !local;
         if !tapped {
             self.log_limiter.warn("cluster", || {
@@ -340,7 +363,7 @@ impl Core {
             total.slow_consumers += r.slow_consumers;
             total.positions.extend(o.positions.iter().cloned());
         }
-        total
+        (total, history)
     }
 
     /// Queue one publish for its recipients on this shard.
@@ -356,6 +379,15 @@ impl Core {
         }
         if !self.seams.is_empty() && !o.positions.is_empty() {
             self.apply_seams(o, &mut excluded);
+        }
+        if !self.holds.is_empty() && !o.positions.is_empty() {
+            let (node_id, shard) = (self.node_id, self.id);
+            let dropped = self.holds.offer(&o.positions, &o.message, |id| {
+                if id.node() == node_id && id.shard() == shard && !excluded.contains(&id.slot()) {
+                    excluded.push(id.slot());
+                }
+            });
+            self.counters.recovery_held_dropped += dropped;
         }
         let mut frames = Frames::new(o);
         let target = match &o.route {
@@ -447,6 +479,9 @@ impl Core {
         if !self.seams.is_empty() {
             self.seams.forget(conn, group);
         }
+        if !self.holds.is_empty() {
+            self.holds.forget(conn, group);
+        }
     }
 
     /// `add_group` with `envelope` (and maybe `since`): join, reply with the position, and
@@ -459,6 +494,47 @@ impl Core {
         group: GroupId,
         since: Option<Position>,
     ) {
+        let node = self.node.clone();
+        if let (true, Some(tap), Some(limits)) =
+            (node.history_on, &node.tap, node.history.limits_for(&group))
+        {
+            // A clustered node: the history is in Redis, read by the control plane.
+            let already = self.router.is_member(slot, &group);
+            if let Applied::Refused(reason) = self.join_slot(slot, &group) {
+                self.counters.commands_rejected += 1;
+                self.send_control(slot, command::error(req_id, Some("add_group"), &reason));
+                return;
+            }
+            if let Some(conn) = self.conns.get_mut(slot as usize) {
+                conn.envelope = true;
+            }
+            if !already {
+                // From here on the group's live messages are held for the member until the
+                // read returns (the read waits for the group's channel to be subscribed).
+                self.holds.hold(id, group.clone());
+            }
+            let from = match since {
+                Some(p) if !already => ReadFrom::Since(p),
+                _ => ReadFrom::Last(0),
+            };
+            let job = ReadJob {
+                group: group.clone(),
+                limits,
+                from,
+                limit: limits.messages_max,
+                answer: ReadAnswer::Join { conn: id, req_id: req_id.cloned(), since },
+            };
+            if tap.history_job(HistoryJob::Read(Box::new(job))).is_err() {
+                self.log_limiter.warn("history_queue", || {
+                    "the cluster's history queue is full: a recovering join answers \
+                     recovered=false"
+                        .to_owned()
+                });
+                let read = Read { position: None, outcome: Err(Unrecoverable::Unavailable) };
+                self.recovered(id, group, req_id.cloned(), since, read);
+            }
+            return;
+        }
         let already = self.router.is_member(slot, &group);
         let from = match since {
             Some(p) if !already => ReadFrom::Since(p),
@@ -500,6 +576,77 @@ impl Core {
         ext.backlog.extend(msgs.iter().map(|m| {
             let at = [(group.clone(), Position { epoch, offset: m.offset })];
             (SharedFrame::new(crate::history::envelope::frame(&m.message, &at)), false)
+        }));
+        conn.replaying = true;
+        conn.refill(max);
+        mark_dirty(conn, slot as usize, dirty);
+    }
+
+    /// The history read of an enveloped join on a clustered node came back (or could not be
+    /// made: `Unavailable`): end the member's hold, reply, then send the replay and the held
+    /// live messages above it, and keep skipping live ones at or below the read's newest
+    /// (they may still be on their way from the bus).
+    fn recovered(
+        &mut self,
+        id: ConnId,
+        group: GroupId,
+        req_id: Option<command::RequestId>,
+        since: Option<Position>,
+        read: Read,
+    ) {
+        let Some(slot) = self.local_slot(id) else {
+            self.holds.forget(id, Some(&group));
+            return;
+        };
+        let Some(resolved) = self.holds.resolve(id, &group, read.clone()) else {
+            // No hold: the connection was already a member (it has been receiving the group
+            // live), or it left the group meanwhile.
+            if self.router.is_member(slot, &group) {
+                let mut read = read;
+                if since.is_some() {
+                    read.outcome = Err(Unrecoverable::AlreadyMember);
+                }
+                self.send_control(
+                    slot,
+                    command::joined(req_id.as_ref(), &group, &read, since.is_some()),
+                );
+            }
+            return;
+        };
+        let Resolved { position, outcome, live } = resolved;
+        let reply = Read {
+            position,
+            outcome: outcome.map(|msgs| (if since.is_some() { msgs } else { Vec::new() }, false)),
+        };
+        self.send_control(slot, command::joined(req_id.as_ref(), &group, &reply, since.is_some()));
+        let replay = match reply.outcome {
+            Ok((msgs, _)) => {
+                self.counters.recoveries += u64::from(since.is_some());
+                msgs
+            }
+            Err(_) => {
+                self.counters.recoveries_failed += u64::from(since.is_some());
+                Vec::new()
+            }
+        };
+        if let Some(top) = position {
+            self.seams.add(id, group.clone(), top.offset);
+        }
+        if replay.is_empty() && live.is_empty() {
+            return;
+        }
+        let max = self.config.outbox_bytes_max;
+        let Core { conns, dirty, .. } = self;
+        let Some(conn) = conns.get_mut(slot as usize) else { return };
+        let ext = conn.ext.get_or_insert_with(Default::default);
+        let epoch = position.map(|p| p.epoch);
+        ext.backlog.extend(replay.iter().filter_map(|m| {
+            let at = [(group.clone(), Position { epoch: epoch?, offset: m.offset })];
+            Some((SharedFrame::new(crate::history::envelope::frame(&m.message, &at)), false))
+        }));
+        ext.backlog.extend(live.iter().map(|(p, m)| {
+            let at = [(group.clone(), *p)];
+            (SharedFrame::new(crate::history::envelope::frame(m, &at)), false)
         }));
         conn.replaying = true;
         conn.refill(max);
@@ -575,6 +722,15 @@ impl Core {
                 }
             }
             ShardMsg::Query(q, reply) => self.answer(q, reply),
+            ShardMsg::Control(conn, text) => {
+                if let Some(slot) = self.local_slot(conn) {
+                    self.send_control(slot, text);
+                }
+            }
+            ShardMsg::Recovered(r) => {
+                let super::mesh::Recovery { conn, group, req_id, since, read } = *r;
+                self.recovered(conn, group, req_id, since, read)
+            }
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -584,6 +740,9 @@ impl Core {
             let removed = self.router.dissolve(g);
             if !self.seams.is_empty() {
                 self.seams.forget_group(g);
+            }
+            if !self.holds.is_empty() {
+                self.holds.forget_group(g);
             }
             if !removed.is_empty() {
                 self.node.group_remove(g, self.id);
@@ -823,6 +982,7 @@ impl Core {
                 .collect()
         };
         let mut positions = Vec::new();
+        let mut answered_later = false;
         let outcome: Result<(), String> = match cmd {
             Command::Ping => {
                 self.send_control(slot, command::pong(req_id.as_ref()));
@@ -834,6 +994,30 @@ impl Core {
             }
             Command::History { group, since, limit } => {
                 let from = since.map_or(ReadFrom::Last(limit), ReadFrom::Since);
+                if let (true, Some(tap), Some(limits)) =
+                    (self.node.history_on, &self.node.tap, self.node.history.limits_for(&group))
+                {
+                    // A clustered node: the history is in Redis; the answer comes back
+                    // through this shard's inbox.
+                    let job = ReadJob {
+                        group,
+                        limits,
+                        from,
+                        limit,
+                        answer: ReadAnswer::Command {
+                            conn: id,
+                            req_id: req_id.clone(),
+                            since_given: since.is_some(),
+                            bytes_max: (self.config.outbox_bytes_max / 2).max(4096),
+                        },
+                    };
+                    if tap.history_job(HistoryJob::Read(Box::new(job))).is_err() {
+                        self.counters.commands_rejected += 1;
+                        let why = "history store busy (the cluster's history queue is full); retry";
+                        self.send_control(slot, command::error(req_id.as_ref(), Some(name), why));
+                    }
+                    return;
+                }
                 let read = self.node.history.read(&group, from, limit, self.now, &mut |_| {});
                 let bytes_max = (self.config.outbox_bytes_max / 2).max(4096);
                 let text =
@@ -852,14 +1036,26 @@ impl Core {
                 self.drop_seams(id, Some(&group));
                 Ok(())
             }
-            Command::SendToGroup { groups, message, exclude } => parse_ids(&exclude).map(|ex| {
-                let p = Publish {
-                    to: To::Groups(groups),
-                    exclude: ex,
-                    message: Message::text(message),
-                };
-                positions = self.publish(p).positions;
-            }),
+            Command::SendToGroup { groups, message, exclude } => {
+                parse_ids(&exclude).and_then(|ex| {
+                    let p = Publish {
+                        to: To::Groups(groups),
+                        exclude: ex,
+                        message: Message::text(message),
+                    };
+                    let (report, history) = self.publish_from(p, Some((id, req_id.clone(), name)));
+                    positions = report.positions;
+                    match history {
+                        HistoryHandOff::None => Ok(()),
+                        // The cluster task answers once Redis gave the positions.
+                        HistoryHandOff::Queued => {
+                            answered_later = true;
+                            Ok(())
+                        }
+                        HistoryHandOff::Refused(why) => Err(why),
+                    }
+                })
+            }
             Command::SendToAll { message, exclude } => parse_ids(&exclude).map(|ex| {
                 let p = Publish { to: To::All, exclude: ex, message: Message::text(message) };
                 self.publish(p);
@@ -869,6 +1065,7 @@ impl Core {
             }),
         };
         match outcome {
+            Ok(()) if answered_later => {}
             Ok(()) => {
                 if let Some(rid) = req_id {
                     // No `queued` in the reply: this shard knows only its own count; other

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::addressing::Session;
-use crate::history::Position;
+use crate::history::{Position, Read};
 use crate::ids::{ConnId, GroupId, Uid};
 use crate::proto::Message;
 
@@ -152,8 +152,24 @@ pub(crate) enum ShardMsg {
     Op(Op, Option<Reply>),
     /// A query.
     Query(Query, Reply),
+    /// A frame of ours for one connection (a command's reply the control plane answered).
+    Control(ConnId, String),
+    /// The history read of a recovering (or enveloped) join on a clustered node came back:
+    /// end the member's hold and answer (`history::Holds::resolve`). Boxed: rare, and the
+    /// inbox's slots stay small.
+    Recovered(Box<Recovery>),
     /// Begin graceful shutdown: stop accepting, close everyone with 1001.
     Shutdown,
+}
+
+/// A join's history read, answered to the member's shard (see [`ShardMsg::Recovered`]).
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    pub(crate) conn: ConnId,
+    pub(crate) group: GroupId,
+    pub(crate) req_id: Option<crate::command::RequestId>,
+    pub(crate) since: Option<Position>,
+    pub(crate) read: Read,
 }
 
 /// The sending side of one shard's inbox.
@@ -231,5 +247,18 @@ impl Link {
     pub(crate) fn force_wake(&self) {
         self.signalled.store(false, Ordering::Release);
         self.wake();
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn inbox_slots_stay_small() {
+        // Every event in an inbox takes a slot of this size: rare, large events are boxed.
+        assert!(
+            std::mem::size_of::<super::ShardMsg>() <= 64,
+            "{}",
+            std::mem::size_of::<super::ShardMsg>()
+        );
     }
 }

@@ -102,13 +102,6 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
     let join_matcher = JoinMatcher::new(&config.permissions.join)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     config.history.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    if config.history.enabled() && config.cluster.enabled() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "history rules are not supported together with clustering yet (a node's history \
-             would miss messages published on other nodes)",
-        ));
-    }
     let history = crate::history::MemoryHistory::new(&config.history)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     config.tls.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -158,6 +151,7 @@ pub(crate) fn launch(config: Config, callbacks: Callbacks) -> io::Result<Launche
             backplane::Tap::new(
                 config.cluster.outbound_messages_max,
                 config.cluster.interest_events_max,
+                config.cluster.outbound_messages_max,
             )
         }),
         links,

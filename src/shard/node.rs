@@ -13,11 +13,12 @@ use crate::history::{AppendItem, HistoryBackend};
 use crate::ids::{ConnId, GroupId, NodeId, Uid};
 use crate::metrics::{LatencyHistogram, ShardHealth, SharedCounters};
 
-use super::backplane::Hint;
+use super::backplane::{AppendAnswer, Hint, HistoryJob};
 use super::directory::{Directory, ShardSet};
 use super::mesh::{Link, Outgoing, Route, ShardMsg};
-use super::reply::Request;
+use super::reply::{Answer, Request};
 use super::Ctx;
+use crate::command::RequestId;
 
 /// What is known about a connection when it opens.
 #[derive(Debug, Clone)]
@@ -79,6 +80,31 @@ pub(crate) struct Node {
     pub(crate) auth: crate::auth::Policy,
     /// Per-address handshake rate and open-connection counts.
     pub(crate) ips: super::ips::IpLimits,
+}
+
+/// What [`Node::publish`] did.
+pub(crate) struct Published {
+    /// The encoded batch (its `positions` set by an in-memory history).
+    pub(crate) batch: Arc<[Outgoing]>,
+    /// Shards whose inbox was full.
+    pub(crate) missed: usize,
+    /// The calling shard applies the batch itself.
+    pub(crate) local: bool,
+    /// `false`: the cluster's outbound queue was full (counted).
+    pub(crate) tapped: bool,
+    /// Whether appends to a history in Redis were handed to the cluster task.
+    pub(crate) history: HistoryHandOff,
+}
+
+/// Appends handed to the cluster task by a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HistoryHandOff {
+    /// None needed (no group with history, or the history is in memory).
+    None,
+    /// Queued: the cluster task answers the positions.
+    Queued,
+    /// Refused (the queue was full): those groups' members got nothing; the reason.
+    Refused(String),
 }
 
 impl Node {
@@ -186,22 +212,33 @@ impl Node {
     /// On a clustered node the batch is also handed to the cluster task for the other nodes
     /// (`tap_request`: non-zero asks them for a report); the last value returned is `false`
     /// when the cluster's outbound queue was full (counted there).
+    ///
+    /// A clustered node keeps group history in Redis: there a publish's groups with history
+    /// are taken out of its route and handed to the cluster task (`HistoryJob::Append`), which
+    /// appends and publishes each message positioned on the group's channel; every node, this
+    /// one included, delivers it from the bus, so each node sees a group's messages in offset
+    /// order. The positions are answered to `request` (an `Answer::Positions`) or, for a
+    /// client's command, to `command`'s connection through its shard's inbox.
     pub(crate) fn publish(
         &self,
         batch: Vec<Publish>,
         skip: Option<usize>,
         mut request: Option<&mut Request>,
         tap_request: u64,
-    ) -> (Arc<[Outgoing]>, usize, bool, bool) {
+        command: Option<(ConnId, Option<RequestId>, &'static str)>,
+    ) -> Published {
         let tap = |batch: &Arc<[Outgoing]>| match &self.tap {
             Some(tap) => tap.publish_with_request(batch, tap_request),
             None => true,
         };
-        let outgoing: Vec<Outgoing> = batch
+        let mut outgoing: Vec<Outgoing> = batch
             .into_iter()
             .map(|p| Outgoing::new(super::core::route_of(p.to), p.exclude, p.message))
             .collect();
-        if self.history_on {
+        let mut history = HistoryHandOff::None;
+        if let (true, Some(tap)) = (self.history_on, &self.tap) {
+            history = self.hand_off_appends(tap, &mut outgoing, request.as_deref_mut(), command);
+        } else if self.history_on {
             let mut at = Vec::new();
             let mut messages = Vec::new();
             let mut groups = Vec::new();
@@ -234,7 +271,13 @@ impl Node {
                     let batch: Arc<[Outgoing]> = outgoing.into();
                     let tapped = tap(&batch);
                     let missed = self.send_publish(&batch, None, skip, request.take());
-                    done = Some((batch, missed, false, tapped));
+                    done = Some(Published {
+                        batch,
+                        missed,
+                        local: false,
+                        tapped,
+                        history: HistoryHandOff::None,
+                    });
                 });
                 return done.unwrap_or_else(|| unreachable!("append calls fan_out once"));
             }
@@ -242,7 +285,61 @@ impl Node {
         let batch: Arc<[Outgoing]> = outgoing.into();
         let tapped = tap(&batch);
         let missed = self.send_publish(&batch, skip, None, request);
-        (batch, missed, skip.is_some(), tapped)
+        Published { batch, missed, local: skip.is_some(), tapped, history }
+    }
+
+    /// Take the groups with history out of each publish's route and queue their appends to
+    /// the cluster task (see [`Node::publish`]).
+    fn hand_off_appends(
+        &self,
+        tap: &super::backplane::Tap,
+        outgoing: &mut [Outgoing],
+        request: Option<&mut Request>,
+        command: Option<(ConnId, Option<RequestId>, &'static str)>,
+    ) -> HistoryHandOff {
+        let mut items = Vec::new();
+        for (index, o) in outgoing.iter_mut().enumerate() {
+            if let Route::Groups(gs) = &mut o.route {
+                let mut with = Vec::new();
+                gs.retain(|g| match self.history.limits_for(g) {
+                    Some(l) => {
+                        with.push((g.clone(), l));
+                        false
+                    }
+                    None => true,
+                });
+                if !with.is_empty() {
+                    items.push(super::backplane::AppendItem {
+                        index,
+                        groups: with,
+                        message: o.message.clone(),
+                        exclude: o.exclude.clone(),
+                    });
+                }
+            }
+        }
+        if items.is_empty() {
+            return HistoryHandOff::None;
+        }
+        let answer = match (command, request) {
+            (Some((conn, req_id, cmd)), _) => AppendAnswer::Command { conn, req_id, cmd },
+            (None, Some(req)) => AppendAnswer::Reply(req.reply()),
+            (None, None) => AppendAnswer::Nobody,
+        };
+        match tap.history_job(HistoryJob::Append(items, answer)) {
+            Ok(()) => HistoryHandOff::Queued,
+            Err(job) => {
+                let why = format!(
+                    "the cluster's history queue is full ({} jobs): not appended, reached nobody \
+                     through its groups with history",
+                    tap.history_jobs_max()
+                );
+                if let HistoryJob::Append(_, AppendAnswer::Reply(r)) = job {
+                    r.send(Answer::Positions(Err(why.clone())));
+                }
+                HistoryHandOff::Refused(why)
+            }
+        }
     }
 
     /// Send a batch of publishes to every shard that may hold recipients, except `skip` (the

@@ -13,7 +13,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::addressing::{Applied, ClientInfo, PublishReport, RequestError, ShardStats};
-use crate::ids::{ConnId, Uid};
+use crate::history::Position;
+use crate::ids::{ConnId, GroupId, Uid};
 
 /// One shard's answer.
 #[derive(Debug)]
@@ -32,7 +33,15 @@ pub(crate) enum Answer {
     Uid(Vec<ConnId>),
     /// Shard totals.
     Stats(ShardStats),
+    /// The cluster task's answer for a batch's appends to groups with history (kept in Redis):
+    /// per publish index, its positions; or why nothing was appended (then those publishes
+    /// reached nobody through their groups with history).
+    Positions(Appended),
 }
+
+/// Appends to a history in Redis: per publish index, its positions; or why nothing more was
+/// appended.
+pub(crate) type Appended = Result<Vec<(usize, Vec<(GroupId, Position)>)>, String>;
 
 struct State {
     answers: Vec<Answer>,

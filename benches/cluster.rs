@@ -66,6 +66,9 @@ fn node_args(cluster: Option<&str>) -> Vec<String> {
             url.into(),
             "--cluster-unsubscribe-linger".into(),
             "60s".into(),
+            // Groups `hbench*` keep a history (in Redis, on a clustered node).
+            "--history-rule".into(),
+            "hbench*=10000,1m".into(),
         ]);
     }
     v
@@ -170,6 +173,22 @@ async fn run_point(
     )
 }
 
+/// One table row: the points' deliveries/s, p50 and p99 (median and spread), share delivered.
+fn row(name: &str, rate: u64, r: &[Point]) -> String {
+    let d: Vec<f64> = r.iter().map(|p| p.deliveries_per_sec).collect();
+    let p50: Vec<f64> = r.iter().map(|p| p.p50_us).collect();
+    let p99: Vec<f64> = r.iter().map(|p| p.p99_us).collect();
+    let got: u64 = r.iter().map(|p| p.received).sum();
+    let want: u64 = r.iter().map(|p| p.expected).sum();
+    format!(
+        "| {name} | {rate} | {} | {} | {} | {:.2} % |\n",
+        spread(&d),
+        spread(&p50),
+        spread(&p99),
+        100.0 * got as f64 / want.max(1) as f64
+    )
+}
+
 fn spread(v: &[f64]) -> String {
     let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
     let max = v.iter().cloned().fold(0.0, f64::max);
@@ -266,19 +285,37 @@ fn main() {
                 res[1].push(p);
             }
             for (name, r) in [("1 node", &res[0]), ("3 nodes + Redis", &res[1])] {
-                let d: Vec<f64> = r.iter().map(|p| p.deliveries_per_sec).collect();
-                let p50: Vec<f64> = r.iter().map(|p| p.p50_us).collect();
-                let p99: Vec<f64> = r.iter().map(|p| p.p99_us).collect();
-                let got: u64 = r.iter().map(|p| p.received).sum();
-                let want: u64 = r.iter().map(|p| p.expected).sum();
-                out.push_str(&format!(
-                    "| {name} | {rate} | {} | {} | {} | {:.2} % |\n",
-                    spread(&d),
-                    spread(&p50),
-                    spread(&p99),
-                    100.0 * got as f64 / want.max(1) as f64
-                ));
+                out.push_str(&row(name, rate, r));
             }
+        }
+
+        // History in Redis: the same traffic to a group with a history rule (each publish
+        // appended by the publishing node's cluster task, one Lua script that also publishes
+        // it positioned; every node, the publisher's included, delivers it from Redis) vs a
+        // group without.
+        for ws in cluster_subs.iter_mut() {
+            join(ws, "hbench").await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        out.push_str(
+            "\nHistory in Redis, 3 nodes: the same subscribers in a group with a history rule \
+             (`hbench`, appended in Redis) vs without (`bench`), interleaved:\n\n\
+             | group | offered publishes/s | deliveries/s | p50 µs | p99 µs | delivered |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for rate in [200u64, 1000, 2000] {
+            let mut res: [Vec<Point>; 2] = [Vec::new(), Vec::new()];
+            eprintln!("cluster bench: history, {rate} publishes/s");
+            for _ in 0..reps {
+                for (i, g) in ["bench", "hbench"].into_iter().enumerate() {
+                    let subs = std::mem::take(&mut cluster_subs);
+                    let (p, s) = run_point(&mut cluster_pub, subs, g, rate, secs).await;
+                    cluster_subs = s;
+                    res[i].push(p);
+                }
+            }
+            out.push_str(&row("no history", rate, &res[0]));
+            out.push_str(&row("history in Redis", rate, &res[1]));
         }
         drop(single_subs);
         drop(cluster_subs);

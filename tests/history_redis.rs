@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
-use ringcast::history::redis::{decode_positioned, PublishOn, RedisHistory};
+use ringcast::history::redis::{decode_positioned, AppendRequest, PublishOn, RedisHistory};
 use ringcast::history::{Claim, Position, ReadFrom, StreamLimits, Unrecoverable};
 use ringcast::{GroupId, Message};
 
@@ -299,6 +299,35 @@ fn redis_cluster() -> Vec<Redis> {
 /// On a Redis Cluster the script's keys and the group's channel share a hash slot, so the
 /// append can `SPUBLISH` in the same atomic step (also for a group id with a hash tag).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_batch_appends_in_order_and_answers_each_item() {
+    let r = Redis::start();
+    let a = node(&r, Duration::from_secs(60)).await;
+    let l = limits(1000, Duration::from_secs(600));
+    let msgs: Vec<Message> = (0..60).map(|i| Message::text(format!("m{i}"))).collect();
+    let groups = ["p1", "p2", "bad}", "p3"];
+    let requests: Vec<AppendRequest<'_>> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| AppendRequest { group: groups[i % 4], limits: l, message: m, prefix: b"H" })
+        .collect();
+    let results = a.append_many(&requests).await;
+    assert_eq!(results.len(), 60);
+    for (i, r) in results.iter().enumerate() {
+        match groups[i % 4] {
+            // A group id no key can share a slot with is refused alone; the rest go through.
+            "bad}" => assert!(r.is_err(), "{r:?}"),
+            _ => assert_eq!(r.as_ref().unwrap().offset, (i / 4 + 1) as u64, "item {i}"),
+        }
+    }
+    for (k, group) in ["p1", "p2", "p3"].into_iter().enumerate() {
+        let k = if k == 2 { 3 } else { k };
+        let read = a.read(&g(group), l, ReadFrom::Last(100), 100).await.unwrap();
+        let want: Vec<String> = (0..15).map(|j| format!("m{}", j * 4 + k)).collect();
+        assert_eq!(texts(&read), want, "{group}: the batch's order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_redis_cluster_appends_spublish_in_offset_order_and_read_from_any_node() {
     use redis::cluster::ClusterClient;
     let nodes = redis_cluster();
@@ -340,6 +369,22 @@ async fn on_a_redis_cluster_appends_spublish_in_offset_order_and_read_from_any_n
         assert_eq!(offsets_seen, (1..=100).collect::<Vec<u64>>(), "{group}: offset order");
         let tail = b.read(&g(group), l, ReadFrom::Last(3), 10).await.unwrap();
         assert_eq!(offsets(&tail), [98, 99, 100]);
+    }
+    // A pipelined batch over groups on several Redis shards keeps each group's order.
+    let msgs: Vec<Message> = (0..40).map(|i| Message::text(format!("b{i}"))).collect();
+    let groups = ["q1", "q2", "q3", "q4"];
+    let requests: Vec<AppendRequest<'_>> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| AppendRequest { group: groups[i % 4], limits: l, message: m, prefix: b"" })
+        .collect();
+    for (i, r) in a.append_many(&requests).await.into_iter().enumerate() {
+        assert_eq!(r.unwrap().offset, (i / 4 + 1) as u64, "item {i}");
+    }
+    for (k, group) in groups.into_iter().enumerate() {
+        let read = b.read(&g(group), l, ReadFrom::Last(100), 100).await.unwrap();
+        let want: Vec<String> = (0..10).map(|j| format!("b{}", j * 4 + k)).collect();
+        assert_eq!(texts(&read), want, "{group}");
     }
     drop(nodes);
 }

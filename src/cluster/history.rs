@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::interest::Channel;
 use super::Inner;
 use crate::command;
-use crate::history::redis::{RedisConn, RedisHistory};
+use crate::history::redis::{AppendRequest, RedisConn, RedisHistory};
 use crate::history::{Read, Unrecoverable};
 use crate::ids::ConnId;
 use crate::shard::backplane::{AppendAnswer, AppendItem, HistoryJob, ReadAnswer, ReadJob};
@@ -33,6 +33,9 @@ use crate::shard::reply::{Answer, Appended};
 /// Reads in flight at once; past it the job queue waits (it is bounded: shards then see it
 /// full and answer their clients at once).
 const READS_IN_FLIGHT_MAX: usize = 64;
+
+/// Append jobs drained into one Redis pipeline (one round trip).
+const APPEND_JOBS_PER_TRIP: usize = 256;
 
 /// How long an answer to a shard is retried while the shard's inbox is full.
 const SHARD_ANSWER_PATIENCE: Duration = Duration::from_secs(1);
@@ -44,60 +47,104 @@ pub(crate) async fn run(
     mut jobs: mpsc::Receiver<HistoryJob>,
 ) {
     let reads = Arc::new(Semaphore::new(READS_IN_FLIGHT_MAX));
-    while let Some(job) = jobs.recv().await {
-        match job {
-            HistoryJob::Append(items, answer) => {
-                let result = append(&inner, &store, &items).await;
-                answer_append(&inner, answer, result).await;
+    let mut buf = Vec::new();
+    let mut appends = Vec::new();
+    while jobs.recv_many(&mut buf, APPEND_JOBS_PER_TRIP).await > 0 {
+        for job in buf.drain(..) {
+            match job {
+                HistoryJob::Append(items, answer) => appends.push((items, answer)),
+                HistoryJob::Read(job) => {
+                    let Ok(permit) = reads.clone().acquire_owned().await else { return };
+                    let (inner, store) = (inner.clone(), store.clone());
+                    tokio::spawn(async move {
+                        read(&inner, &store, job).await;
+                        drop(permit);
+                    });
+                }
             }
-            HistoryJob::Read(job) => {
-                let Ok(permit) = reads.clone().acquire_owned().await else { return };
-                let (inner, store) = (inner.clone(), store.clone());
-                tokio::spawn(async move {
-                    read(&inner, &store, job).await;
-                    drop(permit);
-                });
+        }
+        if !appends.is_empty() {
+            let results = append(&inner, &store, &appends).await;
+            for ((_, answer), result) in appends.drain(..).zip(results) {
+                answer_append(&inner, answer, result).await;
             }
         }
     }
 }
 
-/// Append each item to each of its groups, in order. Stops at the first failure: the items
-/// after it are not appended (nothing is half-published out of order).
-async fn append(inner: &Inner, store: &RedisHistory<RedisConn>, items: &[AppendItem]) -> Appended {
-    let mut out = Vec::with_capacity(items.len());
-    for (done, item) in items.iter().enumerate() {
-        let prefix = super::wire::positioned_prefix(&item.exclude);
-        let mut positions = Vec::with_capacity(item.groups.len());
-        for (group, limits) in &item.groups {
-            match store.append_with_prefix(group, *limits, &item.message, &prefix).await {
-                Ok(p) => {
-                    inner.counters.history_appends.fetch_add(1, Relaxed);
-                    positions.push((group.clone(), p));
-                }
-                Err(e) => {
-                    let lost = (items.len() - done) as u64;
-                    inner.counters.history_append_failed.fetch_add(lost, Relaxed);
-                    if let Some(suppressed) = inner.log.allow("history_append") {
-                        tracing::warn!(
-                            messages = lost,
-                            suppressed,
-                            "cluster: appending to a group's history in Redis failed ({e}): \
-                             not delivered through its groups with history; the publisher is \
-                             told (HTTP 503, an error frame)"
-                        );
-                    }
-                    return Err(format!(
-                        "appending to group {:?}'s history in Redis failed ({e}); the message \
-                         reached nobody through its groups with history",
-                        group.as_str()
-                    ));
-                }
+/// Append every job's items to each of their groups, in queue order, in one pipeline (one
+/// Redis round trip for the whole drained batch). One answer per job: its positions, or why
+/// it failed (a job fails when any of its appends did; the others may have been delivered).
+async fn append(
+    inner: &Inner,
+    store: &RedisHistory<RedisConn>,
+    jobs: &[(Vec<AppendItem>, AppendAnswer)],
+) -> Vec<Appended> {
+    let prefixes: Vec<Vec<Vec<u8>>> = jobs
+        .iter()
+        .map(|(items, _)| {
+            items.iter().map(|it| super::wire::positioned_prefix(&it.exclude)).collect()
+        })
+        .collect();
+    let mut requests = Vec::new();
+    for ((items, _), prefixes) in jobs.iter().zip(&prefixes) {
+        for (item, prefix) in items.iter().zip(prefixes) {
+            for (group, limits) in &item.groups {
+                requests.push(AppendRequest {
+                    group,
+                    limits: *limits,
+                    message: &item.message,
+                    prefix,
+                });
             }
         }
-        out.push((item.index, positions));
     }
-    Ok(out)
+    let mut results = store.append_many(&requests).await.into_iter();
+    let mut out = Vec::with_capacity(jobs.len());
+    for (items, _) in jobs {
+        let mut positions = Vec::with_capacity(items.len());
+        let mut failed = None;
+        for item in items {
+            let mut at = Vec::with_capacity(item.groups.len());
+            for (group, _) in &item.groups {
+                match results.next() {
+                    Some(Ok(p)) => {
+                        inner.counters.history_appends.fetch_add(1, Relaxed);
+                        at.push((group.clone(), p));
+                    }
+                    Some(Err(e)) => {
+                        inner.counters.history_append_failed.fetch_add(1, Relaxed);
+                        failed.get_or_insert_with(|| (group.clone(), e.to_string()));
+                    }
+                    None => {
+                        inner.counters.history_append_failed.fetch_add(1, Relaxed);
+                        failed.get_or_insert_with(|| (group.clone(), "no reply".to_owned()));
+                    }
+                }
+            }
+            positions.push((item.index, at));
+        }
+        out.push(match failed {
+            None => Ok(positions),
+            Some((group, e)) => {
+                if let Some(suppressed) = inner.log.allow("history_append") {
+                    tracing::warn!(
+                        suppressed,
+                        group = group.as_str(),
+                        "cluster: appending to a group's history in Redis failed ({e}): not \
+                         delivered through that group; the publisher is told (HTTP 503, an \
+                         error frame)"
+                    );
+                }
+                Err(format!(
+                    "appending to group {:?}'s history in Redis failed ({e}); the message \
+                     reached nobody through it",
+                    group.as_str()
+                ))
+            }
+        });
+    }
+    out
 }
 
 async fn answer_append(inner: &Inner, answer: AppendAnswer, result: Appended) {

@@ -433,6 +433,110 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisHistory<C> {
         Ok(Position { epoch, offset })
     }
 
+    /// Append many messages in one round trip, in order: Redis runs a connection's commands
+    /// in the order sent, so each group's messages get their offsets (and are published) in
+    /// `items`' order. One result per item. Each append is an `EVAL` of the script's text, not
+    /// `EVALSHA`: a script cache emptied by a Redis restart can never make one append of the
+    /// batch fail while a later one succeeds (which would reorder them on retry). On a Redis
+    /// Cluster (sharded publishing) a pipeline may not cross hash slots: there each group gets
+    /// its own pipeline (its keys and channel share one slot), all sent concurrently.
+    pub async fn append_many(&self, items: &[AppendRequest<'_>]) -> Vec<RedisResult<Position>> {
+        let mut out: Vec<Option<RedisResult<Position>>> = items.iter().map(|_| None).collect();
+        if self.publish == PublishOn::Sharded {
+            let mut by_group: Vec<(&str, Vec<usize>)> = Vec::new();
+            for (i, it) in items.iter().enumerate() {
+                match by_group.iter_mut().find(|(g, _)| *g == it.group) {
+                    Some((_, v)) => v.push(i),
+                    None => by_group.push((it.group, vec![i])),
+                }
+            }
+            let runs = by_group.iter().map(|(_, idx)| self.pipeline(items, idx));
+            for (results, (_, idx)) in
+                futures_util::future::join_all(runs).await.into_iter().zip(&by_group)
+            {
+                for (r, &i) in results.into_iter().zip(idx) {
+                    out[i] = Some(r);
+                }
+            }
+        } else {
+            let idx: Vec<usize> = (0..items.len()).collect();
+            for (r, i) in self.pipeline(items, &idx).await.into_iter().zip(idx) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                let r = r.unwrap_or_else(|| Err(err("no reply for a pipelined append")));
+                match &r {
+                    Ok(_) => self.counters.appends.fetch_add(1, Relaxed),
+                    Err(_) => self.counters.errors.fetch_add(1, Relaxed),
+                };
+                r
+            })
+            .collect()
+    }
+
+    /// One pipeline of `items[idx]`, in that order; one result per index.
+    async fn pipeline(
+        &self,
+        items: &[AppendRequest<'_>],
+        idx: &[usize],
+    ) -> Vec<RedisResult<Position>> {
+        let mut pipe = redis::pipe();
+        let mut out: Vec<Option<RedisResult<Position>>> = Vec::with_capacity(idx.len());
+        let mut sent = Vec::with_capacity(idx.len());
+        for (k, it) in idx.iter().map(|&i| &items[i]).enumerate() {
+            let (stream, meta) = match self.keys(it.group) {
+                Ok(keys) => keys,
+                Err(e) => {
+                    out.push(Some(Err(e)));
+                    continue;
+                }
+            };
+            out.push(None);
+            sent.push(k);
+            let channel = self.channel(it.group);
+            let (kind, data): (&str, &[u8]) = match it.message {
+                Message::Text(t) => ("t", t.as_bytes()),
+                Message::Binary(b) => ("b", b),
+            };
+            let sharded = self.publish == PublishOn::Sharded;
+            let cmd = pipe.cmd("EVAL").arg(APPEND_LUA).arg(if sharded { 3 } else { 2 });
+            cmd.arg(&stream).arg(&meta);
+            if sharded {
+                cmd.arg(&channel);
+            }
+            cmd.arg(kind)
+                .arg(data)
+                .arg(it.limits.messages_max)
+                .arg(millis(it.limits.age_max))
+                .arg(millis(META_TTL_MIN.max(it.limits.age_max * 2)))
+                .arg(fresh_epoch().to_string())
+                .arg(if self.publish == PublishOn::Nothing { "" } else { channel.as_str() })
+                .arg(if sharded { "1" } else { "0" })
+                .arg(it.prefix);
+        }
+        if !sent.is_empty() {
+            let mut conn = self.conn.clone();
+            match conn.req_packed_commands(&pipe, 0, sent.len()).await {
+                Ok(values) => {
+                    for (&k, v) in sent.iter().zip(values) {
+                        out[k] = Some(parse_appended(v));
+                    }
+                }
+                Err(e) => {
+                    let (kind, text) = (e.kind(), e.to_string());
+                    for &k in &sent {
+                        out[k] = Some(Err((kind, "pipelined append failed", text.clone()).into()));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(err("no reply for a pipelined append"))))
+            .collect()
+    }
+
     /// Read `group`'s history (the same answers as the in-memory store's `read`): the newest
     /// position and the messages, or why a position cannot be recovered from.
     pub async fn read(
@@ -531,6 +635,26 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisHistory<C> {
         let _: i64 = self.release.key(self.idem_key(key)).invoke_async(&mut conn).await?;
         Ok(())
     }
+}
+
+/// One append of [`RedisHistory::append_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct AppendRequest<'a> {
+    /// The group.
+    pub group: &'a str,
+    /// Its rule's bounds.
+    pub limits: StreamLimits,
+    /// The message.
+    pub message: &'a Message,
+    /// Bytes before the published positioned message (see [`RedisHistory::append_with_prefix`]).
+    pub prefix: &'a [u8],
+}
+
+/// The append script's reply `{epoch, offset}`.
+fn parse_appended(v: Value) -> RedisResult<Position> {
+    let (epoch, offset): (String, u64) = redis::from_owned_redis_value(v.extract_error()?)?;
+    let epoch = epoch.parse().map_err(|e: String| err(&e))?;
+    Ok(Position { epoch, offset })
 }
 
 fn parse_read(reply: Vec<Value>) -> RedisResult<Read> {

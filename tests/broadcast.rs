@@ -93,6 +93,31 @@ async fn relay_reaches_clients_on_every_shard() {
     node.join().unwrap();
 }
 
+/// A client that read its 101 gets every message published after it: the connection is
+/// registered before its 101 is queued (a publish racing the 101's write once missed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gets_what_is_published_right_after_its_101() {
+    use futures_util::SinkExt;
+    let node = start(ringcast::Config { on_message: OnMessage::Relay, ..config() });
+    let addr = node.local_addr();
+    let mut sender = connect(addr).await;
+    wait_until(10, "sender registered", || node.metrics().connections_open == 1);
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        // No wait between the 101 and the publish.
+        let mut ws = connect(addr).await;
+        sender.send(format!("after {i}").into()).await.unwrap();
+        assert_eq!(
+            next_data(&mut ws, 10).await,
+            format!("after {i}").as_str().into(),
+            "client {i}"
+        );
+        clients.push(ws);
+    }
+    node.shutdown();
+    node.join().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timer_broadcasts_the_server_time() {
     let node =

@@ -1112,6 +1112,7 @@ impl Core {
         leftover: Vec<u8>,
         tls: Option<Box<TlsConn>>,
         admitted: super::Admitted,
+        response: Vec<u8>,
     ) {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
@@ -1120,7 +1121,12 @@ impl Core {
         }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         let id = ConnId::new(self.node_id, self.id, slot as Slot, self.generations[slot]);
-        entry.insert(Conn::new(id, stream, self.tick, tls));
+        let conn = entry.insert(Conn::new(id, stream, self.tick, tls));
+        // The 101 is the connection's first frame: from the moment it is queued the
+        // connection is registered, so a client that read its 101 misses nothing published
+        // after it (the handshake task did not write it, see `shard::handshake`).
+        let _ = conn.outbox.push(SharedFrame::new(Bytes::from(response)), usize::MAX);
+        mark_dirty(conn, slot, &mut self.dirty);
         self.counters.connections_open += 1;
         let super::Admitted { mut grant, ip } = admitted;
         // The token's uid is bound before anything else sees the connection (callbacks, the
@@ -1626,7 +1632,6 @@ fn mark_dirty(conn: &mut Conn, slot: usize, dirty: &mut Vec<usize>) {
     }
 }
 
-/// Queue one frame for one connection, applying the slow-consumer policy.
 /// Queue one frame for one connection, applying the slow-consumer policy.
 #[allow(clippy::too_many_arguments)]
 fn deliver(

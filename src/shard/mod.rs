@@ -271,6 +271,9 @@ enum Handshake {
         leftover: Vec<u8>,
         admitted: Admitted,
         tls: Option<Box<TlsConn>>,
+        /// The 101 response, not yet written: the shard queues it as the connection's first
+        /// bytes when it registers the connection, so every publish from then on follows it.
+        response: Vec<u8>,
     },
     Rejected {
         status: u16,
@@ -373,20 +376,16 @@ async fn handshake(
     };
     match decided {
         Ok(((response, path, admitted), accepted, buf)) => {
-            if tokio::time::timeout(timeout, io.write(response)).await.ok().flatten().is_none() {
-                node.release_slot();
-                if let Some(key) = admitted.ip {
-                    node.ips.close(key);
-                }
-                return Handshake::Failed { tls_failed: false, tls_established: is_tls };
-            }
+            // The 101 is not written here: a client that read it must get every message
+            // published after, so the shard registers the connection first and sends the
+            // 101 as its first bytes (`Core::insert`).
             let leftover = buf[accepted.consumed..].to_vec();
             let mut tls = io.tls.take();
             if let Some(tls) = tls.as_mut() {
                 tls.session.handshake_done();
             }
             drop(io);
-            Handshake::Accepted { stream, peer, path, leftover, admitted, tls }
+            Handshake::Accepted { stream, peer, path, leftover, admitted, tls, response }
         }
         Err((rejection, why)) => {
             // The refusal goes through TLS for `wss://`; `finish` sends close_notify (TLS)
@@ -613,9 +612,9 @@ async fn run(
             while let Poll::Ready(Some(outcome)) = handshakes.poll_next_unpin(cx) {
                 progress = true;
                 match outcome {
-                    Handshake::Accepted { stream, peer, path, leftover, admitted, tls } => {
+                    Handshake::Accepted { stream, peer, path, leftover, admitted, tls, response } => {
                         core.counters.tls_handshakes += u64::from(tls.is_some());
-                        core.insert(stream, peer, path, leftover, tls, admitted)
+                        core.insert(stream, peer, path, leftover, tls, admitted, response)
                     }
                     Handshake::Rejected { status, why, peer, tls } => {
                         let c = &mut core.counters;

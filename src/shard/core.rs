@@ -5,7 +5,6 @@
 //! state (it reaches other shards only through their inboxes).
 
 use std::io;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use crate::metrics::Counters;
 use crate::proto::{self, CloseCode, Inbound, Message};
 use crate::route::{Bound, Joined, Left, Router, Selection, Target};
 
-use super::conn::{Conn, Phase, Tick, TlsConn};
+use super::conn::{Conn, Phase, Tick};
 use super::mesh::{Op, Outgoing, Query, Route, ShardMsg};
 use super::node::{Callbacks, ConnInfo, Node};
 use super::reply::{Answer, Reply};
@@ -1104,16 +1103,8 @@ impl Core {
     }
 
     /// A handshake finished: the connection joins the shard.
-    pub(crate) fn insert(
-        &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        path: String,
-        leftover: Vec<u8>,
-        tls: Option<Box<TlsConn>>,
-        admitted: super::Admitted,
-        response: Vec<u8>,
-    ) {
+    pub(crate) fn insert(&mut self, stream: TcpStream, upgraded: super::Upgraded) {
+        let super::Upgraded { peer, path, leftover, admitted, tls, response } = upgraded;
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if self.generations.len() <= slot {

@@ -265,15 +265,7 @@ unsafe impl tokio_uring::buf::IoBuf for SharedFrame {
 enum Handshake {
     Accepted {
         stream: TcpStream,
-        peer: SocketAddr,
-        path: String,
-        /// Plaintext that followed the upgrade request (already decrypted for `wss://`).
-        leftover: Vec<u8>,
-        admitted: Admitted,
-        tls: Option<Box<TlsConn>>,
-        /// The 101 response, not yet written: the shard queues it as the connection's first
-        /// bytes when it registers the connection, so every publish from then on follows it.
-        response: Vec<u8>,
+        upgraded: Upgraded,
     },
     Rejected {
         status: u16,
@@ -287,6 +279,19 @@ enum Handshake {
         tls_failed: bool,
         tls_established: bool,
     },
+}
+
+/// A connection whose upgrade was accepted, on its way to the shard's table.
+pub(crate) struct Upgraded {
+    pub(crate) peer: SocketAddr,
+    pub(crate) path: String,
+    /// Plaintext that followed the upgrade request (already decrypted for `wss://`).
+    pub(crate) leftover: Vec<u8>,
+    pub(crate) admitted: Admitted,
+    pub(crate) tls: Option<Box<TlsConn>>,
+    /// The 101 response, not yet written: the shard queues it as the connection's first
+    /// bytes when it registers the connection, so every publish from then on follows it.
+    pub(crate) response: Vec<u8>,
 }
 
 /// What the auth layer decided for an upgrade it let through.
@@ -385,7 +390,8 @@ async fn handshake(
                 tls.session.handshake_done();
             }
             drop(io);
-            Handshake::Accepted { stream, peer, path, leftover, admitted, tls, response }
+            let upgraded = Upgraded { peer, path, leftover, admitted, tls, response };
+            Handshake::Accepted { stream, upgraded }
         }
         Err((rejection, why)) => {
             // The refusal goes through TLS for `wss://`; `finish` sends close_notify (TLS)
@@ -612,9 +618,9 @@ async fn run(
             while let Poll::Ready(Some(outcome)) = handshakes.poll_next_unpin(cx) {
                 progress = true;
                 match outcome {
-                    Handshake::Accepted { stream, peer, path, leftover, admitted, tls, response } => {
-                        core.counters.tls_handshakes += u64::from(tls.is_some());
-                        core.insert(stream, peer, path, leftover, tls, admitted, response)
+                    Handshake::Accepted { stream, upgraded } => {
+                        core.counters.tls_handshakes += u64::from(upgraded.tls.is_some());
+                        core.insert(stream, upgraded)
                     }
                     Handshake::Rejected { status, why, peer, tls } => {
                         let c = &mut core.counters;

@@ -435,6 +435,12 @@ struct HistoryArgs {
     #[arg(long = "idempotency-keys-max", env = "RINGCAST_IDEMPOTENCY_KEYS_MAX")]
     #[serde(rename = "idempotency_keys_max", skip_serializing_if = "Option::is_none")]
     history_idempotency_keys_max: Option<usize>,
+    /// Clustered node (history in Redis): live messages held for one recovering client while
+    /// its history read is in flight; past it the recovery answers recovered=false
+    /// [default: 10000].
+    #[arg(long, env = "RINGCAST_HISTORY_RECOVERY_HELD_MESSAGES_MAX")]
+    #[serde(rename = "recovery_held_messages_max", skip_serializing_if = "Option::is_none")]
+    history_recovery_held_messages_max: Option<usize>,
 }
 
 /// A history rule, kept as text for the overlay (checked here, parsed by the config).

@@ -169,6 +169,9 @@ fn precedence_is_flag_then_env_then_file_then_default() {
     assert_eq!(limits["session_bytes_max"].as_integer(), Some(3000), "file beats default");
     assert_eq!(limits["header_bytes_max"].as_integer(), Some(8192), "default");
     assert_eq!(t["commands"]["per_sec"].as_integer(), Some(7));
+    let (ok, out, err) = check_config(&file.0, &["--history-recovery-held-messages-max", "5"], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(effective(&out)["history"]["recovery_held_messages_max"].as_integer(), Some(5));
     // Old spellings are hidden aliases of the new flags.
     let (ok, out, err) = check_config(&file.0, &["--max-connections", "77", "--tick", "9s"], &[]);
     assert!(ok, "{err}");

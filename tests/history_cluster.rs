@@ -56,11 +56,7 @@ async fn the_same_idempotency_key_sent_to_two_nodes_of_a_cluster_delivers_once()
     let b = Node::start(BIN, &node_args(&redis.url(), &[]));
     let mut on_a = member(&a, "room").await;
     let mut on_b = member(&b, "room").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis.numsub("ringcast:g:room") < 2 {
-        assert!(Instant::now() < deadline, "both nodes subscribed to the group");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_numsub(&redis, "ringcast:g:room", 2).await;
     let (s, first) = publish(&a, "paid", Some("order-9")).await;
     assert_eq!(s, 200, "{first}");
     assert!(first.get("duplicate").is_none(), "{first}");
@@ -83,12 +79,7 @@ async fn the_same_idempotency_key_sent_to_two_nodes_of_a_cluster_delivers_once()
 
 /// A client of `node` that joined `group` with the envelope (positions).
 async fn enveloped_member(node: &Node, group: &str) -> Ws {
-    let mut ws = connect(node.ws).await;
-    let welcome = next_data(&mut ws, 10).await;
-    assert!(welcome.to_text().unwrap().contains("welcome"), "{welcome:?}");
-    let join = json!({"cmd": "add_group", "group_id": group, "envelope": true, "id": 1});
-    ws.send(WsMessage::text(join.to_string())).await.unwrap();
-    let ok: Value = serde_json::from_str(next_data(&mut ws, 10).await.to_text().unwrap()).unwrap();
+    let (ws, ok) = join_with(node, group, None).await;
     assert_eq!(ok["type"], "ok", "{ok}");
     ws
 }
@@ -102,11 +93,7 @@ async fn positioned_messages_appended_in_redis_reach_members_on_every_node_in_or
     let b = Node::start(BIN, &node_args(&redis.url(), &[]));
     let mut on_a = enveloped_member(&a, "room").await;
     let mut on_b = enveloped_member(&b, "room").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis.numsub("ringcast:g:room") < 2 {
-        assert!(Instant::now() < deadline, "both nodes subscribed to the group");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_numsub(&redis, "ringcast:g:room", 2).await;
     // The history's append script, as a clustered node will run it: it assigns the position
     // and publishes the positioned message on the group's channel in one step.
     let client = redis::Client::open(redis.url()).unwrap();

@@ -565,20 +565,9 @@ impl Core {
         if msgs.is_empty() {
             return;
         }
-        let max = self.config.outbox_bytes_max;
-        let Core { conns, dirty, .. } = self;
-        let Some(conn) = conns.get_mut(slot as usize) else { return };
-        // Replayed messages carry their position in the recovered group (encoded here, once
-        // per replayed message: recovery is rare, publishes are not).
         let epoch = top.epoch;
-        let ext = conn.ext.get_or_insert_with(Default::default);
-        ext.backlog.extend(msgs.iter().map(|m| {
-            let at = [(group.clone(), Position { epoch, offset: m.offset })];
-            (SharedFrame::new(crate::history::envelope::frame(&m.message, &at)), false)
-        }));
-        conn.replaying = true;
-        conn.refill(max);
-        mark_dirty(conn, slot as usize, dirty);
+        let replay = msgs.iter().map(|m| (Position { epoch, offset: m.offset }, &m.message));
+        self.queue_replay(slot, &group, replay);
     }
 
     /// The history read of an enveloped join on a clustered node came back (or could not be
@@ -634,17 +623,29 @@ impl Core {
         if replay.is_empty() && live.is_empty() {
             return;
         }
+        let epoch = position.map(|p| p.epoch);
+        let replayed = replay
+            .iter()
+            .filter_map(|m| Some((Position { epoch: epoch?, offset: m.offset }, &m.message)));
+        let held = live.iter().map(|(p, m)| (*p, m));
+        self.queue_replay(slot, &group, replayed.chain(held));
+    }
+
+    /// Queue messages for one connection behind its join reply, each enveloped with its
+    /// position in `group` (encoded here, once per message: recovery is rare, publishes are
+    /// not), and start moving them into the outbox as writes complete.
+    fn queue_replay<'m>(
+        &mut self,
+        slot: Slot,
+        group: &GroupId,
+        msgs: impl Iterator<Item = (Position, &'m Message)>,
+    ) {
         let max = self.config.outbox_bytes_max;
         let Core { conns, dirty, .. } = self;
         let Some(conn) = conns.get_mut(slot as usize) else { return };
         let ext = conn.ext.get_or_insert_with(Default::default);
-        let epoch = position.map(|p| p.epoch);
-        ext.backlog.extend(replay.iter().filter_map(|m| {
-            let at = [(group.clone(), Position { epoch: epoch?, offset: m.offset })];
-            Some((SharedFrame::new(crate::history::envelope::frame(&m.message, &at)), false))
-        }));
-        ext.backlog.extend(live.iter().map(|(p, m)| {
-            let at = [(group.clone(), *p)];
+        ext.backlog.extend(msgs.map(|(p, m)| {
+            let at = [(group.clone(), p)];
             (SharedFrame::new(crate::history::envelope::frame(m, &at)), false)
         }));
         conn.replaying = true;

@@ -14,9 +14,6 @@ use bytes::Bytes;
 /// Most iovecs one `writev` accepts on Linux.
 pub const IOV_MAX: usize = 1024;
 
-/// Capacity an emptied outbox keeps (16 bytes a frame); beyond it, the queue gives memory back.
-const IDLE_CAPACITY_FRAMES: usize = 16;
-
 /// Told when the last recipient of a frame on a shard is done with it: every write carrying
 /// it completed, or it was dropped (closed connection, discarded outbox). The shard implements
 /// it to measure fan-out latency; this module never reads a clock.
@@ -154,8 +151,7 @@ impl Outbox {
     pub fn discard_queued(&mut self) {
         let dropped: usize = self.frames.iter().map(SharedFrame::len).sum();
         self.queued_bytes -= dropped;
-        self.frames.clear();
-        self.frames.shrink_to(IDLE_CAPACITY_FRAMES);
+        self.frames = VecDeque::new();
     }
 
     /// Move up to [`IOV_MAX`] frames into `batch` (empty, reused) for one vectored write.
@@ -184,8 +180,13 @@ impl Outbox {
             self.frames.push_front(frame);
         }
         batch.clear();
-        if self.frames.is_empty() && self.frames.capacity() > IDLE_CAPACITY_FRAMES {
-            self.frames.shrink_to(IDLE_CAPACITY_FRAMES);
+        if self.frames.is_empty() {
+            // An emptied outbox holds no memory: most connections sit idle between messages
+            // (and every one had its 101 here), and what an idle connection keeps is what a
+            // million of them cost. The next push allocates again from the allocator's
+            // per-thread cache (tens of nanoseconds, against microseconds for the write), and
+            // the chunk freed here is the one the next connection's push reuses.
+            self.frames = VecDeque::new();
         }
     }
 
@@ -236,6 +237,31 @@ mod tests {
             SendStatus::Queued,
             "oversized frame into an empty outbox"
         );
+    }
+
+    #[test]
+    fn an_emptied_outbox_holds_no_memory() {
+        let mut o = Outbox::default();
+        let mut batch = Vec::new();
+        // The connection's 101, written whole: an idle connection keeps nothing of it.
+        o.push(f(b"HTTP/1.1 101".to_vec()), usize::MAX);
+        o.take_batch(&mut batch);
+        o.complete(&mut batch, 12);
+        assert_eq!(o.frames.capacity(), 0);
+        // A partial write keeps the queue; the write that empties it gives it back.
+        for s in ["abc", "def"] {
+            o.push(f(s.as_bytes().to_vec()), 100);
+        }
+        o.take_batch(&mut batch);
+        o.complete(&mut batch, 4);
+        assert!(o.frames.capacity() > 0);
+        o.take_batch(&mut batch);
+        o.complete(&mut batch, 2);
+        assert_eq!((o.frames.capacity(), o.queued_bytes()), (0, 0));
+        // So does dropping what is queued (a slow consumer being closed).
+        o.push(f(b"xyz".to_vec()), 100);
+        o.discard_queued();
+        assert_eq!(o.frames.capacity(), 0);
     }
 
     #[test]

@@ -34,6 +34,9 @@ use tokio::net::TcpStream;
 
 const SUBSCRIBERS: usize = 10;
 const GROUP: &str = "bench";
+/// A group with one member (the first subscriber): a batch to it is one delivery per message,
+/// so the batch endpoint's messages/s are measured with every message delivered.
+const SOLO: &str = "solo";
 /// 16 bytes: every frame is 18 bytes on the wire (2-byte header), so bytes count frames.
 const PAYLOAD: &str = "0123456789abcdef";
 const FRAME_BYTES: u64 = 2 + PAYLOAD.len() as u64;
@@ -102,6 +105,13 @@ fn scenarios() -> Vec<Scenario> {
             batch: 0,
             depth: 1,
             group: "nobody",
+        },
+        Scenario {
+            name: "ringcast batch 1000, group of 1 subscriber",
+            target: Target::Ringcast,
+            batch: 1000,
+            depth: 1,
+            group: SOLO,
         },
         Scenario {
             name: "ringcast batch 1000, group without members",
@@ -211,12 +221,15 @@ async fn drive(
 ) -> Result<Vec<(Scenario, Vec<Sample>)>> {
     let ringcast_rx = Arc::new(AtomicU64::new(0));
     let baseline_rx = Arc::new(AtomicU64::new(0));
-    for _ in 0..SUBSCRIBERS {
+    for i in 0..SUBSCRIBERS {
         let id = subscribe(addrs.ws, "/", true, ringcast_rx.clone()).await?;
-        let (status, body) =
-            call(addrs.api, "PUT", &format!("/api/groups/{GROUP}/clients/{id}"), "").await?;
-        if status != 200 {
-            bail!("joining the group: {status} {body}");
+        let groups: &[&str] = if i == 0 { &[GROUP, SOLO] } else { &[GROUP] };
+        for g in groups {
+            let (status, body) =
+                call(addrs.api, "PUT", &format!("/api/groups/{g}/clients/{id}"), "").await?;
+            if status != 200 {
+                bail!("joining group {g}: {status} {body}");
+            }
         }
         subscribe(addrs.baseline_ws, &format!("/?group={GROUP}"), false, baseline_rx.clone())
             .await?;
@@ -247,7 +260,7 @@ async fn drive(
 
 fn request_bytes(s: &Scenario) -> Vec<u8> {
     if s.batch == 0 {
-        return "GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n".repeat(s.depth).into_bytes();
+        return "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(s.depth).into_bytes();
     }
     let one = format!(r#"{{"data":"{PAYLOAD}","to":{{"groups":["{}"]}}}}"#, s.group);
     let (path, body) = if s.batch == 1 {
@@ -257,7 +270,7 @@ fn request_bytes(s: &Scenario) -> Vec<u8> {
         ("/api/publish/batch", format!(r#"{{"publishes":[{items}]}}"#))
     };
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -297,7 +310,11 @@ async fn measure(
     }
     // Every request acknowledged (warm-up and stragglers included) must reach every
     // subscriber: wait until they have it all, or their counter stops moving for a second.
-    let members = if s.group == GROUP { SUBSCRIBERS as u64 } else { 0 };
+    let members = match s.group {
+        GROUP => SUBSCRIBERS as u64,
+        SOLO => 1,
+        _ => 0,
+    };
     let expected_frames = ok.load(Relaxed) * s.batch as u64 * members;
     let received = || (rx.load(Relaxed) - rx_start) / FRAME_BYTES;
     let (mut last, mut still_since) = (received(), Instant::now());
@@ -397,7 +414,7 @@ async fn subscribe(
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let upgrade = format!(
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     s.write_all(upgrade.as_bytes()).await?;
@@ -449,7 +466,7 @@ async fn subscribe(
 async fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -516,9 +533,10 @@ fn report(
          pipelined) and reading its response before the next; {secs} s per measurement after a \
          {} ms warm-up; {runs} runs, scenarios interleaved. Each publish is a {}-byte text \
          message to group `{GROUP}`, which has {SUBSCRIBERS} WebSocket subscribers on the \
-         client CPU; `delivered` is frames they received over messages acknowledged x \
-         {SUBSCRIBERS} (n/a for the group without members, which measures the API and the \
-         routing without deliveries).\n\n",
+         client CPU (the \"group of 1 subscriber\" rows publish to group `{SOLO}`, whose one \
+         member is the first of them); `delivered` is frames they received over messages \
+         acknowledged x members (n/a for the group without members, which measures the API \
+         and the routing without deliveries).\n\n",
         WARMUP.as_millis(),
         PAYLOAD.len()
     ));
@@ -582,6 +600,11 @@ fn reading(results: &[(Scenario, Vec<Sample>)]) -> String {
     };
     goal("single publish requests/s (keep-alive, no pipelining)", 50e3, req("ringcast single"));
     goal("single publish requests/s, pipelined x16", 50e3, req("ringcast single, pipelined x16"));
+    goal(
+        "batch messages/s (1000 per request, each delivered to 1 subscriber)",
+        1e6,
+        msg("ringcast batch 1000, group of 1 subscriber"),
+    );
     goal("batch messages/s (1000 per request, 10 subscribers)", 1e6, msg("ringcast batch 1000"));
     goal(
         "batch messages/s (1000 per request, API and routing only)",
@@ -608,7 +631,9 @@ fn reading(results: &[(Scenario, Vec<Sample>)]) -> String {
              batch of requests (group commit), and no other syscall.\n\
              - **The deliveries.** A publish to the group is 10 deliveries: batch 1000 at \
              {} messages/s is {} deliveries/s on the one server CPU, which the API shares with \
-             the shard. The same batches to a group without members show the API's own \
+             the shard. Batches to a group of one subscriber carry 1000 frames to one socket \
+             per request (one vectored write), so they measure the endpoint with every message \
+             delivered; the same batches to a group without members show the API's own \
              ceiling (JSON parsing, validation, encoding, routing).\n\
              - **The machine.** Two vCPUs shared with other work; the spread column is the \
              noise. Compare rows of one run, not runs of different days.\n",

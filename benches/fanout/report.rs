@@ -1074,12 +1074,17 @@ fn every_server_sections(w: &mut String, docs: &[(Scenario, Option<Value>)]) {
             let _ = writeln!(w);
         }
     }
+    let invocations = if distinct(docs, "bench_command").len() > 1 {
+        "The run was split into several harness invocations (`cargo bench --bench fanout -- \
+         NAME` per scenario group; each JSON file records its command, commit and date). Within \
+         a scenario all servers ran back to back in one invocation."
+    } else {
+        "Every scenario, and every server within it, ran back to back in one harness \
+         invocation (the command above)."
+    };
     let _ = writeln!(
         w,
-        "**Reading these figures.** The full run was split into several harness invocations \
-         (each under 10 minutes on this shared machine: `cargo bench --bench fanout -- NAME` \
-         per scenario group; each JSON file records its command, commit and date). Within a \
-         scenario all servers ran back to back in one invocation. At 10,000 subscribers every \
+        "**Reading these figures.** {invocations} At 10,000 subscribers every \
          message becomes 10,000 TCP segments arriving at once, and the load generator's kernel \
          receive work for that burst (≈ 5–9 µs per delivery on its one core) is part of every \
          server's p99 there: the 10,000 × 1 KiB maximum is bounded by the burst the single \

@@ -198,14 +198,17 @@ impl HistoryBackend for MemoryHistory {
                 let stream = self.stream(&mut guards[k].1, g, *limits, now);
                 positions.push((g.clone(), stream.assign(now)));
             }
+            // Detached once, shared by the item's groups: the history's byte budget counts
+            // the payload, so what it stores must not keep the request body (or read buffer)
+            // the message was parsed from alive.
+            let kept = item.message.detached();
             for (g, p) in &positions {
                 let i = self.stripe_of(g);
                 let k = guards
                     .binary_search_by_key(&i, |(j, _)| *j)
                     .unwrap_or_else(|_| unreachable!("every stripe of the batch is locked"));
                 if let Some(stream) = guards[k].1.get_mut(g.as_str()) {
-                    let stored =
-                        Stored { offset: p.offset, message: item.message.clone(), at: now };
+                    let stored = Stored { offset: p.offset, message: kept.clone(), at: now };
                     self.store(stream, stored, now);
                 }
             }
@@ -336,6 +339,32 @@ mod tests {
             got = a[0].positions.iter().map(|(_, p)| *p).collect()
         });
         got
+    }
+
+    #[test]
+    fn a_stored_message_does_not_keep_its_request_body_alive() {
+        let t = Instant::now();
+        let h = MemoryHistory::new(&config(10)).unwrap();
+        // A message parsed without copying: a slice of a large request body.
+        let body = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+        let slice = body.slice(100..116);
+        let msg = Message::text(tungstenite::Utf8Bytes::try_from(slice).unwrap());
+        let item = AppendItem {
+            groups: ["h:a", "h:b"].iter().map(|s| (g(s), h.limits_for(s).unwrap())).collect(),
+            message: &msg,
+        };
+        h.append(std::slice::from_ref(&item), t, &mut |_| {});
+        let body_range = body.as_ptr_range();
+        for group in ["h:a", "h:b"] {
+            let read = h.read(&g(group), ReadFrom::Last(10), 10, t, &mut |_| {});
+            let (msgs, _) = read.outcome.unwrap();
+            let stored = msgs[0].message.as_bytes();
+            assert_eq!(stored, &body[100..116]);
+            assert!(
+                !body_range.contains(&stored.as_ptr()),
+                "{group}: the stored message is a view into the 1 MiB body"
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,17 @@ impl Message {
         }
     }
 
+    /// A copy that owns exactly its payload, for holders that keep a message long (a group's
+    /// history). A message parsed without copying is a slice of a larger buffer (an HTTP
+    /// request body with a thousand publishes, a read buffer of pipelined commands) and would
+    /// keep all of it alive, outside any byte budget that counts the payload.
+    pub fn detached(&self) -> Message {
+        match self {
+            Message::Text(t) => Message::Text(Utf8Bytes::from(t.as_str().to_owned())),
+            Message::Binary(b) => Message::Binary(Bytes::copy_from_slice(b)),
+        }
+    }
+
     /// The payload as text, if it is a text message.
     pub fn as_text(&self) -> Option<&str> {
         match self {
